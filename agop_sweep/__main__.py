@@ -1,0 +1,3 @@
+from agop_sweep.app import main
+
+main()

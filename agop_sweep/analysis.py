@@ -1,0 +1,137 @@
+"""One analysis of a model: per hidden layer, NFM vs AGOP over all training samples."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from agop_sweep.agop import jacobian_kernels
+from agop_sweep.model import MLP
+from agop_sweep.nfa import Spectrum, compare_layer, top_eigvec_cosine
+
+log = logging.getLogger(__name__)
+
+TOP_SHARES = 5
+
+
+@contextlib.contextmanager
+def exact_matmuls() -> Iterator[None]:
+    """Full float32 matmuls (no TF32) for the analysis, whatever training uses."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@dataclass
+class Analysis:
+    """``record``: the results.json entry; ``train_loss``/``train_acc``: from the same pass;
+    ``layer0``: arrays for features.npz; ``eigvals``: per layer, for the spectra figure."""
+
+    record: dict[str, Any]
+    train_loss: float
+    train_acc: float
+    layer0: dict[str, np.ndarray] = field(default_factory=dict)
+    eigvals: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def _spectral_summary(spectra: dict[str, Spectrum]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("agop", "nfm_raw", "nfm_delta"):
+        s = spectra.get(name)
+        out[name] = None if s is None else {
+            "effective_rank": s.effective_rank(),
+            f"top{TOP_SHARES}_share": s.shares(TOP_SHARES),
+        }
+    agop = spectra["agop"]
+    out["top_eigvec_cos"] = {
+        kind: (top_eigvec_cosine(spectra[f"nfm_{kind}"], agop) if f"nfm_{kind}" in spectra else None)
+        for kind in ("raw", "delta")
+    }
+    return out
+
+
+def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
+    """(k, d) top eigenvectors as rows, zero rows where the matrix has fewer."""
+    out = np.zeros((k, d), dtype=np.float32)
+    if s is not None:
+        m = min(k, s.values.numel())
+        out[:m] = s.vectors[:, :m].T.float().cpu().numpy()
+    return out
+
+
+def analyse(
+    model: MLP,
+    init_weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DictConfig,
+    loss: str,
+    epoch: int,
+    progress: bool = True,
+) -> Analysis:
+    """Analyse every hidden layer of ``model`` on the training inputs ``x`` (n, d) / ``y`` (n,).
+
+    ``cfg`` is the ``analysis`` group. The pass yields the train loss and accuracy too.
+    """
+    start = time.perf_counter()
+    weights = [w.detach() for w in model.hidden_weights()]
+    with exact_matmuls():
+        kp = jacobian_kernels(
+            weights, model.last.weight.detach(), model.act, model.act_grad, x, y,
+            loss=loss, chunk_size=cfg.chunk_size, progress=progress,
+        )
+        layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
+        for l, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
+            cmp = compare_layer(w, w0.to(w.device), k, with_spectra=cfg.spectra)
+            entry: dict[str, Any] = {
+                "layer": l,
+                "shape": list(w.shape),
+                "corr": cmp.metrics[cfg.primary],
+                "metrics": cmp.metrics,
+            }
+            if cfg.spectra:
+                entry["spectra"] = _spectral_summary(cmp.spectra)
+                for name in eigvals:
+                    s = cmp.spectra.get(name)
+                    eigvals[name].append(
+                        np.zeros(0) if s is None else s.values.cpu().numpy()
+                    )
+            layers.append(entry)
+            if l == 0 and cfg.save_features:
+                wd, w0d = w.double(), w0.to(w.device).double()
+                agop_diag = torch.einsum("oi,op,pi->i", wd, k, wd)
+                d = w.shape[1]
+                layer0 = {
+                    "nfm_diag": (wd * wd).sum(0).cpu().numpy(),
+                    "nfm_delta_diag": ((wd - w0d) ** 2).sum(0).cpu().numpy(),
+                    "agop_diag": agop_diag.cpu().numpy(),
+                    "nfm_eigvecs": _top_vectors(cmp.spectra.get("nfm_raw"), cfg.top_eigvecs, d),
+                    "agop_eigvecs": _top_vectors(cmp.spectra.get("agop"), cfg.top_eigvecs, d),
+                }
+    seconds = time.perf_counter() - start
+    record = {
+        "epoch": epoch,
+        "n_samples": kp.n,
+        "seconds": seconds,
+        "train_loss": kp.loss,
+        "train_acc": kp.accuracy,
+        "layers": layers,
+    }
+    log.info(
+        "Analysis epoch %d: %s corr per layer %s (%.1f s)",
+        epoch, cfg.primary,
+        " ".join("null" if e["corr"] is None else f"{e['corr']:.4f}" for e in layers),
+        seconds,
+    )
+    return Analysis(record, kp.loss, kp.accuracy, layer0, eigvals)

@@ -1,0 +1,70 @@
+"""Which device and how many CPU threads a job gets, so parallel jobs do not collide."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    threads: int
+
+
+def choose_device(requested: str, n_gpus: int, job_num: int = 0, parallel: bool = False) -> str:
+    """Pure: map ``device`` (auto | cpu | cuda | cuda:N) to a concrete device string.
+
+    With several jobs in parallel on one machine, ``auto``/``cuda`` spread them over the
+    visible GPUs by job number; under SLURM each job usually sees one GPU
+    (CUDA_VISIBLE_DEVICES), which is then cuda:0.
+    """
+    if requested == "cpu" or (requested == "auto" and n_gpus == 0):
+        return "cpu"
+    if requested.startswith("cuda:"):
+        index = int(requested.split(":", 1)[1])
+        if index >= n_gpus:
+            raise ValueError(f"device={requested} but only {n_gpus} GPU(s) are visible")
+        return requested
+    if n_gpus == 0:
+        raise ValueError("device=cuda but no GPU is visible; use device=auto or device=cpu")
+    return f"cuda:{job_num % n_gpus if parallel else 0}"
+
+
+def choose_threads(requested: int, n_cores: int, n_parallel: int) -> int:
+    """Pure: ``requested`` if > 0, else this job's share of the cores (at least one)."""
+    if requested > 0:
+        return requested
+    return max(1, n_cores // max(1, n_parallel))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours cgroups / SLURM cpus_per_task
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def place_job(requested_device: str, requested_threads: int, job_num: int, n_parallel: int) -> Placement:
+    """Pick and apply this job's device and thread count (per job: joblib reuses workers)."""
+    n_gpus = torch.cuda.device_count()
+    device = choose_device(requested_device, n_gpus, job_num, parallel=n_parallel > 1)
+    threads = choose_threads(requested_threads, available_cores(), n_parallel)
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+        name = torch.cuda.get_device_name(torch.device(device))
+        log.info("Job %d on %s (%s), %d CPU threads", job_num, device, name, threads)
+    else:
+        log.info("Job %d on cpu, %d threads", job_num, threads)
+    return Placement(device, threads)
+
+
+def set_precision(precision: str, device: str) -> None:
+    """fp32: exact float32 matmuls; tf32/bf16: TF32 matmuls on CUDA (bf16 adds autocast)."""
+    torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")

@@ -1,0 +1,147 @@
+"""The Neural Feature Ansatz mathematics: NFM, AGOP from its kernel, spectra, correlations.
+
+Pure functions on tensors; all of them work in the dtype they are given (float64 in the
+analysis). Notation: W is a hidden layer's weight, shape (d_out, d_in); K is the kernel
+(1/n) sum_i G_i^T G_i of that layer's pre-activation Jacobians, shape (d_out, d_out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from agop_sweep.config import CORR_KINDS, NFM_KINDS, TARGETS
+
+
+def agop_from_kernel(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """AGOP = W^T K W, shape (d_in, d_in), for W (d_out, d_in) and K (d_out, d_out)."""
+    return w.T @ (k @ w)
+
+
+def psd_factor(k: torch.Tensor) -> torch.Tensor:
+    """F (d, d) with F^T F = K for a symmetric PSD K (d, d); tiny negative eigenvalues clamp to 0."""
+    evals, evecs = torch.linalg.eigh(k)
+    return evals.clamp_min(0).sqrt()[:, None] * evecs.T
+
+
+@dataclass
+class Spectrum:
+    """Eigen-decomposition of a PSD matrix A (d, d): ``values`` (m,) descending, ``vectors``
+    (d, m) orthonormal columns, m <= d. Eigenvalues left out are zero."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    dim: int
+
+    def sqrt(self) -> torch.Tensor:
+        """A^(1/2), the symmetric PSD square root, shape (d, d)."""
+        return (self.vectors * self.values.sqrt()) @ self.vectors.T
+
+    def effective_rank(self) -> float | None:
+        """exp(entropy of the normalised eigenvalues): d for the identity, 1 for rank one."""
+        return effective_rank(self.values)
+
+    def shares(self, k: int) -> list[float]:
+        """The top-``k`` eigenvalues as fractions of the trace (zero-padded to k)."""
+        total = float(self.values.sum())
+        if total <= 0:
+            return [0.0] * k
+        top = (self.values[:k] / total).tolist()
+        return top + [0.0] * (k - len(top))
+
+
+def spectrum_of_gram(b: torch.Tensor, rel_tol: float | None = None) -> Spectrum:
+    """Spectrum of A = B^T B for B (r, d) at the cost of an eigh of size min(r, d).
+
+    For r < d (layer 0: 1024 rows, 3072 columns) it decomposes B B^T = U L U^T and maps
+    the eigenvectors back, V = B^T U L^(-1/2); eigenvalues below ``rel_tol`` x the largest
+    are rounding noise and are dropped (their eigenvectors are undefined).
+    """
+    r, d = b.shape
+    if rel_tol is None:
+        rel_tol = 10 * max(r, d) * torch.finfo(b.dtype).eps
+    if r >= d:
+        values, vectors = torch.linalg.eigh(b.T @ b)
+        values = values.clamp_min(0)
+    else:
+        values, u = torch.linalg.eigh(b @ b.T)
+        keep = values > rel_tol * values.max().clamp_min(0)
+        values, u = values[keep], u[:, keep]
+        vectors = (b.T @ u) / values.sqrt()
+    order = torch.argsort(values, descending=True)
+    return Spectrum(values[order], vectors[:, order], d)
+
+
+def effective_rank(values: torch.Tensor) -> float | None:
+    """exp(-sum p log p), p = values / sum(values), for non-negative ``values`` (m,).
+
+    None when all values are zero (the rank of the zero matrix is not a useful number).
+    """
+    values = values.clamp_min(0)
+    total = values.sum()
+    if total <= 0:
+        return None
+    p = values[values > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor, kind: str) -> float | None:
+    """Cosine of the flattened matrices (``cos``) or the same after removing each one's mean
+    entry (``pearson``). None when either side has zero norm: the value is undefined."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    if kind == "pearson":
+        a, b = a - a.mean(), b - b.mean()
+    elif kind != "cos":
+        raise ValueError(f"unknown correlation kind {kind!r}")
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if na == 0 or nb == 0:
+        return None
+    value = float(a @ b / (na * nb))
+    return value if math.isfinite(value) else None
+
+
+def top_eigvec_cosine(s1: Spectrum, s2: Spectrum) -> float | None:
+    """|cos| between the leading eigenvectors (sign-free); None when either is the zero matrix."""
+    if s1.values.numel() == 0 or s2.values.numel() == 0 or s1.values[0] <= 0 or s2.values[0] <= 0:
+        return None
+    return float((s1.vectors[:, 0] @ s2.vectors[:, 0]).abs())
+
+
+@dataclass
+class LayerComparison:
+    metrics: dict[str, float | None]
+    spectra: dict[str, Spectrum]
+
+
+def compare_layer(
+    w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool = True
+) -> LayerComparison:
+    """All NFM/AGOP correlation variants for one hidden layer.
+
+    Args:
+        w: weight (d_out, d_in) now; w0: weight at initialisation, same shape.
+        k: the layer's Jacobian kernel (d_out, d_out).
+    Returns:
+        metrics ``{raw,delta}_{cos,pearson}_{agop,sqrt}``; ``delta`` variants are None when
+        W == W0 (epoch 0). ``spectra``: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta``,
+        shared by the ``sqrt`` variants and the spectral summaries.
+    """
+    w, w0, k = w.double(), w0.double(), k.double()
+    delta = w - w0
+    agop = agop_from_kernel(w, k)
+    agop_spec = spectrum_of_gram(psd_factor(k) @ w)
+    agop_sqrt = agop_spec.sqrt()
+    spectra = {"agop": agop_spec}
+    nfms = {"raw": (w, w.T @ w), "delta": (delta, delta.T @ delta)}
+    metrics: dict[str, float | None] = {}
+    for nfm_kind in NFM_KINDS:
+        factor, nfm = nfms[nfm_kind]
+        if with_spectra and bool(factor.any()):
+            spectra[f"nfm_{nfm_kind}"] = spectrum_of_gram(factor)
+        for corr_kind in CORR_KINDS:
+            for target in TARGETS:
+                other = agop if target == "agop" else agop_sqrt
+                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = correlation(nfm, other, corr_kind)
+    return LayerComparison(metrics, spectra)
