@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +79,12 @@ def analyse(
     loss: str,
     epoch: int,
     progress: bool = True,
+    stop: Callable[[], None] | None = None,
 ) -> Analysis:
     """Analyse every hidden layer of ``model`` on the training inputs ``x`` (n, d) / ``y`` (n,).
 
     ``cfg`` is the ``analysis`` group. The pass yields the train loss and accuracy too.
+    ``stop`` is called between chunks and may raise to abandon the analysis (preemption).
     """
     start = time.perf_counter()
     weights = [w.detach() for w in model.hidden_weights()]
@@ -90,6 +92,7 @@ def analyse(
         kp = jacobian_kernels(
             weights, model.last.weight.detach(), model.act, model.act_grad, x, y,
             loss=loss, chunk_size=cfg.chunk_size, progress=progress,
+            on_chunk=None if stop is None else (lambda _start: stop()),
         )
         layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
         for l, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
@@ -110,7 +113,7 @@ def analyse(
             layers.append(entry)
             if l == 0 and cfg.save_features:
                 wd, w0d = w.double(), w0.to(w.device).double()
-                agop_diag = torch.einsum("oi,op,pi->i", wd, k, wd)
+                agop_diag = ((k @ wd) * wd).sum(0)
                 d = w.shape[1]
                 layer0 = {
                     "nfm_diag": (wd * wd).sum(0).cpu().numpy(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import hydra
@@ -34,6 +35,7 @@ def _parallel_jobs() -> int:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def run(cfg: DictConfig) -> float:
     """One training run; returns the final val loss (the objective of a learning-rate search)."""
+    started_at = time.time()
     validate(cfg)  # before any heavy work: a bad value costs nothing
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -44,7 +46,7 @@ def run(cfg: DictConfig) -> float:
     from agop_sweep.train import Trainer  # heavy imports after validation
 
     log.info("Run dir %s", run_dir)
-    objective = Trainer(cfg, run_dir, placement).run()
+    objective = Trainer(cfg, run_dir, placement, started_at).run()
     return objective if not math.isnan(objective) else math.inf
 
 

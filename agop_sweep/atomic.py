@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,6 +12,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from agop_sweep.errors import UserError
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(UserError):
+    """The disk filled up while a file was written; the previous version is intact."""
 
 
 @contextlib.contextmanager
@@ -31,9 +40,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise DiskFullError(
+                f"No space left on the device while writing {target} (the previous version is "
+                "intact); free some space, then continue the run with resume=true"
+            ) from None
         raise
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
+    """Delete temporary files that a killed process left behind; return how many."""
+    count = 0
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -37,6 +38,15 @@ class PreemptionGuard:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def check(self, epoch: int, step: int = -1) -> Callable[[], None]:
+        """A callback for long loops (the analysis): raises Preempted once a signal came."""
+
+        def poll() -> None:
+            if self.signum is not None:
+                raise Preempted(epoch, step)
+
+        return poll
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:

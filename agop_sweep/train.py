@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from agop_sweep import checkpoint as ckpt
 from agop_sweep import features, plots
 from agop_sweep.analysis import analyse
+from agop_sweep.atomic import remove_stale_temporaries
 from agop_sweep.config import to_container
 from agop_sweep.data import Dataset, load_dataset
 from agop_sweep.device import Placement, set_precision
@@ -93,7 +96,8 @@ def run_info(cfg: DictConfig, data: Dataset, device: str) -> dict[str, Any]:
 class Trainer:
     """One run in ``run_dir``: :meth:`run` trains, analyses and records; returns the objective."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, placement: Placement):
+    def __init__(self, cfg: DictConfig, run_dir: Path, placement: Placement, started_at: float | None = None):
+        self.started_at = time.time() if started_at is None else started_at
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = torch.device(placement.device)
@@ -234,6 +238,9 @@ class Trainer:
                 "or choose another hydra.run.dir"
             )
 
+        for d in (self.run_dir, self.run_dir / ckpt.MODELS_DIR, self.run_dir / "plots"):
+            if (n := remove_stale_temporaries(d)) > 0:
+                log.info("Removed %d temporary file(s) a killed run left in %s", n, d)
         data = load_dataset(cfg.data, self.device)
         self._build(data)
         progress = None
@@ -247,10 +254,15 @@ class Trainer:
             self.results.set_status("running")
         else:
             self.results = Results.new(self.run_dir, run_info(cfg, data, str(self.device)), self.config)
-        self.results.data["run"]["device"] = str(self.device)
+        self.results.data["run"].update(device=str(self.device), threads=torch.get_num_threads(),
+                                        pid=os.getpid(), host=socket.gethostname())
+        self.results.data["timing"].setdefault("started_at", self.started_at)
         try:
+            # The guard stays on through the final figures: a signal that comes after the
+            # last epoch finds the run complete and changes nothing.
             with PreemptionGuard() as guard, logging_redirect_tqdm():
                 self._loop(data, first_epoch, progress, guard)
+                self._refresh_plots()
         except Preempted as p:
             log.warning(
                 "Stopped by a signal at epoch %d step %d; state saved. Continue with resume=true",
@@ -262,9 +274,11 @@ class Trainer:
             # KeyboardInterrupt is an interruption like a signal, not a failure.
             if not isinstance(e, KeyboardInterrupt):
                 self.results.set_status("failed", error=f"{type(e).__name__}: {e}")
-                self.results.write()
+                try:
+                    self.results.write()
+                except Exception:  # noqa: BLE001 - e.g. the disk is full: report the first error
+                    log.exception("Could not record the failure in results.json")
             raise
-        self._refresh_plots()
         return _objective(self.results.data)
 
     def _loop(
@@ -290,15 +304,19 @@ class Trainer:
                     results.write()
                     raise
                 running = (float(progress.loss_sum) / progress.count, float(progress.correct) / progress.count)
-                progress = None
             train_seconds = time.perf_counter() - t0
             results.add_time("train_seconds", train_seconds)
 
             self.model.eval()
             analysed = epoch in self.checkpoints and cfg.analysis.enabled
             if analysed:
-                analysis = analyse(self.model, self.init_weights, data.x_train, data.y_train,
-                                   cfg.analysis, cfg.loss, epoch)
+                try:
+                    analysis = analyse(self.model, self.init_weights, data.x_train, data.y_train,
+                                       cfg.analysis, cfg.loss, epoch, stop=guard.check(epoch))
+                except Preempted:
+                    self._save_state(epoch, progress)
+                    results.write()
+                    raise
                 train_loss, train_acc = analysis.train_loss, analysis.train_acc
                 results.add_analysis(analysis.record)
                 results.add_time("analysis_seconds", analysis.record["seconds"])
@@ -334,10 +352,13 @@ class Trainer:
                 results.add_checkpoint(epoch, rel)
             if epoch == epochs and not diverged:
                 results.set_status("completed")
+            if results.status != "running":
+                results.data["timing"]["finished_at"] = time.time()
             if analysed and cfg.analysis.save_features:
                 self.features.save(self.run_dir, data.image_shape)
             results.write()
             self._save_state(epoch + 1, None)
+            progress = None
             if analysed and cfg.trainer.live_plots and not diverged:
                 self._refresh_plots()
             if diverged:

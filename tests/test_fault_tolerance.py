@@ -1,0 +1,274 @@
+"""Resume after kill -9 and SIGTERM, divergence, failures, atomic files, disk full.
+
+Real processes are killed: each trial starts a run as a subprocess, kills it at a random
+moment, resumes it with ``resume=true`` in the same run dir, and compares every number
+and every checkpoint with an uninterrupted run of the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+TIMING_KEYS = {"seconds", "train_seconds", "timing", "pid"}
+
+# Enough steps per epoch (256) that kills land inside epochs, analyses and writes alike.
+RUN_ARGS = [
+    "data=synthetic", "data.n_train=4096", "data.n_val=256", "data.n_features=64",
+    "data.image_shape=[1,8,8]", "model.width=64", "model.depth=3", "optimizer=adam",
+    "trainer.batch_size=16", "schedule.epochs=6", "schedule.checkpoints=[0,1,2,3,6]",
+    "eval.full_train=false", "analysis.chunk_size=256",
+]
+
+
+def _cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "agop_sweep", *RUN_ARGS, f"hydra.run.dir={run_dir}", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def run_app(run_dir: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cmd(run_dir, *extra), cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def strip_timing(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def comparable(run_dir: Path) -> dict[str, Any]:
+    data = json.loads((run_dir / "results.json").read_text())
+    data["config"].pop("resume", None)
+    return strip_timing(data)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert comparable(a) == comparable(b)
+    names = sorted(p.name for p in (a / "models").iterdir())
+    assert names == sorted(p.name for p in (b / "models").iterdir())
+    for name in names:
+        ca = torch.load(a / "models" / name, weights_only=False)
+        cb = torch.load(b / "models" / name, weights_only=False)
+        for key in ca["state_dict"]:
+            assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), (name, key)
+    fa, fb = np.load(a / "features.npz"), np.load(b / "features.npz")
+    assert fa.files == fb.files
+    for key in fa.files:
+        np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    proc = run_app(root / "run", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
+def _kill_and_resume(tmp_path: Path, reference: Path, sig: int, rng: random.Random) -> dict[str, Any]:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(run_dir), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    # Wait until training has started (results.json exists), then kill at a random moment.
+    deadline = time.monotonic() + 120
+    while not (run_dir / "results.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # ... uniformly over the time the uninterrupted run took from there to its end.
+    span = json.loads((reference / "results.json").read_text())["timing"]["total_seconds"]
+    time.sleep(rng.uniform(0.0, span))
+    finished_first = proc.poll() is not None
+    if not finished_first:
+        proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    info = {"returncode": proc.returncode, "finished_first": finished_first}
+    status = json.loads((run_dir / "results.json").read_text())["status"]
+    if sig != signal.SIGKILL and not finished_first:
+        # A clean stop: state saved, conventional exit status, no traceback; or, when the
+        # signal came after the last epoch, a normal end.
+        expected = 0 if status == "completed" else 128 + sig
+        assert proc.returncode == expected, stderr
+        assert "Traceback" not in stderr
+        assert (run_dir / "state.pt").exists()
+    info["status"] = status
+    # Every file on disk loads, whatever moment the kill hit.
+    json.loads((run_dir / "results.json").read_text())
+    for p in (run_dir / "models").glob("*.pth"):
+        torch.load(p, weights_only=False)
+    if (run_dir / "state.pt").exists():
+        torch.load(run_dir / "state.pt", weights_only=False)
+    resumed = run_app(run_dir, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(run_dir.glob(".*.tmp")), "stale temporary files after resume"
+    assert_same_run(reference, run_dir)
+    return info
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_kill9_then_resume_is_identical(tmp_path: Path, reference: Path, trial: int) -> None:
+    _kill_and_resume(tmp_path, reference, signal.SIGKILL, random.Random(100 + trial))
+
+
+def test_sigterm_saves_state_and_resume_is_identical(tmp_path: Path, reference: Path) -> None:
+    _kill_and_resume(tmp_path, reference, signal.SIGTERM, random.Random(7))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(8))
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1])
+def test_many_random_kills(tmp_path: Path, reference: Path, sig: int, trial: int) -> None:
+    _kill_and_resume(tmp_path, reference, sig, random.Random(1000 * sig + trial))
+
+
+def test_resume_of_finished_run_does_nothing(tmp_path: Path, reference: Path) -> None:
+    before = (reference / "results.json").read_bytes()
+    proc = run_app(reference, "resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "already completed; nothing to do" in proc.stdout + proc.stderr
+    assert (reference / "results.json").read_bytes() == before
+
+
+def test_rerun_without_resume_refuses_to_overwrite(tmp_path: Path, reference: Path) -> None:
+    proc = run_app(reference, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "already holds a run; pass resume=true" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_with_other_config_lists_differences(tmp_path: Path, reference: Path) -> None:
+    proc = run_app(reference, "resume=true", "optimizer.lr=0.5", "seed=3", cwd=tmp_path)
+    assert proc.returncode == 1
+    line = [ln for ln in proc.stderr.splitlines() if "different experiment" in ln]
+    assert len(line) == 1, proc.stderr
+    assert "optimizer.lr (0.001 there, 0.5 now)" in line[0]
+    assert "seed (1717 there, 3 now)" in line[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_divergence_is_a_result(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agop_sweep", "-m", "optimizer=sgd", "optimizer.lr=1e6,0.01", "model.act=tanh",
+         "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
+         "data.image_shape=[1,8,8]", "model.width=32", "schedule=smoke", f"hydra.sweep.dir={tmp_path}/sw"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sw").glob("*/results.json")}
+    diverged = next(r for name, r in runs.items() if "lr=1000000" in name)
+    fine = next(r for name, r in runs.items() if "lr=0.01" in name)
+    assert diverged["status"] == "diverged"
+    assert diverged["diverged_epoch"] == diverged["epochs"][-1]["epoch"] >= 1
+    assert diverged["epochs"][-1]["train_loss"] is None  # non-finite is written as null
+    assert fine["status"] == "completed"  # the rest of the multirun went on
+    assert "diverged at epoch" in proc.stdout + proc.stderr
+
+
+def test_exception_marks_run_failed(tmp_path: Path) -> None:
+    code = (
+        "import sys, agop_sweep.analysis as a\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('injected failure')\n"
+        "a.analyse = boom\n"
+        "import agop_sweep.train as t; t.analyse = boom\n"
+        "from agop_sweep.app import main\n"
+        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert results["error"] == "RuntimeError: injected failure"
+
+
+def test_crash_while_writing_leaves_loadable_files(tmp_path: Path) -> None:
+    """The process dies (os._exit) half-way through writing its 3rd results.json: every file
+    on disk still loads, and a resume completes the run."""
+    code = (
+        "import os, sys, agop_sweep.atomic as at\n"
+        "calls = {'n': 0}\n"
+        "orig = at.write_atomic\n"
+        "def dying(path, write):\n"
+        "    if str(path).endswith('results.json'):\n"
+        "        calls['n'] += 1\n"
+        "        if calls['n'] == 3:\n"
+        "            def half(f):\n"
+        "                f.write(b'{\"schema_version\": 1, \"sta')\n"
+        "                f.flush(); os._exit(9)\n"
+        "            return orig(path, half)\n"
+        "    return orig(path, write)\n"
+        "at.write_atomic = dying\n"
+        "from agop_sweep.app import main\n"
+        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9
+    assert list(run_dir.glob(".results.json.*.tmp")), "the half-written temp file should remain"
+    results = json.loads((run_dir / "results.json").read_text())  # the previous, complete version
+    assert results["status"] == "running"
+    assert [e["epoch"] for e in results["epochs"]] == [0, 1]
+    for p in (run_dir / "models").glob("*.pth"):
+        torch.load(p, weights_only=False)
+    torch.load(run_dir / "state.pt", weights_only=False)
+    resumed = run_app(run_dir, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
+    """ENOSPC while writing the epoch-2 checkpoint: one-line error, exit 1, the epoch-1
+    checkpoint and state intact, and the run resumes once space is back."""
+    code = (
+        "import errno, sys, agop_sweep.atomic as at\n"
+        "orig = at.torch_save\n"
+        "def full(path, obj):\n"
+        "    if 'model_epoch_2:' in str(path):\n"
+        "        def partial(f):\n"
+        "            f.write(b'x' * 1000)\n"
+        "            raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "        return at.write_atomic(path, partial)\n"
+        "    return orig(path, obj)\n"
+        "at.torch_save = full\n"
+        "import agop_sweep.checkpoint as c; c.torch_save = full\n"
+        "from agop_sweep.app import main\n"
+        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "No space left" in ln]
+    assert len(lines) == 1 and "resume=true" in lines[0], proc.stderr
+    models = sorted(p.name for p in (run_dir / "models").iterdir())
+    assert [m.split(":")[0] for m in models] == ["model_epoch_0", "model_epoch_1"]
+    torch.load(run_dir / "models" / models[1], weights_only=False)
+    assert not list((run_dir / "models").glob(".*.tmp"))
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+    resumed = run_app(run_dir, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
