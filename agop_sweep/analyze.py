@@ -102,7 +102,7 @@ def reanalyse(run_dir: Path, overrides: list[str]) -> Results:
     for epoch, path in found:
         try:
             state = ckpt.load(path)["state_dict"]
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        except Exception as e:
             raise UserError(f"{path} cannot be read as a checkpoint ({type(e).__name__})") from None
         check_architecture(path, state, model)
         if epoch == 0:  # the saved initial weights are the ground truth for "delta"

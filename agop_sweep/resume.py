@@ -47,7 +47,7 @@ def load_state(run_dir: Path) -> ResumeState | None:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=False)
         return ResumeState(**raw)
-    except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
+    except Exception as e:
         raise UserError(
             f"{path} cannot be read ({type(e).__name__}); delete it to restart the run from scratch"
         ) from None

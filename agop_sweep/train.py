@@ -8,12 +8,13 @@ optimizer, RNG, results so far) is saved atomically, so a killed run continues e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ from agop_sweep.analysis import analyse
 from agop_sweep.atomic import remove_stale_temporaries
 from agop_sweep.config import to_container
 from agop_sweep.data import Dataset, load_dataset
-from agop_sweep.device import Placement, set_precision
+from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
 from agop_sweep.model import MLP, build_model, loss_fn
 from agop_sweep.optim import OptimizerSet, build_optimizer
-from agop_sweep.preemption import PreemptionGuard, Preempted
+from agop_sweep.preemption import Preempted, PreemptionGuard
 from agop_sweep.results import Results
 from agop_sweep.resume import ResumeState, check_same_experiment, load_state, save_state
 
@@ -123,7 +124,7 @@ class Trainer:
             return self.model
         try:
             return torch.compile(self.model)  # type: ignore[return-value]
-        except Exception as e:  # noqa: BLE001 - compile is an optional speed-up
+        except Exception as e:
             log.warning("torch.compile unavailable (%s); training eagerly", e)
             return self.model
 
@@ -149,7 +150,7 @@ class Trainer:
                 with self._autocast():
                     logits = model_fn(xb)
                     loss = loss_fn(cfg.loss, logits.float(), yb)
-            except Exception as e:  # noqa: BLE001 - a failed compile falls back to eager
+            except Exception as e:
                 if model_fn is self.model:
                     raise
                 log.warning("torch.compile failed (%s); training eagerly", e)
@@ -215,7 +216,7 @@ class Trainer:
         assert self.results is not None
         try:
             plots.save_run_figures(self.results.data, self.run_dir, self.features)
-        except Exception:  # noqa: BLE001 - a figure must never cost the run
+        except Exception:
             log.exception("Could not draw the run's figures")
 
     # -- the run ---------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class Trainer:
                 self.results.set_status("failed", error=f"{type(e).__name__}: {e}")
                 try:
                     self.results.write()
-                except Exception:  # noqa: BLE001 - e.g. the disk is full: report the first error
+                except Exception:
                     log.exception("Could not record the failure in results.json")
             raise
         return _objective(self.results.data)
@@ -284,11 +285,8 @@ class Trainer:
     def _loop(
         self, data: Dataset, first_epoch: int, progress: EpochProgress | None, guard: PreemptionGuard
     ) -> None:
-        cfg = self.cfg
-        results = self.results
-        assert results is not None
-        epochs = cfg.schedule.epochs
-        bar = tqdm(range(first_epoch, epochs + 1), desc=f"{cfg.optimizer.name}", unit="epoch",
+        epochs = self.cfg.schedule.epochs
+        bar = tqdm(range(first_epoch, epochs + 1), desc=self.cfg.optimizer.name, unit="epoch",
                    initial=first_epoch, total=epochs + 1, disable=None)
         for epoch in bar:
             t0 = time.perf_counter()
@@ -296,74 +294,92 @@ class Trainer:
             if epoch > 0:
                 if progress is None or progress.epoch != epoch:
                     progress = self._new_progress(epoch, data)
-                self.model.train()
-                try:
+                with self._saving_on_preemption(epoch, progress):
                     self._train_epoch(data, progress, guard)
-                except Preempted:
-                    self._save_state(epoch, progress)
-                    results.write()
-                    raise
-                running = (float(progress.loss_sum) / progress.count, float(progress.correct) / progress.count)
+                running = (float(progress.loss_sum) / progress.count,
+                           float(progress.correct) / progress.count)
             train_seconds = time.perf_counter() - t0
-            results.add_time("train_seconds", train_seconds)
-
-            self.model.eval()
-            analysed = epoch in self.checkpoints and cfg.analysis.enabled
-            if analysed:
-                try:
-                    analysis = analyse(self.model, self.init_weights, data.x_train, data.y_train,
-                                       cfg.analysis, cfg.loss, epoch, stop=guard.check(epoch))
-                except Preempted:
-                    self._save_state(epoch, progress)
-                    results.write()
-                    raise
-                train_loss, train_acc = analysis.train_loss, analysis.train_acc
-                results.add_analysis(analysis.record)
-                results.add_time("analysis_seconds", analysis.record["seconds"])
-                self.features.add(epoch, analysis)
-            elif cfg.eval.full_train or epoch == 0:
-                train_loss, train_acc = evaluate(self.model, data.x_train, data.y_train, cfg.loss, cfg.eval.batch_size)
-            else:
-                train_loss, train_acc = running
-            val_loss, val_acc = evaluate(self.model, data.x_val, data.y_val, cfg.loss, cfg.eval.batch_size)
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                      "train_acc": train_acc, "val_acc": val_acc, "seconds": seconds,
-                      "train_seconds": train_seconds}
-            if epoch > 0:
-                record["running_train_loss"], record["running_train_acc"] = running
-            results.add_epoch(record)
-            results.add_time("total_seconds", seconds)
-            log.info(
-                "Epoch %d/%d: train loss %s acc %s | val loss %s acc %s | %.1f s",
-                epoch, epochs, _fmt(train_loss), _fmt(train_acc), _fmt(val_loss), _fmt(val_acc), seconds,
-            )
-            bar.set_postfix(train=_fmt(train_loss), val=_fmt(val_loss))
-
-            diverged = not (train_loss is not None and math.isfinite(train_loss)) or not weights_finite(self.model)
-            if diverged:
-                log.warning("Run diverged at epoch %d (non-finite loss or weights); stopping it", epoch)
-                results.set_status("diverged", diverged_epoch=epoch)
-            elif epoch in self.checkpoints:
-                rel = ckpt.save_checkpoint(
-                    self.run_dir, epoch, self._checkpoint_name(epoch), self.model,
-                    self.optimizer.state_dict(), self.config,
-                )
-                results.add_checkpoint(epoch, rel)
-            if epoch == epochs and not diverged:
-                results.set_status("completed")
-            if results.status != "running":
-                results.data["timing"]["finished_at"] = time.time()
-            if analysed and cfg.analysis.save_features:
-                self.features.save(self.run_dir, data.image_shape)
-            results.write()
-            self._save_state(epoch + 1, None)
+            with self._saving_on_preemption(epoch, progress):
+                record, analysed = self._measure(epoch, data, running, guard)
+            record.update(seconds=time.perf_counter() - t0, train_seconds=train_seconds)
+            diverged = self._finish_epoch(record, analysed, data)
             progress = None
-            if analysed and cfg.trainer.live_plots and not diverged:
-                self._refresh_plots()
+            bar.set_postfix(train=_fmt(record["train_loss"]), val=_fmt(record["val_loss"]))
             if diverged:
                 break
         bar.close()
+
+    @contextlib.contextmanager
+    def _saving_on_preemption(self, epoch: int, progress: EpochProgress | None) -> Iterator[None]:
+        """On a stop request, save where the epoch stands (trained up to progress.step)."""
+        try:
+            yield
+        except Preempted:
+            assert self.results is not None
+            self._save_state(epoch, progress)
+            self.results.write()
+            raise
+
+    def _measure(
+        self, epoch: int, data: Dataset, running: tuple[float | None, float | None],
+        guard: PreemptionGuard,
+    ) -> tuple[dict[str, Any], bool]:
+        """Train and val loss/accuracy of the current weights, and the scheduled analysis."""
+        cfg, results = self.cfg, self.results
+        assert results is not None
+        self.model.eval()
+        analysed = epoch in self.checkpoints and cfg.analysis.enabled
+        if analysed:
+            analysis = analyse(self.model, self.init_weights, data.x_train, data.y_train,
+                               cfg.analysis, cfg.loss, epoch, stop=guard.check(epoch))
+            train = (analysis.train_loss, analysis.train_acc)  # the same pass, no extra cost
+            results.add_analysis(analysis.record)
+            results.add_time("analysis_seconds", analysis.record["seconds"])
+            self.features.add(epoch, analysis)
+        elif cfg.eval.full_train or epoch == 0:
+            train = evaluate(self.model, data.x_train, data.y_train, cfg.loss, cfg.eval.batch_size)
+        else:
+            train = running
+        val = evaluate(self.model, data.x_val, data.y_val, cfg.loss, cfg.eval.batch_size)
+        record = {"epoch": epoch, "train_loss": train[0], "val_loss": val[0],
+                  "train_acc": train[1], "val_acc": val[1]}
+        if epoch > 0:
+            record["running_train_loss"], record["running_train_acc"] = running
+        return record, analysed
+
+    def _finish_epoch(self, record: dict[str, Any], analysed: bool, data: Dataset) -> bool:
+        """Record the epoch, checkpoint it, save the state; True when the run diverged."""
+        cfg, results = self.cfg, self.results
+        assert results is not None
+        epoch = record["epoch"]
+        results.add_epoch(record)
+        results.add_time("train_seconds", record["train_seconds"])
+        results.add_time("total_seconds", record["seconds"])
+        log.info(
+            "Epoch %d/%d: train loss %s acc %s | val loss %s acc %s | %.1f s",
+            epoch, cfg.schedule.epochs, _fmt(record["train_loss"]), _fmt(record["train_acc"]),
+            _fmt(record["val_loss"]), _fmt(record["val_acc"]), record["seconds"],
+        )
+        loss = record["train_loss"]
+        diverged = loss is None or not math.isfinite(loss) or not weights_finite(self.model)
+        if diverged:
+            log.warning("Run diverged at epoch %d (non-finite loss or weights); stopping it", epoch)
+            results.set_status("diverged", diverged_epoch=epoch)
+        elif epoch in self.checkpoints:
+            rel = ckpt.save_checkpoint(self.run_dir, epoch, self._checkpoint_name(epoch), self.model,
+                                       self.optimizer.state_dict(), self.config)
+            results.add_checkpoint(epoch, rel)
+        if epoch == cfg.schedule.epochs and not diverged:
+            results.set_status("completed")
+        if results.status != "running":
+            results.data["timing"]["finished_at"] = time.time()
+        if analysed and cfg.analysis.save_features:
+            self.features.save(self.run_dir, data.image_shape)
+        results.write()
+        self._save_state(epoch + 1, None)
+        if analysed and cfg.trainer.live_plots and not diverged:
+            self._refresh_plots()
+        return diverged
 
 
 def _fmt(value: float | None) -> str:

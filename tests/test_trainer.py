@@ -1,0 +1,132 @@
+"""The training loop in-process: precision and compile options, the train-loss modes,
+preemption inside an epoch, and the resume helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from agop_sweep.config import register_configs
+from agop_sweep.device import Placement
+from agop_sweep.errors import UserError
+from agop_sweep.resume import check_same_experiment, config_differences
+from agop_sweep.train import Trainer, _objective
+
+TINY = [
+    "data=synthetic", "data.n_train=512", "data.n_val=64", "data.n_features=64",
+    "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
+    "trainer.live_plots=false",
+]
+
+
+@pytest.fixture
+def make_cfg() -> Iterator:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("agop_sweep.conf", version_base="1.3"):
+        yield lambda *overrides: compose("config", overrides=[*TINY, *overrides])
+    GlobalHydra.instance().clear()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads())).run()
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_precisions_train(make_cfg, tmp_path: Path, precision: str) -> None:
+    res = run(make_cfg(f"trainer.precision={precision}", "optimizer=adam"), tmp_path)
+    losses = [e["train_loss"] for e in res["epochs"]]
+    assert res["status"] == "completed"
+    assert losses[-1] < losses[0]
+
+
+def test_compile_failure_falls_back_to_eager(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    def broken(model):
+        def fail(x):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    compiled = run(make_cfg("trainer.compile=true"), tmp_path / "a")
+    eager = run(make_cfg(), tmp_path / "b")
+    assert compiled["status"] == "completed"
+    assert [e["train_loss"] for e in compiled["epochs"]] == [e["train_loss"] for e in eager["epochs"]]
+
+
+def test_train_loss_modes(make_cfg, tmp_path: Path) -> None:
+    """full_train=false: epochs that are not analysed report the running minibatch average;
+    analysed epochs always report the full pass (from the analysis)."""
+    over = ["schedule.epochs=3", "schedule.checkpoints=[0,3]"]
+    full = run(make_cfg(*over), tmp_path / "full")
+    cheap = run(make_cfg(*over, "eval.full_train=false"), tmp_path / "cheap")
+    for f, c in zip(full["epochs"], cheap["epochs"], strict=True):
+        if f["epoch"] in (0, 3):
+            assert c["train_loss"] == f["train_loss"]
+        else:
+            assert c["train_loss"] == f["running_train_loss"] != f["train_loss"]
+    analysed = {a["epoch"]: a for a in full["analysis"]}
+    assert full["epochs"][3]["train_loss"] == analysed[3]["train_loss"]
+
+
+def test_signal_mid_epoch_saves_progress_and_resumes_exactly(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    reference = run(make_cfg("trainer.batch_size=16"), tmp_path / "ref")
+    handler_before = signal.getsignal(signal.SIGUSR1)
+
+    # Raise SIGUSR1 from inside the 5th optimizer step of epoch 2.
+    calls = {"n": 0}
+    original_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 32 + 5:
+            signal.raise_signal(signal.SIGUSR1)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(make_cfg("trainer.batch_size=16"), run_dir)
+    assert stop.value.code == 128 + signal.SIGUSR1
+    state = torch.load(run_dir / "state.pt", weights_only=False)
+    assert state["next_epoch"] == 2
+    assert state["progress"]["epoch"] == 2 and state["progress"]["step"] == 5
+    monkeypatch.setattr(torch.optim.SGD, "step", original_step)
+    resumed = run(make_cfg("trainer.batch_size=16", "resume=true"), run_dir)
+    strip = lambda r: [{k: v for k, v in e.items() if "seconds" not in k} for e in r["epochs"]]  # noqa: E731
+    assert strip(resumed) == strip(reference)
+    assert signal.getsignal(signal.SIGUSR1) == handler_before  # the guard restored it
+
+
+def test_config_differences_ignore_run_control_keys() -> None:
+    old = {"optimizer": {"lr": 0.1}, "device": "cpu", "data": {"root": "a", "name": "svhn"}, "resume": False}
+    new = {"optimizer": {"lr": 0.2}, "device": "cuda", "data": {"root": "b", "name": "svhn"}, "resume": True}
+    assert config_differences(old, new) == ["optimizer.lr"]
+    check_same_experiment(old, {**old, "device": "cuda:1"})
+    with pytest.raises(UserError, match=r"optimizer.lr \(0.1 there, 0.2 now\)"):
+        check_same_experiment(old, new)
+
+
+def test_objective() -> None:
+    assert _objective({"status": "diverged", "epochs": [{"val_loss": 0.1}]}) == math.inf
+    assert _objective({"status": "completed", "epochs": [{"val_loss": 0.25, "train_loss": 0.2}]}) == 0.25
+    assert _objective({"status": "completed", "epochs": [{"val_loss": None, "train_loss": 0.2}]}) == 0.2
+
+
+def test_validation_rejects_before_data(make_cfg, tmp_path: Path) -> None:
+    from agop_sweep.config import validate
+
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.optimizer.lr = -1.0
+    with pytest.raises(UserError, match=r"optimizer.lr=-1.0: must be > 0"):
+        validate(cfg)
