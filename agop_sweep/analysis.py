@@ -120,6 +120,7 @@ def analyse(
                     "nfm_delta_diag": ((wd - w0d) ** 2).sum(0).cpu().numpy(),
                     "agop_diag": agop_diag.cpu().numpy(),
                     "nfm_eigvecs": _top_vectors(cmp.spectra.get("nfm_raw"), cfg.top_eigvecs, d),
+                    "nfm_delta_eigvecs": _top_vectors(cmp.spectra.get("nfm_delta"), cfg.top_eigvecs, d),
                     "agop_eigvecs": _top_vectors(cmp.spectra.get("agop"), cfg.top_eigvecs, d),
                 }
     seconds = time.perf_counter() - start

@@ -39,6 +39,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others on a cluster read these
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -57,6 +58,12 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
         tmp.unlink(missing_ok=True)
         count += 1
     return count
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:

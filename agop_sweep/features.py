@@ -2,9 +2,14 @@
 
 features.npz holds: ``epochs`` (E,), ``nfm_diag``, ``nfm_delta_diag``, ``agop_diag`` (E, d):
 the diagonals of W^T W, (W-W0)^T (W-W0) and the AGOP of layer 0 at each analysed epoch;
-``nfm_eigvecs``, ``agop_eigvecs`` (k, d): their top eigenvectors at the last analysed epoch
-(``eigvec_epoch``); ``eigvals_agop_<l>``, ``eigvals_nfm_<l>``: every layer's spectrum at
-that epoch; ``image_shape`` (3,): (channels, height, width) of an input.
+``nfm_eigvecs``, ``agop_eigvecs`` (k, d): the top eigenvectors of W^T W and the AGOP at the
+last analysed epoch (``eigvec_epoch``), rows in descending order of eigenvalue, zero rows where
+the matrix has fewer (``nfm_delta_eigvecs`` too when the analysis provides it);
+``eigvals_agop_<l>``, ``eigvals_nfm_<l>``: every layer's spectrum at that epoch (descending);
+``image_shape`` (3,): (channels, height, width) of an input.
+
+A length-d vector is an image in SPEC's (channel, row, column) order: entry
+``c * H * W + r * W + k`` is pixel (r, k) of channel c; :func:`to_image` undoes the flattening.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ class FeatureLog:
         if epoch >= max(self.epochs):
             self.latest = {
                 "eigvec_epoch": epoch,
-                "nfm_eigvecs": analysis.layer0["nfm_eigvecs"],
-                "agop_eigvecs": analysis.layer0["agop_eigvecs"],
+                # nfm_eigvecs, agop_eigvecs, and any further *_eigvecs the analysis provides
+                **{k: v for k, v in analysis.layer0.items() if k.endswith("_eigvecs")},
                 "eigvals": {k: [np.asarray(v) for v in vals] for k, vals in analysis.eigvals.items()},
             }
 
@@ -62,8 +67,7 @@ class FeatureLog:
             out[k] = np.stack(self.diagonals[k])[order]
         if self.latest:
             out["eigvec_epoch"] = np.asarray(self.latest["eigvec_epoch"])
-            out["nfm_eigvecs"] = self.latest["nfm_eigvecs"]
-            out["agop_eigvecs"] = self.latest["agop_eigvecs"]
+            out.update({k: np.asarray(v) for k, v in self.latest.items() if k.endswith("_eigvecs")})
             for name, per_layer in self.latest["eigvals"].items():
                 short = {"agop": "agop", "nfm_raw": "nfm"}[name]
                 for l, vals in enumerate(per_layer):
@@ -92,3 +96,43 @@ class FeatureLog:
 def load_features(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+def to_image(
+    vector: np.ndarray, image_shape: tuple[int, ...] | np.ndarray, per_channel: bool = False
+) -> np.ndarray:
+    """A flattened input-space vector (d,) as an image.
+
+    Returns (H, W) summed over the channels, or (C, H, W) with ``per_channel``. Raises
+    ValueError when ``d`` is not C * H * W.
+    """
+    shape = tuple(int(s) for s in image_shape)
+    vector = np.asarray(vector)
+    if len(shape) != 3 or vector.size != int(np.prod(shape)):
+        raise ValueError(f"a vector of {vector.size} entries is not an image of shape {list(shape)}")
+    image = vector.reshape(shape)  # C order = (channel, row, column), as the inputs were flattened
+    return image if per_channel else image.sum(axis=0)
+
+
+def orient(vector: np.ndarray) -> np.ndarray:
+    """An eigenvector with the sign that makes its largest-magnitude entry positive.
+
+    Eigenvectors are defined up to sign; fixing it keeps images comparable across runs.
+    """
+    vector = np.asarray(vector)
+    if vector.size == 0:
+        return vector
+    return -vector if vector.flat[int(np.argmax(np.abs(vector)))] < 0 else vector
+
+
+def nearest_epochs(available: list[int] | np.ndarray, targets: list[int]) -> list[int]:
+    """For each target, the available epoch closest to it (ties to the earlier), without repeats."""
+    avail = sorted(int(e) for e in available)
+    out: list[int] = []
+    for t in targets:
+        if not avail:
+            break
+        best = min(avail, key=lambda e: (abs(e - t), e))
+        if best not in out:
+            out.append(best)
+    return out

@@ -377,7 +377,8 @@ class Trainer:
             self.features.save(self.run_dir, data.image_shape)
         results.write()
         self._save_state(epoch + 1, None)
-        if analysed and cfg.trainer.live_plots and not diverged:
+        # The last epoch's figures are drawn once, by run(), after the loop.
+        if analysed and cfg.trainer.live_plots and not diverged and epoch < cfg.schedule.epochs:
             self._refresh_plots()
         return diverged
 
