@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.config import register_configs, validate
-from agop_sweep.device import place_job, set_precision
+from agop_sweep.device import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,6 @@ def _parallel_jobs() -> int:
     if n_jobs is None:
         return 1
     if n_jobs < 0:  # joblib: -1 = all cores, -2 = all but one, ...
-        from agop_sweep.device import available_cores
-
         return max(1, available_cores() + 1 + n_jobs)
     return int(n_jobs)
 
@@ -40,10 +38,12 @@ def run(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     job_num = hc.job.num if hc.mode.name == "MULTIRUN" else 0
+    from agop_sweep.device import place_job, set_precision
+
     placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
     set_precision(cfg.trainer.precision, placement.device)
 
-    from agop_sweep.train import Trainer  # heavy imports after validation
+    from agop_sweep.train import Trainer
 
     log.info("Run dir %s", run_dir)
     objective = Trainer(cfg, run_dir, placement, started_at).run()

@@ -180,6 +180,12 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "model.width", minimum=1, strict=False)
     _positive(cfg, "model.depth", minimum=1, strict=False)
     _one_of(cfg, "model.act", ACTIVATIONS)
+    if cfg.optimizer.name == "muon" and cfg.optimizer.scope == "hidden" and cfg.model.depth < 2:
+        raise _fail(
+            "optimizer.scope",
+            "needs model.depth >= 2 (hidden = the middle layers; use scope=all)",
+            cfg.optimizer.scope,
+        )
     _one_of(cfg, "loss", LOSSES)
 
     epochs = cfg.schedule.epochs

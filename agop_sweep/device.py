@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-import torch
+from agop_sweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def choose_device(requested: str, n_gpus: int, job_num: int = 0, parallel: bool 
     if requested.startswith("cuda:"):
         index = int(requested.split(":", 1)[1])
         if index >= n_gpus:
-            raise ValueError(f"device={requested} but only {n_gpus} GPU(s) are visible")
+            raise ConfigError(f"Invalid config: device={requested!r}: only {n_gpus} GPU(s) are visible")
         return requested
     if n_gpus == 0:
-        raise ValueError("device=cuda but no GPU is visible; use device=auto or device=cpu")
+        raise ConfigError("Invalid config: device='cuda': no GPU is visible; use device=auto or device=cpu")
     return f"cuda:{job_num % n_gpus if parallel else 0}"
 
 
@@ -52,6 +52,8 @@ def available_cores() -> int:
 
 def place_job(requested_device: str, requested_threads: int, job_num: int, n_parallel: int) -> Placement:
     """Pick and apply this job's device and thread count (per job: joblib reuses workers)."""
+    import torch  # here, so that config errors are reported before torch loads
+
     n_gpus = torch.cuda.device_count()
     device = choose_device(requested_device, n_gpus, job_num, parallel=n_parallel > 1)
     threads = choose_threads(requested_threads, available_cores(), n_parallel)
@@ -67,4 +69,6 @@ def place_job(requested_device: str, requested_threads: int, job_num: int, n_par
 
 def set_precision(precision: str, device: str) -> None:
     """fp32: exact float32 matmuls; tf32/bf16: TF32 matmuls on CUDA (bf16 adds autocast)."""
+    import torch
+
     torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")

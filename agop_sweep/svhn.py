@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
@@ -19,8 +20,6 @@ from agop_sweep.atomic import atomic_path
 from agop_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0) -> No
                 )
     except DataError:
         raise
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(
             f"Cannot download {url} ({reason}); without network, put "
@@ -117,16 +116,23 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     try:
         mat = scipy.io.loadmat(path)
-        x, y = mat["X"], mat["y"]
-    except (ValueError, OSError, KeyError, TypeError) as e:
+        x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
+    except MemoryError:
+        raise
+    except Exception as e:  # scipy raises many types on a truncated or foreign file
         raise DataError(
             f"{path} is not a readable SVHN .mat file ({type(e).__name__}: {e}); "
             "delete it to download it again"
         ) from None
-    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3] or y.size == 0:
         raise DataError(
             f"{path} holds X of shape {x.shape} and y of {y.size} labels, expected "
-            "32x32x3xN and N labels; delete it to download it again"
+            "32x32x3xN (N >= 1) and N labels; delete it to download it again"
+        )
+    if x.dtype != np.uint8 or not np.issubdtype(y.dtype, np.number):
+        raise DataError(
+            f"{path} holds X of type {x.dtype} and y of type {y.dtype}, expected uint8 pixels "
+            "and numeric labels as in SVHN's files; delete it to download it again"
         )
     labels = y.reshape(-1).astype(np.int64)
     labels[labels == 10] = 0

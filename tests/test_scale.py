@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agop_sweep.device import choose_device, choose_threads
+from agop_sweep.errors import ConfigError
 
 TINY = [
     "data=synthetic", "data.n_train=1024", "data.n_val=64", "data.n_features=64",
@@ -52,7 +53,7 @@ def test_parallel_jobs_on_8_gpus_never_collide() -> None:
 
 @pytest.mark.parametrize(("requested", "n_gpus"), [("cuda", 0), ("cuda:2", 2)])
 def test_choose_device_errors(requested: str, n_gpus: int) -> None:
-    with pytest.raises(ValueError, match="visible"):
+    with pytest.raises(ConfigError, match="visible"):
         choose_device(requested, n_gpus)
 
 

@@ -1,0 +1,102 @@
+"""The offline datasets (digits, synthetic): shapes, range, seeding; and load_dataset's checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from agop_sweep import data as data_mod
+from agop_sweep.data import load_dataset
+from agop_sweep.errors import DataError
+
+CPU = torch.device("cpu")
+
+
+def test_digits_is_sklearns_data_split_by_seed(compose_config) -> None:
+    data = load_dataset(compose_config("data=digits").data, CPU)
+    assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (1438, 359, 64, 10)
+    assert data.image_shape == (1, 8, 8)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    # Every sample is one of sklearn's images / 16 with its own label, each used once.
+    bunch = load_digits()
+    reference = {(row.tobytes(), int(t)) for row, t in zip((bunch.data / 16).astype(np.float32),
+                                                          bunch.target, strict=True)}
+    x = torch.cat([data.x_train, data.x_val]).numpy()
+    y = torch.cat([data.y_train, data.y_val]).tolist()
+    got = [(row.tobytes(), t) for row, t in zip(x, y, strict=True)]
+    assert len(got) == 1797 and set(got) <= reference
+    assert len({g[0] for g in got}) == len({r[0] for r in reference})
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert set(y) == set(range(10))
+
+
+def test_digits_split_follows_data_seed(compose_config) -> None:
+    a = load_dataset(compose_config("data=digits").data, CPU)
+    b = load_dataset(compose_config("data=digits").data, CPU)
+    c = load_dataset(compose_config("data=digits", "data.seed=1").data, CPU)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
+    assert not torch.equal(a.x_train, c.x_train)
+    d = load_dataset(compose_config("data=digits", "data.val_fraction=0.5").data, CPU)
+    assert d.n_val in (898, 899) and d.n_train + d.n_val == 1797
+
+
+SYNTH = ["data=synthetic", "data.n_train=300", "data.n_val=50", "data.n_features=48",
+         "data.image_shape=[3,4,4]"]
+
+
+def test_synthetic_shapes_range_and_seed(compose_config) -> None:
+    a = load_dataset(compose_config(*SYNTH).data, CPU)
+    assert (a.n_train, a.n_val, a.n_features, a.n_classes) == (300, 50, 48, 10)
+    assert a.image_shape == (3, 4, 4)
+    for x in (a.x_train, a.x_val):
+        assert x.dtype == torch.float32 and float(x.min()) > 0.0 and float(x.max()) < 1.0
+    assert set(a.y_train.tolist()) == set(range(10))
+    b = load_dataset(compose_config(*SYNTH).data, CPU)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
+    c = load_dataset(compose_config(*SYNTH, "data.seed=7").data, CPU)
+    assert not torch.equal(a.x_train, c.x_train)
+    five = load_dataset(compose_config(*SYNTH, "data.n_classes=5").data, CPU)
+    assert five.n_classes == 5 and set(five.y_train.tolist()) == set(range(5))
+
+
+def test_synthetic_is_learnable(compose_config) -> None:
+    """The class means separate the classes better than chance (a nearest-mean classifier)."""
+    d = load_dataset(compose_config(*SYNTH, "data.n_train=1000", "data.n_val=500").data, CPU)
+    means = torch.stack([d.x_train[d.y_train == k].mean(0) for k in range(10)])
+    pred = torch.cdist(d.x_val, means).argmin(1)
+    assert float((pred == d.y_val).float().mean()) > 0.5
+
+
+def test_image_shape_must_match_the_features(compose_config) -> None:
+    with pytest.raises(DataError, match=r"data.image_shape=\[1, 8, 9\] has 72 pixels"):
+        load_dataset(compose_config("data=digits", "data.image_shape=[1,8,9]").data, CPU)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_give_one_line_error(compose_config, monkeypatch, split: str, bad: float) -> None:
+    def loader(cfg):
+        x = np.full((20, 64), 0.5, dtype=np.float32)
+        y = np.arange(20) % 10
+        xv = x[:5].copy()
+        target = x if split == "train" else xv
+        target[3, 7] = bad
+        target[4, :] = bad
+        return x, y, xv, y[:5]
+
+    monkeypatch.setitem(data_mod._LOADERS, "digits", loader)
+    with pytest.raises(DataError) as err:
+        load_dataset(compose_config("data=digits").data, CPU)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"digits {split} inputs hold NaN or inf in 2 samples" in msg
+
+
+def test_empty_training_set(compose_config, monkeypatch) -> None:
+    empty = np.zeros((0, 64), np.float32)
+    monkeypatch.setitem(data_mod._LOADERS, "digits",
+                        lambda cfg: (empty, np.zeros(0, np.int64), empty, np.zeros(0, np.int64)))
+    with pytest.raises(DataError, match="training set is empty"):
+        load_dataset(compose_config("data=digits").data, CPU)

@@ -1,0 +1,191 @@
+"""NFA mathematics: AGOP from its kernel, PSD square roots and spectra, effective rank,
+correlations, and the eight metric variants of one layer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch.func import jacrev, vmap
+
+from agop_sweep.config import VARIANTS
+from agop_sweep.nfa import (
+    Spectrum,
+    agop_from_kernel,
+    compare_layer,
+    correlation,
+    effective_rank,
+    psd_factor,
+    spectrum_of_gram,
+    top_eigvec_cosine,
+)
+from agop_sweep.results import finite_or_none
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _psd(d: int, rank: int | None = None, seed: int = 0) -> torch.Tensor:
+    b = torch.randn(rank or d, d, dtype=torch.float64, generator=_gen(seed))
+    return b.T @ b / d
+
+
+def _sqrt_by_eigh(a: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh((a + a.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_agop_from_kernel_is_wt_k_w() -> None:
+    w = torch.randn(5, 3, dtype=torch.float64, generator=_gen(1))
+    k = _psd(5)
+    np.testing.assert_allclose(agop_from_kernel(w, k).numpy(), w.numpy().T @ k.numpy() @ w.numpy(),
+                               rtol=1e-12)
+
+
+def test_readout_agop_is_wt_w() -> None:
+    """f = R h: every sample's Jacobian is R, so the kernel is the identity and AGOP = R^T R."""
+    r = torch.randn(10, 16, dtype=torch.float64, generator=_gen(2))
+    h = torch.randn(30, 16, dtype=torch.float64, generator=_gen(3))
+    jac = vmap(jacrev(lambda v: r @ v))(h)
+    assert torch.equal(jac, r.expand(30, 10, 16))
+    per_sample = torch.einsum("nci,ncj->ij", jac, jac) / 30
+    closed = agop_from_kernel(r, torch.eye(10, dtype=torch.float64))
+    assert torch.equal(closed, r.T @ r)
+    torch.testing.assert_close(per_sample, closed, rtol=1e-12, atol=1e-12)
+
+
+def test_psd_factor() -> None:
+    k = _psd(6, rank=3)  # singular: rounding gives tiny negative eigenvalues
+    f = psd_factor(k)
+    assert f.shape == (6, 6) and bool(torch.isfinite(f).all())
+    torch.testing.assert_close(f.T @ f, k, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(8, 5), (6, 6), (4, 9), (1, 7)])
+def test_agop_sqrt_squares_to_the_agop(d_out: int, d_in: int) -> None:
+    """Both routes: an eigh of W^T K W (d_out >= d_in) and of the small side (d_out < d_in)."""
+    w = torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(d_out * 10 + d_in))
+    k = _psd(d_out, seed=d_in)
+    agop = agop_from_kernel(w, k)
+    spectrum = spectrum_of_gram(psd_factor(k) @ w)
+    root = spectrum.sqrt()
+    assert root.shape == (d_in, d_in) and spectrum.dim == d_in
+    torch.testing.assert_close(root, root.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(root @ root, agop, rtol=1e-9, atol=1e-10 * float(agop.abs().max()))
+    np.testing.assert_allclose(root.numpy(), _sqrt_by_eigh(agop.numpy()), atol=1e-7)
+    if d_out >= d_in:  # full rank: scipy's sqrtm is well defined
+        np.testing.assert_allclose(root.numpy(), np.real(scipy.linalg.sqrtm(agop.numpy())), atol=1e-8)
+    # The spectrum itself: descending eigenvalues of the AGOP, orthonormal eigenvectors.
+    values = spectrum.values
+    assert values.numel() == min(d_out, d_in)
+    assert bool((values[:-1] >= values[1:]).all())
+    expected = np.sort(np.linalg.eigvalsh(agop.numpy()))[::-1][: values.numel()]
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-9, atol=1e-10)
+    vecs = spectrum.vectors
+    eye = torch.eye(values.numel(), dtype=torch.float64)
+    torch.testing.assert_close(vecs.T @ vecs, eye, atol=1e-9, rtol=0)
+    torch.testing.assert_close(agop @ vecs, vecs * values, atol=1e-9 * float(values[0]), rtol=0)
+
+
+def test_effective_rank() -> None:
+    assert spectrum_of_gram(torch.eye(7, dtype=torch.float64)).effective_rank() == pytest.approx(7)
+    u = torch.randn(1, 9, dtype=torch.float64, generator=_gen(4))
+    assert spectrum_of_gram(u).effective_rank() == pytest.approx(1)  # rank one (low-rank route)
+    assert spectrum_of_gram(torch.cat([u, 3 * u])).effective_rank() == pytest.approx(1)
+    assert effective_rank(torch.tensor([2.0, 2.0, 0.0, 0.0])) == pytest.approx(2)
+    p = np.array([3.0, 1.0]) / 4
+    assert effective_rank(torch.tensor([3.0, 1.0])) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert effective_rank(torch.zeros(4)) is None
+
+
+def test_shares_and_top_eigvec_cosine() -> None:
+    a = Spectrum(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.eye(4), 4)
+    assert a.shares(2) == pytest.approx([0.4, 0.3])
+    assert a.shares(6) == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    v = torch.tensor([[0.6], [-0.8], [0.0], [0.0]])
+    b = Spectrum(torch.tensor([5.0]), v, 4)
+    assert top_eigvec_cosine(a, b) == pytest.approx(0.6)
+    flipped = Spectrum(torch.tensor([5.0]), -v, 4)
+    assert top_eigvec_cosine(a, flipped) == pytest.approx(0.6)  # sign-free
+    zero = Spectrum(torch.tensor([0.0]), v, 4)
+    assert top_eigvec_cosine(a, zero) is None
+
+
+def test_correlations_by_hand() -> None:
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    b = torch.tensor([[4.0, 3.0], [2.0, 1.0]], dtype=torch.float64)
+    assert correlation(a, b, "cos") == pytest.approx(20 / 30)  # (4+6+6+4) / (sqrt 30)^2
+    assert correlation(a, b, "pearson") == pytest.approx(-1.0)
+    eye, ones = torch.eye(2, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)
+    assert correlation(eye, ones, "cos") == pytest.approx(1 / math.sqrt(2))
+    assert correlation(eye, ones, "pearson") is None  # a constant matrix has no spread
+    c = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    # pearson by hand: a - 2.5 = (-1.5, -.5, .5, 1.5); c - 1 = (1, -1, 0, 0) -> -1 / (sqrt 5 * sqrt 2)
+    assert correlation(a, c, "pearson") == pytest.approx(-1 / math.sqrt(10))
+    assert correlation(a, c, "cos") == pytest.approx(9 / (math.sqrt(30) * math.sqrt(6)))  # 2+0+3+4
+    assert correlation(torch.zeros(2, 2), a, "cos") is None
+    with pytest.raises(ValueError, match="spearman"):
+        correlation(a, b, "spearman")
+
+
+def _layer(d_out: int, d_in: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    w0 = torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(seed))
+    w = w0 + 0.3 * torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(seed + 1))
+    return w, w0, _psd(d_out, seed=seed + 2)
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(6, 4), (3, 8)])
+def test_compare_layer_all_eight_variants(d_out: int, d_in: int) -> None:
+    w, w0, k = _layer(d_out, d_in, seed=d_in)
+    cmp = compare_layer(w, w0, k)
+    assert set(cmp.metrics) == set(VARIANTS) and len(VARIANTS) == 8
+    wn, dn, kn = w.numpy(), (w - w0).numpy(), k.numpy()
+    agop = wn.T @ kn @ wn
+    targets = {"agop": agop, "sqrt": _sqrt_by_eigh(agop)}
+    nfms = {"raw": wn.T @ wn, "delta": dn.T @ dn}
+    corrs = {"cos": _cos, "pearson": _pearson}
+    for nfm in nfms:
+        for corr in corrs:
+            for target in targets:
+                expected = corrs[corr](nfms[nfm], targets[target])
+                got = cmp.metrics[f"{nfm}_{corr}_{target}"]
+                assert got == pytest.approx(expected, abs=1e-7), (nfm, corr, target)
+    assert set(cmp.spectra) == {"agop", "nfm_raw", "nfm_delta"}
+    np.testing.assert_allclose(cmp.spectra["nfm_raw"].values.numpy(),
+                               np.sort(np.linalg.eigvalsh(wn.T @ wn))[::-1][: min(d_out, d_in)], atol=1e-9)
+
+
+def test_delta_is_none_at_epoch_zero_and_null_in_json() -> None:
+    w, _, k = _layer(5, 4, seed=9)
+    cmp = compare_layer(w, w.clone(), k)
+    for name, value in cmp.metrics.items():
+        if name.startswith("delta_"):
+            assert value is None, name
+        else:
+            assert isinstance(value, float) and math.isfinite(value), name
+    assert "nfm_delta" not in cmp.spectra
+    doc = json.loads(json.dumps(finite_or_none({"metrics": cmp.metrics}), allow_nan=False))
+    assert all(doc["metrics"][n] is None for n in VARIANTS if n.startswith("delta_"))
+
+
+def test_zero_matrices_give_none_not_nan() -> None:
+    w, w0, _ = _layer(5, 4, seed=11)
+    cmp = compare_layer(w, w0, torch.zeros(5, 5, dtype=torch.float64))  # AGOP = 0
+    assert all(v is None for v in cmp.metrics.values()), cmp.metrics
+    zero = torch.zeros(3, 6, dtype=torch.float64)
+    cmp = compare_layer(zero, zero, _psd(3))  # W = W0 = 0: both NFMs and the AGOP vanish
+    assert all(v is None for v in cmp.metrics.values()), cmp.metrics

@@ -1,0 +1,264 @@
+"""SVHN from files in SVHN's own .mat format: layout, labels, scaling, MD5 checks, broken
+files, and downloads from a local HTTP server (good, corrupt, interrupted, unreachable)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from conftest import FileServer, Served, SvhnFiles, make_svhn_files
+
+from agop_sweep import svhn
+from agop_sweep.data import load_dataset
+from agop_sweep.errors import DataError
+
+
+def _svhn_cfg(compose_config, root: Path, *extra: str):
+    return compose_config("data=svhn", f"data.root={root}", *extra).data
+
+
+def _own_md5s(monkeypatch: pytest.MonkeyPatch, files: SvhnFiles) -> None:
+    """Make svhn.FILES expect the MD5s of the generated files."""
+    for split, spec in list(svhn.FILES.items()):
+        md5 = svhn.md5sum(files.path(split))
+        monkeypatch.setitem(svhn.FILES, split, svhn.SvhnFile(spec.split, spec.filename, md5))
+
+
+def _one_line(err: pytest.ExceptionInfo[DataError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and msg.strip()
+    return msg
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_layout_labels_and_scaling_against_marked_pixels(tmp_path: Path, compose_config) -> None:
+    """X[row, col, channel, i] lands at x[i, channel*1024 + row*32 + col], scaled by 1/255."""
+    n = 12
+    x = np.zeros((32, 32, 3, n), dtype=np.uint8)
+    marks = [(0, 2, 5, 17, 255), (3, 0, 31, 0, 128), (7, 1, 0, 31, 1), (11, 2, 31, 31, 200)]
+    for i, ch, row, col, value in marks:
+        x[row, col, ch, i] = value
+    raw = np.array([10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 3], dtype=np.uint8).reshape(-1, 1)
+    root = tmp_path / "svhn"
+    root.mkdir()
+    scipy.io.savemat(root / "train_32x32.mat", {"X": x, "y": raw})
+    scipy.io.savemat(root / "test_32x32.mat", {"X": x[..., :4], "y": raw[:4]})
+
+    images, labels = svhn.read_mat(root / "train_32x32.mat")
+    assert images.shape == (n, 3, 32, 32) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 3]
+    for i, ch, row, col, value in marks:
+        assert images[i, ch, row, col] == value
+    assert int(images.astype(np.int64).sum()) == sum(m[-1] for m in marks)
+
+    data = load_dataset(_svhn_cfg(compose_config, root, "data.verify=false", "data.download=false"),
+                        torch.device("cpu"))
+    assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (n, 4, 3072, 10)
+    assert data.image_shape == (3, 32, 32)
+    assert data.x_train.dtype == torch.float32
+    flat = data.x_train.numpy()
+    for i, ch, row, col, value in marks:
+        assert flat[i, ch * 1024 + row * 32 + col] == pytest.approx(value / 255)
+    assert np.count_nonzero(flat) == len(marks)
+    assert data.y_train.tolist() == labels.tolist()
+    assert data.y_val.tolist() == [0, 1, 2, 3]
+
+
+def test_generated_files_round_trip(svhn_files: SvhnFiles, compose_config) -> None:
+    cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.download=false")
+    data = load_dataset(cfg, torch.device("cpu"))
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_val, data.y_val)):
+        expected = svhn_files.images[split].reshape(len(x), -1) / 255.0
+        np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6)
+        assert y.tolist() == svhn_files.digits[split].tolist()
+    assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) <= 1.0
+
+
+def test_val_fraction_holds_out_part_of_train(svhn_files: SvhnFiles, compose_config) -> None:
+    cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.val_fraction=0.25")
+    data = load_dataset(cfg, torch.device("cpu"))
+    assert (data.n_train, data.n_val) == (30, 10)
+    # Train and val partition the train file's images (the test file is not used).
+    rows = {r.tobytes() for r in svhn_files.images["train"].reshape(40, -1)}
+    got = np.concatenate([data.x_train.numpy(), data.x_val.numpy()]) * 255
+    got_rows = {np.rint(r).astype(np.uint8).tobytes() for r in got}
+    assert got_rows == rows
+
+
+def test_wrong_md5_names_the_file_and_the_fix(svhn_files: SvhnFiles, compose_config) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset(_svhn_cfg(compose_config, svhn_files.root), torch.device("cpu"))
+    msg = _one_line(err)
+    assert str(svhn_files.path("train")) in msg
+    assert svhn.FILES["train"].md5 in msg and svhn.md5sum(svhn_files.path("train")) in msg
+    assert "data.verify=false" in msg and "delete it" in msg
+
+
+def test_matching_md5_is_accepted(svhn_files: SvhnFiles, compose_config, monkeypatch) -> None:
+    _own_md5s(monkeypatch, svhn_files)
+    data = load_dataset(_svhn_cfg(compose_config, svhn_files.root, "data.download=false"),
+                        torch.device("cpu"))
+    assert (data.n_train, data.n_val) == (40, 24)
+
+
+def _broken_files(root: Path) -> dict[str, Path]:
+    good = make_svhn_files(root / "good", n_train=30, n_test=1).path("train").read_bytes()
+    x = np.zeros((32, 32, 3, 2), dtype=np.uint8)
+    cases = {
+        "empty": b"",
+        "text": b"<html>Service unavailable</html>\n" * 20,
+        "truncated_header": good[:100],
+        "truncated_half": good[: len(good) // 2],
+    }
+    out = {}
+    for name, body in cases.items():
+        out[name] = root / f"{name}.mat"
+        out[name].write_bytes(body)
+    arrays = {
+        "no_images": {"X": np.zeros((32, 32, 3, 0), np.uint8), "y": np.zeros((0, 1), np.uint8)},
+        "wrong_shape": {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)},
+        "label_count": {"X": x, "y": np.ones((3, 1), np.uint8)},
+        "float_pixels": {"X": x.astype(np.float64), "y": np.ones((2, 1), np.uint8)},
+        "label_11": {"X": x, "y": np.array([[1], [11]], np.uint8)},
+        "no_y": {"X": x},
+    }
+    for name, arrays_ in arrays.items():
+        out[name] = root / f"{name}.mat"
+        scipy.io.savemat(out[name], arrays_)
+    return out
+
+
+def test_unreadable_files_give_one_line_data_errors(tmp_path: Path) -> None:
+    for name, path in _broken_files(tmp_path).items():
+        with pytest.raises(DataError) as err:
+            svhn.read_mat(path)
+        msg = _one_line(err)
+        assert str(path) in msg, name
+        assert "delete it" in msg, name
+
+
+def test_a_truncated_file_through_load_dataset(svhn_files: SvhnFiles, compose_config) -> None:
+    path = svhn_files.path("test")
+    path.write_bytes(path.read_bytes()[:5000])
+    cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.download=false")
+    with pytest.raises(DataError, match=r"not a readable SVHN \.mat file") as err:
+        load_dataset(cfg, torch.device("cpu"))
+    assert str(path) in _one_line(err)
+
+
+def test_missing_files_without_download(tmp_path: Path, compose_config) -> None:
+    root = tmp_path / "empty"
+    with pytest.raises(DataError) as err:
+        load_dataset(_svhn_cfg(compose_config, root, "data.download=false"), torch.device("cpu"))
+    msg = _one_line(err)
+    assert str(root / "train_32x32.mat") in msg and "data.download=false" in msg
+
+
+# -- downloads --------------------------------------------------------------------------------
+
+
+def _serve(server: FileServer, files: SvhnFiles) -> None:
+    for split in ("train", "test"):
+        server.files[f"/{split}_32x32.mat"] = Served(files.path(split).read_bytes())
+
+
+def test_download_is_verified_and_renamed(tmp_path: Path, file_server: FileServer, compose_config,
+                                          monkeypatch) -> None:
+    files = make_svhn_files(tmp_path / "source")
+    _serve(file_server, files)
+    _own_md5s(monkeypatch, files)
+    root = tmp_path / "fresh" / "svhn"  # does not exist yet
+    cfg = _svhn_cfg(compose_config, root, f"data.url={file_server.url}")
+    data = load_dataset(cfg, torch.device("cpu"))
+    assert sorted(file_server.requests) == ["/test_32x32.mat", "/train_32x32.mat"]
+    assert _leftovers(root) == ["test_32x32.mat", "train_32x32.mat"]  # no temporary files
+    for split in ("train", "test"):
+        assert (root / f"{split}_32x32.mat").read_bytes() == files.path(split).read_bytes()
+    np.testing.assert_allclose(data.x_val.numpy(), files.images["test"].reshape(24, -1) / 255.0,
+                               rtol=1e-6)
+    # Present and verified now: a second load downloads nothing.
+    load_dataset(cfg, torch.device("cpu"))
+    assert len(file_server.requests) == 2
+
+
+def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, file_server: FileServer) -> None:
+    file_server.files["/train_32x32.mat"] = Served(b"not the file you are looking for")
+    root = tmp_path / "svhn"
+    with pytest.raises(DataError) as err:
+        svhn.ensure_file(root, svhn.FILES["train"], verify=True, allow_download=True,
+                         base_url=file_server.url)
+    msg = _one_line(err)
+    assert "MD5" in msg and svhn.FILES["train"].md5 in msg and "train_32x32.mat" in msg
+    assert _leftovers(root) == []
+
+
+def test_interrupted_download_leaves_nothing(tmp_path: Path, file_server: FileServer) -> None:
+    body = make_svhn_files(tmp_path / "source").path("train").read_bytes()
+    # Content-Length promises the whole file; the server sends a third of it and closes.
+    file_server.files["/train_32x32.mat"] = Served(body[: len(body) // 3], length=len(body))
+    root = tmp_path / "svhn"
+    with pytest.raises(DataError) as err:
+        svhn.ensure_file(root, svhn.FILES["train"], verify=False, allow_download=True,
+                         base_url=file_server.url)
+    msg = _one_line(err)
+    assert f"stopped after {len(body) // 3} of {len(body)} bytes" in msg
+    assert _leftovers(root) == []
+
+
+def test_http_error_names_the_files(tmp_path: Path, file_server: FileServer) -> None:
+    root = tmp_path / "svhn"
+    with pytest.raises(DataError) as err:
+        svhn.ensure_file(root, svhn.FILES["test"], verify=True, allow_download=True,
+                         base_url=file_server.url)  # serves nothing: 404
+    msg = _one_line(err)
+    assert "Not Found" in msg and "train_32x32.mat" in msg and "test_32x32.mat" in msg
+    assert _leftovers(root) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_network_says_which_files_to_put_where(tmp_path: Path, compose_config) -> None:
+    root = tmp_path / "svhn"
+    cfg = _svhn_cfg(compose_config, root, f"data.url=http://127.0.0.1:{_closed_port()}/")
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg, torch.device("cpu"))
+    msg = _one_line(err)
+    assert "train_32x32.mat" in msg and "test_32x32.mat" in msg and f"into {root}" in msg
+    assert _leftovers(root) == []
+
+
+def test_root_that_cannot_be_a_directory(tmp_path: Path, compose_config) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    root = blocker / "svhn"
+    cfg = _svhn_cfg(compose_config, root, "data.url=http://127.0.0.1:9/")
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg, torch.device("cpu"))
+    msg = _one_line(err)
+    assert f"data.root={root}" in msg and "not a writable directory" in msg
+    assert blocker.read_text() == "not a directory"
+
+
+def test_downloaded_file_has_the_usual_permissions(tmp_path: Path, file_server: FileServer) -> None:
+    """Not mkstemp's 0600: a shared data root must stay readable to the group and others."""
+    file_server.files["/train_32x32.mat"] = Served(b"some bytes")
+    root = tmp_path / "svhn"
+    previous = os.umask(0o022)  # the common umask; under 077 the two would agree by chance
+    try:
+        svhn.ensure_file(root, svhn.FILES["train"], verify=False, allow_download=True,
+                         base_url=file_server.url)
+    finally:
+        os.umask(previous)
+    assert (root / "train_32x32.mat").stat().st_mode & 0o777 == 0o644
