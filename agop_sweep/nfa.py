@@ -115,6 +115,46 @@ class LayerComparison:
     spectra: dict[str, Spectrum]
 
 
+def _spectrum_of_psd(a: torch.Tensor) -> Spectrum:
+    """Spectrum of a symmetric PSD matrix A (d, d) itself (clamping rounding negatives to 0)."""
+    values, vectors = torch.linalg.eigh(a)
+    order = torch.argsort(values, descending=True)
+    return Spectrum(values.clamp_min(0)[order], vectors[:, order], a.shape[0])
+
+
+@dataclass
+class _Target:
+    """The AGOP (``power`` 1) or its square root (1/2) as V diag(s) V^T from the AGOP's
+    spectrum, with |A|_F^2 and the sum of its entries, so that it is never formed."""
+
+    weights: torch.Tensor
+    sq_norm: torch.Tensor
+    total: torch.Tensor
+
+
+def _target(spec: Spectrum, power: float) -> _Target:
+    s = spec.values if power == 1 else spec.values**power
+    ones = spec.vectors.sum(0)  # 1^T v_j: 1^T A 1 = sum_j s_j (1^T v_j)^2
+    return _Target(s, (s * s).sum(), (s * ones * ones).sum())
+
+
+def _correlation(
+    inner: torch.Tensor, na2: torch.Tensor, sum_a: torch.Tensor, t: _Target, d: int, kind: str
+) -> float | None:
+    """:func:`correlation` from <A, B>, |A|_F^2, |B|_F^2 and the entry sums (equal up to rounding)."""
+    nb2 = t.sq_norm
+    if kind == "pearson":  # <A - mean A, B - mean B> = <A, B> - sum(A) sum(B) / d^2
+        inner = inner - sum_a * t.total / (d * d)
+        na2 = na2 - sum_a * sum_a / (d * d)
+        nb2 = nb2 - t.total * t.total / (d * d)
+    elif kind != "cos":
+        raise ValueError(f"unknown correlation kind {kind!r}")
+    if na2 <= 0 or nb2 <= 0:
+        return None
+    value = float(inner / (na2.sqrt() * nb2.sqrt()))
+    return value if math.isfinite(value) else None
+
+
 def compare_layer(
     w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool = True
 ) -> LayerComparison:
@@ -127,21 +167,39 @@ def compare_layer(
         metrics ``{raw,delta}_{cos,pearson}_{agop,sqrt}``; ``delta`` variants are None when
         W == W0 (epoch 0). ``spectra``: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta``,
         shared by the ``sqrt`` variants and the spectral summaries.
+
+    No (d_in, d_in) matrix beyond the AGOP of a square layer is formed: with the AGOP's
+    spectrum V diag(l) V^T and an NFM X^T X (X = W or W - W0), <X^T X, AGOP^p> =
+    sum_j l_j^p |X v_j|^2 needs one product X V for both targets, a third of the cost of
+    forming X^T X for layer 0 (1024 x 3072).
     """
     w, w0, k = w.double(), w0.double(), k.double()
-    delta = w - w0
-    agop = agop_from_kernel(w, k)
-    agop_spec = spectrum_of_gram(psd_factor(k) @ w)
-    agop_sqrt = agop_spec.sqrt()
+    d = w.shape[1]
+    if w.shape[0] >= d:  # AGOP no larger than K: one eigh of the AGOP instead of K's and B^T B's
+        agop_spec = _spectrum_of_psd(agop_from_kernel(w, k))
+    else:
+        agop_spec = spectrum_of_gram(psd_factor(k) @ w)
     spectra = {"agop": agop_spec}
-    nfms = {"raw": (w, w.T @ w), "delta": (delta, delta.T @ delta)}
+    targets = {"agop": _target(agop_spec, 1), "sqrt": _target(agop_spec, 0.5)}
     metrics: dict[str, float | None] = {}
+    nfm_factors = {"raw": w, "delta": w - w0}
     for nfm_kind in NFM_KINDS:
-        factor, nfm = nfms[nfm_kind]
-        if with_spectra and bool(factor.any()):
-            spectra[f"nfm_{nfm_kind}"] = spectrum_of_gram(factor)
-        for corr_kind in CORR_KINDS:
-            for target in TARGETS:
-                other = agop if target == "agop" else agop_sqrt
-                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = correlation(nfm, other, corr_kind)
-    return LayerComparison(metrics, spectra)
+        x = nfm_factors[nfm_kind]
+        if with_spectra and bool(x.any()):
+            spectrum = spectra[f"nfm_{nfm_kind}"] = spectrum_of_gram(x)
+            na2 = (spectrum.values * spectrum.values).sum()
+        else:
+            g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+            na2 = (g * g).sum()  # |X^T X|_F = |X X^T|_F
+        ones = x.sum(1)  # X 1: 1^T X^T X 1 = |X 1|^2
+        proj = x @ agop_spec.vectors
+        col = (proj * proj).sum(0)  # |X v_j|^2
+        for target in TARGETS:
+            inner = col @ targets[target].weights
+            for corr_kind in CORR_KINDS:
+                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = _correlation(
+                    inner, na2, ones @ ones, targets[target], d, corr_kind
+                )
+    # Fixed key order, as the variants are listed (NFM, correlation, target).
+    order = [f"{n}_{c}_{t}" for n in NFM_KINDS for c in CORR_KINDS for t in TARGETS]
+    return LayerComparison({key: metrics[key] for key in order}, spectra)

@@ -1,0 +1,326 @@
+"""Shared helpers of the benchmarks: timing, reference matmul rates, memory, tables.
+
+The benchmarks run on shared machines, so every rate is a median of repeats and every
+efficiency is a ratio to a plain matmul timed in the same process, around the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Runnable as `python bench/<name>.py` from the repository root without installing.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+GIB = 2**30
+D_IN, N_CLASSES, N_SVHN_TRAIN, N_SVHN_TEST = 3072, 10, 73_257, 26_032
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """--device, --width, --depth, --n (training samples), --threads: the flags every script has."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--n", type=int, default=N_SVHN_TRAIN, help="training samples (SVHN: 73,257)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device_name(device)}, "
+          f"{torch.get_num_threads()} CPU threads")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores visible)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall seconds of ``fn()`` (device work included) and its result."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, device)[0] for _ in range(repeats))
+
+
+def dims(width: int, depth: int, d_in: int = D_IN) -> list[int]:
+    """[d_in, d_1, .., d_L] of the hidden layers."""
+    return [d_in] + [width] * depth
+
+
+def weight_shapes(
+    width: int, depth: int, d_in: int = D_IN, n_classes: int = N_CLASSES
+) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every weight matrix, readout included, in forward order."""
+    d = dims(width, depth, d_in)
+    return [(o, i) for i, o in itertools.pairwise(d)] + [(n_classes, width)]
+
+
+def svhn_shaped(n: int, device: torch.device, seed: int = 0, n_classes: int = N_CLASSES,
+                d_in: int = D_IN) -> tuple[torch.Tensor, torch.Tensor]:
+    """n uniform [0, 1] images (n, d_in) float32 and labels (n,): SVHN's shapes and range.
+
+    Timings do not depend on the pixel values; this is quick and needs no temporary copies.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d_in, generator=g)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+class MatmulRate:
+    """The FLOP/s of a plain (size x size) @ (size x size) matmul, sampled repeatedly.
+
+    Take :meth:`sample` before and after (or between) the phases being measured; the median
+    of the samples is the rate that efficiencies are relative to.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096):
+        self.device, self.dtype, self.size = device, dtype, size
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(size, size, generator=g).to(device, dtype)
+        self.b = torch.randn(size, size, generator=g).to(device, dtype)
+        self.samples: list[float] = []
+        self.a @ self.b  # warm up (library init, page faults)
+
+    def sample(self, repeats: int = 3) -> float:
+        t = median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=0)
+        rate = 2 * self.size**3 / t
+        self.samples.append(rate)
+        return rate
+
+    @property
+    def rate(self) -> float:
+        if not self.samples:
+            self.sample()
+        return statistics.median(self.samples)
+
+    def describe(self) -> str:
+        lo, hi = min(self.samples), max(self.samples)
+        name = str(self.dtype).removeprefix("torch.")
+        return (f"{name} matmul {self.size}^3: median {self.rate / 1e9:.0f} GFLOP/s over "
+                f"{len(self.samples)} samples (range {lo / 1e9:.0f}-{hi / 1e9:.0f})")
+
+
+def compose_config(overrides: Sequence[str] = ()) -> Any:
+    """The project's full config as ``python -m agop_sweep <overrides>`` composes it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from agop_sweep.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="agop_sweep.conf"):
+        return compose("config", overrides=list(overrides))
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (since start or the last :func:`reset_peak_rss`)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Yields a dict that gets, on exit: ``rss_before``, ``rss_peak`` and ``rss_delta`` (bytes;
+    the delta is the peak over the RSS at entry), and on CUDA ``cuda_before``/``cuda_peak``/
+    ``cuda_delta`` (allocated tensor bytes). ``rss_exact`` is False where the peak mark could
+    not be reset, so the delta is then an upper bound."""
+    out: dict[str, float] = {}
+    exact = reset_peak_rss()
+    out["rss_before"] = rss_bytes()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out["cuda_before"] = torch.cuda.memory_allocated(device)
+    try:
+        yield out
+    finally:
+        if device.type == "cuda":
+            sync(device)
+            out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
+            out["cuda_delta"] = out["cuda_peak"] - out["cuda_before"]
+        out["rss_peak"] = peak_rss_bytes()
+        out["rss_delta"] = out["rss_peak"] - out["rss_before"]
+        out["rss_exact"] = exact
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    """Print a plain aligned table; floats as given by the caller (pre-format them)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if title:
+        print(f"\n{title}")
+    line = "  ".join("-" * w for w in widths)
+    for k, r in enumerate(cells):
+        pairs = enumerate(zip(r, widths, strict=True))
+        print("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in pairs))
+        if k == 0:
+            print(line)
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "meets target" if ok else "MISSES target"
+
+
+def gflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e9
+
+
+# -- the project's training code, driven piece by piece ----------------------------------
+
+
+def dataset(x: torch.Tensor, y: torch.Tensor, n: int, n_val: int = 0) -> Any:
+    """An agop_sweep Dataset of the first ``n`` samples (val: the next ``n_val``)."""
+    from agop_sweep.data import Dataset
+
+    return Dataset("svhn", x[:n], y[:n], x[n : n + n_val], y[n : n + n_val], N_CLASSES, (3, 32, 32))
+
+
+class TrainerHarness:
+    """A real agop_sweep Trainer (config ``cfg``) whose pieces are timed one at a time:
+    Trainer._train_epoch over a few steps, train.evaluate, checkpoint and state writes."""
+
+    def __init__(self, cfg: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+        import tempfile
+
+        from agop_sweep.device import Placement, set_precision
+        from agop_sweep.train import Trainer
+
+        set_precision(cfg.trainer.precision, device.type)  # as the app does for every job
+        self.cfg, self.device, self.x, self.y = cfg, device, x, y
+        self.bs: int = cfg.trainer.batch_size
+        self._dir = tempfile.TemporaryDirectory()
+        self.run_dir = Path(self._dir.name)
+        self.trainer = Trainer(cfg, self.run_dir, Placement(str(device), torch.get_num_threads()))
+        self.trainer._build(dataset(x, y, self.bs))
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+    def train_steps(self, steps: int) -> float:
+        """Seconds of Trainer._train_epoch over ``steps`` minibatches (an epoch of that size)."""
+        from agop_sweep.preemption import PreemptionGuard
+
+        data = dataset(self.x, self.y, steps * self.bs)
+        progress = self.trainer._new_progress(1, data)
+        return timed(lambda: self.trainer._train_epoch(data, progress, PreemptionGuard()), self.device)[0]
+
+    def gradient(self, steps: int, repeats: int = 3) -> float:
+        """Seconds of ``steps`` forward + loss + backward passes alone (no optimizer update)."""
+        from agop_sweep.model import loss_fn
+
+        model, cfg, bs = self.trainer.model, self.cfg, self.bs
+
+        def run() -> None:
+            for s in range(steps):
+                xb, yb = self.x[s * bs : (s + 1) * bs], self.y[s * bs : (s + 1) * bs]
+                with self.trainer._autocast():
+                    loss = loss_fn(cfg.loss, model(xb).float(), yb)
+                self.trainer.optimizer.zero_grad()
+                loss.backward()
+
+        return median_time(run, self.device, repeats=repeats)
+
+    def evaluation(self, n: int, repeats: int = 3) -> float:
+        """Seconds of train.evaluate over ``n`` samples at eval.batch_size."""
+        from agop_sweep.train import evaluate
+
+        model = self.trainer.model
+        model.eval()
+        t = median_time(lambda: evaluate(model, self.x[:n], self.y[:n], self.cfg.loss,
+                                         self.cfg.eval.batch_size), self.device, repeats=repeats)
+        model.train()
+        return t
+
+    def checkpoint_write(self, repeats: int = 3) -> tuple[float, int]:
+        """Seconds of one scheduled checkpoint (checkpoint.save_checkpoint) and its bytes."""
+        from agop_sweep import checkpoint as ckpt
+
+        t = self.trainer
+        name = t._checkpoint_name(1)
+
+        def write() -> None:
+            ckpt.save_checkpoint(self.run_dir, 1, name, t.model, t.optimizer.state_dict(), t.config)
+
+        seconds = median_time(write, self.device, repeats=repeats)
+        return seconds, (self.run_dir / ckpt.MODELS_DIR / name).stat().st_size
+
+    def state_write(self, repeats: int = 3) -> tuple[float, int]:
+        """Seconds of the per-epoch resumable state (Trainer._save_state) and its bytes."""
+        from agop_sweep.results import Results
+        from agop_sweep.resume import STATE_FILE
+        from agop_sweep.train import run_info
+
+        t = self.trainer
+        if t.results is None:
+            data = dataset(self.x, self.y, self.bs)
+            t.results = Results.new(self.run_dir, run_info(self.cfg, data, str(self.device)), t.config)
+        seconds = median_time(lambda: t._save_state(1, None), self.device, repeats=repeats)
+        return seconds, (self.run_dir / STATE_FILE).stat().st_size

@@ -1,0 +1,263 @@
+"""Benchmark of a whole run (issue 7.1): the default schedule projected from measured parts.
+
+Three measurements, all with the project's own code:
+
+1. Memory over a run: a real Trainer (data=synthetic, ``--mem-width``) trains and analyses
+   ``--mem-epochs`` epochs in this process; the RSS after every epoch shows whether memory
+   grows (it must not, beyond the few hundred KB per analysis that features.npz keeps).
+2. A default-sized run: a real Trainer at width/depth/n of the defaults, one training epoch
+   and one analysis (schedule.epochs=1, checkpoints=[1]); its peak RSS (and peak GPU
+   memory with --device cuda) and its measured epoch, evaluation and analysis seconds.
+3. Per optimizer: Trainer._train_epoch over ``--steps`` steps (scaled to the epoch), the
+   evaluation, and the writes of a checkpoint and of the per-epoch resumable state.
+
+The schedule (conf/schedule/paper: 100 epochs, 25 analysed and checkpointed epochs) is
+then projected per optimizer: training, evaluation, analysis, checkpoint I/O, figures.
+
+    python bench/sweep.py                       # CPU, defaults (about 5 minutes)
+    python bench/sweep.py --no-full-run         # skip 2.; the analysis is timed on a subset
+    python bench/sweep.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import statistics
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import torch
+from common import (
+    GIB,
+    N_SVHN_TEST,
+    TrainerHarness,
+    base_parser,
+    compose_config,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    setup,
+    svhn_shaped,
+    sync,
+    table,
+    timed,
+    verdict,
+)
+from omegaconf import DictConfig
+
+from agop_sweep.agop import jacobian_kernels
+from agop_sweep.analysis import analyse, exact_matmuls
+from agop_sweep.config import validate
+from agop_sweep.data import Dataset
+from agop_sweep.device import Placement
+from agop_sweep.train import Trainer
+
+MIB = 2**20
+# Growth allowed between the settled and the last epoch of the memory check, per epoch:
+# above what features.npz legitimately keeps per analysis (~0.3 MB) and allocator noise,
+# below a leaked copy of the model or of a chunk buffer at the check's width.
+GROWTH_LIMIT_MIB = 1.0
+
+
+def parse() -> argparse.Namespace:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--n-val", type=int, default=N_SVHN_TEST)
+    p.add_argument("--optimizers", default="sgd,adam,muon")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per optimizer (scaled to the epoch)")
+    p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
+    p.add_argument("--analysis-n", type=int, default=8192,
+                   help="samples of the analysis timed without the full run (scaled to n)")
+    p.add_argument("--full-run", action=argparse.BooleanOptionalAction, default=True,
+                   help="run 2. (a default-sized epoch and analysis; about 2 minutes on a CPU)")
+    p.add_argument("--mem-epochs", type=int, default=20)
+    p.add_argument("--mem-width", type=int, default=256)
+    return p.parse_args()
+
+
+class ProbeTrainer(Trainer):
+    """The project's Trainer, recording per epoch its RSS and the time of the epoch's
+    bookkeeping (checkpoint, state, results.json, figures), and the peaks after loading."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.probe: list[dict[str, Any]] = []
+        self.plot_seconds: list[float] = []
+        self.load: dict[str, float] = {}
+
+    def _build(self, data: Dataset) -> None:
+        # The data is loaded: note the load's peak, then measure the run's own peak from here.
+        self.load = {"rss": rss_bytes(), "peak": peak_rss_bytes(), "reset": reset_peak_rss()}
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        super()._build(data)
+
+    def _finish_epoch(self, record: dict[str, Any], analysed: bool, data: Dataset) -> bool:
+        t0 = time.perf_counter()
+        diverged = super()._finish_epoch(record, analysed, data)
+        self.probe.append({"epoch": record["epoch"], "rss": rss_bytes(), "analysed": analysed,
+                           "finish": time.perf_counter() - t0, "seconds": record["seconds"],
+                           "train_seconds": record["train_seconds"]})
+        return diverged
+
+    def _refresh_plots(self) -> None:
+        t0 = time.perf_counter()
+        super()._refresh_plots()
+        self.plot_seconds.append(time.perf_counter() - t0)
+
+
+def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTrainer, dict[str, Any]]:
+    cfg = compose_config(["data=synthetic", *overrides])
+    validate(cfg)
+    with TemporaryDirectory() as tmp:
+        t = ProbeTrainer(cfg, Path(tmp), Placement(str(device), torch.get_num_threads()))
+        t.run()
+        assert t.results is not None
+        results = t.results.data
+    return t, results
+
+
+def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    e = args.mem_epochs
+    t, _ = run_trainer([f"model.width={args.mem_width}", "optimizer=adam", f"schedule.epochs={e}",
+                        f"schedule.checkpoints=[{','.join(map(str, range(e + 1)))}]",
+                        f"device={device.type}"], device)
+    rss = [p["rss"] for p in t.probe]
+    settle = min(5, len(rss) - 1)  # allocator pools and lazy imports settle in the first epochs
+    growth = (rss[-1] - rss[settle]) / max(1, len(rss) - 1 - settle)
+    return {"rss": rss, "settle": settle, "growth": growth, "plots": t.plot_seconds}
+
+
+def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    t, results = run_trainer([
+        f"model.width={args.width}", f"model.depth={args.depth}", f"data.n_train={args.n}",
+        f"data.n_val={args.n_val}", "optimizer=sgd", "schedule.epochs=1", "schedule.checkpoints=[1]",
+        f"device={device.type}",
+    ], device)
+    out = {
+        "load_rss": t.load["rss"], "load_peak": t.load["peak"], "exact": t.load["reset"],
+        "run_peak": peak_rss_bytes(),
+        "epoch0": results["epochs"][0]["seconds"],  # full train + val evaluation
+        "train": results["epochs"][1]["train_seconds"],
+        "analysis": results["analysis"][0]["seconds"],
+        "finish": [p["finish"] for p in t.probe],
+        "plots": t.plot_seconds,
+    }
+    if device.type == "cuda":
+        out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def analysis_subset(h: TrainerHarness, n_sub: int, n: int) -> float:
+    """An analysis at n from one at ``n_sub`` samples: the pass scales with n, the rest does not."""
+    model, cfg = h.trainer.model, h.cfg
+    x, y = h.x[:n_sub], h.y[:n_sub]
+    t_all = timed(lambda: analyse(model, h.trainer.init_weights, x, y, cfg.analysis, cfg.loss, 1,
+                                  progress=False), h.device)[0]
+    with exact_matmuls():
+        w = [p.detach() for p in model.hidden_weights()]
+        t_pass = timed(lambda: jacobian_kernels(w, model.last.weight.detach(), model.act, model.act_grad,
+                                                x, y, chunk_size=cfg.analysis.chunk_size), h.device)[0]
+    return t_pass * n / n_sub + max(0.0, t_all - t_pass)
+
+
+def config(name: str, args: argparse.Namespace) -> DictConfig:
+    return compose_config([f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}"])
+
+
+def main() -> None:
+    args = parse()
+    device = setup(args)
+    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
+
+    # 1. memory over a run at small width ------------------------------------------------------
+    mem = memory_check(args, device)
+    gc.collect()
+    table(["epoch", "RSS MiB"], [[i, f"{r / MIB:.1f}"] for i, r in enumerate(mem["rss"])],
+          title=f"1. RSS after every epoch: Trainer.run, data=synthetic, width {args.mem_width}, "
+                f"{args.mem_epochs} epochs, every epoch analysed, checkpointed and plotted")
+
+    # 2. a default-sized run ----------------------------------------------------------------------
+    full = full_run(args, device) if args.full_run else None
+    gc.collect()
+
+    # 3. the parts, per optimizer -----------------------------------------------------------------
+    x, y = svhn_shaped(max(args.n, args.eval_n, args.analysis_n), device)
+    parts: dict[str, dict[str, float]] = {}
+    eval_per_sample = analysis_s = math.nan
+    for name in names:
+        h = TrainerHarness(config(name, args), x, y, device)
+        n_steps = math.ceil(args.n / h.bs)
+        steps = min(args.steps, n_steps)
+        h.train_steps(min(3, steps))  # warm-up
+        step = statistics.median(h.train_steps(steps) for _ in range(3)) / steps
+        ckpt_s, ckpt_bytes = h.checkpoint_write()
+        state_s, state_bytes = h.state_write()
+        parts[name] = {"train": step * n_steps, "ckpt": ckpt_s, "state": state_s,
+                       "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes}
+        if math.isnan(eval_per_sample):  # the same model for every optimizer: once
+            eval_per_sample = h.evaluation(min(args.eval_n, args.n)) / min(args.eval_n, args.n)
+            if full is not None:
+                analysis_s = full["analysis"]
+            else:
+                analysis_s = analysis_subset(h, min(args.analysis_n, args.n), args.n)
+        h.close()
+
+    # -- the projection -----------------------------------------------------------------------
+    sched = compose_config().schedule
+    epochs, analysed = sched.epochs, len(set(sched.checkpoints))
+    full_train_eval = compose_config().eval.full_train
+    train_evals = (epochs + 1 - analysed) if full_train_eval else int(0 not in sched.checkpoints)
+    plot_s = statistics.median(mem["plots"]) if mem["plots"] else 0.0  # with 1.'s epochs of history
+    rows, totals = [], {}
+    for name, p in parts.items():
+        t = {
+            "training": epochs * p["train"],
+            "evaluation": eval_per_sample * (train_evals * args.n + (epochs + 1) * args.n_val),
+            "analysis": analysed * analysis_s,
+            "checkpoint I/O": analysed * p["ckpt"] + (epochs + 1) * p["state"],
+            "figures": (analysed + 1) * plot_s,
+        }
+        total = sum(t.values())
+        totals[name] = (total, t)
+        rows.append([name, f"{total / 3600:.2f}"] + [f"{v / 3600:.2f} ({v / total:.0%})" for v in t.values()])
+    table(["optimizer", "total h", *next(iter(totals.values()))[1].keys()], rows,
+          title=f"3. Projected default schedule: {epochs} epochs, {analysed} analyses and checkpoints, "
+                f"n = {args.n:,} + {args.n_val:,} val")
+    print(f"training: Trainer._train_epoch over {min(args.steps, n_steps)} steps (median of 3) x "
+          f"{n_steps} steps; evaluation: train.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
+          f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
+          + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
+          f"checkpoint I/O: {analysed} checkpoints + {epochs + 1} resumable states; "
+          f"figures: {analysed + 1} refreshes at {plot_s:.1f} s.")
+    table(["optimizer", "epoch s", "checkpoint s", "checkpoint MB", "state s", "state MB"], [
+        [n, f"{p['train']:.1f}", f"{p['ckpt']:.2f}", f"{p['ckpt_bytes'] / 1e6:.0f}", f"{p['state']:.2f}",
+         f"{p['state_bytes'] / 1e6:.0f}"] for n, p in parts.items()], title="Measured parts")
+    if full is not None:
+        print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s, "
+              f"epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis {full['analysis']:.1f} s, "
+              f"bookkeeping after the epochs {', '.join(f'{s:.1f}' for s in full['finish'])} s")
+
+    print("\nKey numbers")
+    for name, (total, t) in totals.items():
+        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in t.items())
+        print(f"  {name}: {total / 3600:.1f} h per run; {shares}")
+    if full is not None:
+        exact = "" if full["exact"] else " (upper bound: the peak mark could not be reset)"
+        print(f"  peak RSS of a default-sized run: {full['run_peak'] / GIB:.2f} GiB after loading the data "
+              f"({full['load_rss'] / GIB:.2f} GiB resident after loading; the synthetic generator's own "
+              f"peak while loading {full['load_peak'] / GIB:.2f} GiB){exact}")
+        if "cuda_peak" in full:
+            print(f"  peak GPU memory of a default-sized run: {full['cuda_peak'] / GIB:.2f} GiB")
+    settled = mem["rss"][mem["settle"]] / MIB
+    print(f"  memory over {args.mem_epochs} epochs: {settled:.0f} MiB at epoch {mem['settle']} -> "
+          f"{mem['rss'][-1] / MIB:.0f} MiB at epoch {args.mem_epochs}, {mem['growth'] / MIB:+.2f} MiB/epoch "
+          f"(limit {GROWTH_LIMIT_MIB} MiB/epoch: {verdict(mem['growth'] / MIB, GROWTH_LIMIT_MIB, False)})")
+
+
+if __name__ == "__main__":
+    main()
