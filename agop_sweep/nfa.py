@@ -194,12 +194,10 @@ def compare_layer(
         ones = x.sum(1)  # X 1: 1^T X^T X 1 = |X 1|^2
         proj = x @ agop_spec.vectors
         col = (proj * proj).sum(0)  # |X v_j|^2
-        for target in TARGETS:
-            inner = col @ targets[target].weights
-            for corr_kind in CORR_KINDS:
+        inners = {target: col @ targets[target].weights for target in TARGETS}
+        for corr_kind in CORR_KINDS:
+            for target in TARGETS:
                 metrics[f"{nfm_kind}_{corr_kind}_{target}"] = _correlation(
-                    inner, na2, ones @ ones, targets[target], d, corr_kind
+                    inners[target], na2, ones @ ones, targets[target], d, corr_kind
                 )
-    # Fixed key order, as the variants are listed (NFM, correlation, target).
-    order = [f"{n}_{c}_{t}" for n in NFM_KINDS for c in CORR_KINDS for t in TARGETS]
-    return LayerComparison({key: metrics[key] for key in order}, spectra)
+    return LayerComparison(metrics, spectra)

@@ -24,6 +24,7 @@ import torch
 from common import (
     GIB,
     N_CLASSES,
+    Contention,
     MatmulRate,
     base_parser,
     dims,
@@ -143,6 +144,7 @@ def flop_shares(d: list[int], n_classes: int) -> dict[int, float]:
 def main() -> None:
     args = parse()
     device = setup(args)
+    contention = Contention()
     d = dims(args.width, args.depth)
     n, ref_n = args.n, min(args.ref_n, args.n)
     print(f"model: {d[0]} -> {' -> '.join(map(str, d[1:]))} -> {N_CLASSES}, relu, no bias; "
@@ -256,6 +258,7 @@ def main() -> None:
     print(f"  compare_layer: {sum(t_cmp):.1f} s for {len(hidden)} layers "
           f"(layer 0: {t_cmp[0]:.1f} s; median of the others {statistics.median(t_cmp[1:] or [0]):.1f} s)")
 
+    print(contention.report())
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,39 @@ GIB = 2**30
 D_IN, N_CLASSES, N_SVHN_TRAIN, N_SVHN_TEST = 3072, 10, 73_257, 26_032
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class Contention:
+    """How much CPU other processes took while a benchmark ran: timings on a shared machine
+    are only comparable when that share is small (two threads on two cores suffer most)."""
+
+    def __init__(self) -> None:
+        self.start = _cpu_ticks()
+        self.own = os.times()
+
+    def report(self) -> str:
+        end = _cpu_ticks()
+        if self.start is None or end is None:
+            return "CPU use of other processes: unknown (no /proc/stat)"
+        busy, total = end[0] - self.start[0], end[1] - self.start[1]
+        own = os.times()
+        mine = (own.user + own.system + own.children_user + own.children_system
+                - self.own.user - self.own.system - self.own.children_user - self.own.children_system)
+        others = max(0.0, busy / os.sysconf("SC_CLK_TCK") - mine)
+        share = others * os.sysconf("SC_CLK_TCK") / max(1, total)
+        return (f"CPU use of other processes while this ran: {share:.0%} of the machine "
+                f"(above ~10% the timings, two-thread ones most, are not representative)")
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """--device, --width, --depth, --n (training samples), --threads: the flags every script has."""
     p = argparse.ArgumentParser(description=description)
@@ -115,7 +148,9 @@ class MatmulRate:
         self.samples: list[float] = []
         self.a @ self.b  # warm up (library init, page faults)
 
-    def sample(self, repeats: int = 3) -> float:
+    def sample(self, repeats: int | None = None) -> float:
+        if repeats is None:  # about as long for every size: 3 products at 4096
+            repeats = max(3, 3 * (4096 // self.size) ** 3)
         t = median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=0)
         rate = 2 * self.size**3 / t
         self.samples.append(rate)
@@ -145,6 +180,14 @@ def compose_config(overrides: Sequence[str] = ()) -> Any:
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="agop_sweep.conf"):
         return compose("config", overrides=list(overrides))
+
+
+def stream_rate(device: torch.device, mib: int = 64) -> float:
+    """Memory bandwidth in bytes/s of c = a + b on ``mib`` MiB float32 arrays (3 arrays moved)."""
+    n = mib * 2**20 // 4
+    a, b, c = (torch.rand(n, device=device) for _ in range(3))
+    t = median_time(lambda: torch.add(a, b, out=c), device, repeats=7)
+    return 3 * 4 * n / t
 
 
 # -- memory ------------------------------------------------------------------------------

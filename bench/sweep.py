@@ -34,6 +34,7 @@ import torch
 from common import (
     GIB,
     N_SVHN_TEST,
+    Contention,
     TrainerHarness,
     base_parser,
     compose_config,
@@ -68,6 +69,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--n-val", type=int, default=N_SVHN_TEST)
     p.add_argument("--optimizers", default="sgd,adam,muon")
     p.add_argument("--steps", type=int, default=40, help="timed steps per optimizer (scaled to the epoch)")
+    p.add_argument("--muon-steps", type=int, default=20, help="timed Muon steps")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
     p.add_argument("--analysis-n", type=int, default=8192,
                    help="samples of the analysis timed without the full run (scaled to n)")
@@ -99,7 +101,8 @@ class ProbeTrainer(Trainer):
     def _finish_epoch(self, record: dict[str, Any], analysed: bool, data: Dataset) -> bool:
         t0 = time.perf_counter()
         diverged = super()._finish_epoch(record, analysed, data)
-        self.probe.append({"epoch": record["epoch"], "rss": rss_bytes(), "analysed": analysed,
+        cuda = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        self.probe.append({"epoch": record["epoch"], "rss": rss_bytes(), "cuda": cuda, "analysed": analysed,
                            "finish": time.perf_counter() - t0, "seconds": record["seconds"],
                            "train_seconds": record["train_seconds"]})
         return diverged
@@ -127,9 +130,12 @@ def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, An
                         f"schedule.checkpoints=[{','.join(map(str, range(e + 1)))}]",
                         f"device={device.type}"], device)
     rss = [p["rss"] for p in t.probe]
-    settle = min(5, len(rss) - 1)  # allocator pools and lazy imports settle in the first epochs
+    # The first half settles allocator pools, lazy imports and matplotlib's caches (they grow
+    # in steps, e.g. when the epoch axis gets two-digit labels); a leak keeps growing after.
+    settle = (len(rss) - 1) // 2
     growth = (rss[-1] - rss[settle]) / max(1, len(rss) - 1 - settle)
-    return {"rss": rss, "settle": settle, "growth": growth, "plots": t.plot_seconds}
+    return {"rss": rss, "cuda": [p["cuda"] for p in t.probe], "settle": settle, "growth": growth,
+            "plots": t.plot_seconds}
 
 
 def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -172,12 +178,15 @@ def config(name: str, args: argparse.Namespace) -> DictConfig:
 def main() -> None:
     args = parse()
     device = setup(args)
+    contention = Contention()
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
 
     # 1. memory over a run at small width ------------------------------------------------------
     mem = memory_check(args, device)
     gc.collect()
-    table(["epoch", "RSS MiB"], [[i, f"{r / MIB:.1f}"] for i, r in enumerate(mem["rss"])],
+    table(["epoch", "RSS MiB", "GPU allocated MiB"],
+          [[i, f"{r / MIB:.1f}", f"{c / MIB:.1f}" if device.type == "cuda" else "-"]
+           for i, (r, c) in enumerate(zip(mem["rss"], mem["cuda"], strict=True))],
           title=f"1. RSS after every epoch: Trainer.run, data=synthetic, width {args.mem_width}, "
                 f"{args.mem_epochs} epochs, every epoch analysed, checkpointed and plotted")
 
@@ -192,12 +201,12 @@ def main() -> None:
     for name in names:
         h = TrainerHarness(config(name, args), x, y, device)
         n_steps = math.ceil(args.n / h.bs)
-        steps = min(args.steps, n_steps)
+        steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
         h.train_steps(min(3, steps))  # warm-up
         step = statistics.median(h.train_steps(steps) for _ in range(3)) / steps
         ckpt_s, ckpt_bytes = h.checkpoint_write()
         state_s, state_bytes = h.state_write()
-        parts[name] = {"train": step * n_steps, "ckpt": ckpt_s, "state": state_s,
+        parts[name] = {"train": step * n_steps, "steps": steps, "ckpt": ckpt_s, "state": state_s,
                        "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes}
         if math.isnan(eval_per_sample):  # the same model for every optimizer: once
             eval_per_sample = h.evaluation(min(args.eval_n, args.n)) / min(args.eval_n, args.n)
@@ -228,7 +237,8 @@ def main() -> None:
     table(["optimizer", "total h", *next(iter(totals.values()))[1].keys()], rows,
           title=f"3. Projected default schedule: {epochs} epochs, {analysed} analyses and checkpoints, "
                 f"n = {args.n:,} + {args.n_val:,} val")
-    print(f"training: Trainer._train_epoch over {min(args.steps, n_steps)} steps (median of 3) x "
+    timed_steps = "/".join(str(int(p["steps"])) for p in parts.values())
+    print(f"training: Trainer._train_epoch over {timed_steps} steps (median of 3) scaled to "
           f"{n_steps} steps; evaluation: train.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
           f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
           + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
@@ -238,7 +248,9 @@ def main() -> None:
         [n, f"{p['train']:.1f}", f"{p['ckpt']:.2f}", f"{p['ckpt_bytes'] / 1e6:.0f}", f"{p['state']:.2f}",
          f"{p['state_bytes'] / 1e6:.0f}"] for n, p in parts.items()], title="Measured parts")
     if full is not None:
-        print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s, "
+        cross = f" (projected from steps above: {parts['sgd']['train']:.1f} s)" if "sgd" in parts else ""
+        print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s"
+              f"{cross}, "
               f"epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis {full['analysis']:.1f} s, "
               f"bookkeeping after the epochs {', '.join(f'{s:.1f}' for s in full['finish'])} s")
 
@@ -258,6 +270,7 @@ def main() -> None:
           f"{mem['rss'][-1] / MIB:.0f} MiB at epoch {args.mem_epochs}, {mem['growth'] / MIB:+.2f} MiB/epoch "
           f"(limit {GROWTH_LIMIT_MIB} MiB/epoch: {verdict(mem['growth'] / MIB, GROWTH_LIMIT_MIB, False)})")
 
+    print(contention.report())
 
 if __name__ == "__main__":
     main()
