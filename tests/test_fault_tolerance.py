@@ -45,6 +45,14 @@ def run_app(run_dir: Path, *extra: str, cwd: Path) -> subprocess.CompletedProces
                           timeout=300)
 
 
+def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the app in a fresh interpreter after executing ``patch`` (which injects a fault)."""
+    launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
+    code = patch + launch
+    return subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
+                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
 def strip_timing(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
@@ -186,14 +194,8 @@ def test_exception_marks_run_failed(tmp_path: Path) -> None:
         "    raise RuntimeError('injected failure')\n"
         "a.analyse = boom\n"
         "import agop_sweep.train as t; t.analyse = boom\n"
-        "from agop_sweep.app import main\n"
-        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
-        "main()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={tmp_path}/run"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
-    )
+    proc = run_patched(code, tmp_path / "run", tmp_path)
     assert proc.returncode == 1
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "failed"
@@ -217,13 +219,9 @@ def test_crash_while_writing_leaves_loadable_files(tmp_path: Path) -> None:
         "            return orig(path, half)\n"
         "    return orig(path, write)\n"
         "at.write_atomic = dying\n"
-        "from agop_sweep.app import main\n"
-        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
-        "main()\n"
     )
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = run_patched(code, run_dir, tmp_path)
     assert proc.returncode == 9
     assert list(run_dir.glob(".results.json.*.tmp")), "the half-written temp file should remain"
     results = json.loads((run_dir / "results.json").read_text())  # the previous, complete version
@@ -253,13 +251,9 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
         "    return orig(path, obj)\n"
         "at.torch_save = full\n"
         "import agop_sweep.checkpoint as c; c.torch_save = full\n"
-        "from agop_sweep.app import main\n"
-        "sys.argv = ['agop_sweep'] + sys.argv[1:]\n"
-        "main()\n"
     )
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = run_patched(code, run_dir, tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "No space left" in ln]
