@@ -23,6 +23,8 @@ OPTIMIZERS = ("sgd", "adam", "muon")
 MUON_SCOPES = ("all", "hidden")
 DATASETS = ("svhn", "digits", "synthetic")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# When the per-run figures are drawn: after every analysed epoch and at the end, at the end only, never.
+PLOT_MODES = ("live", "end", "off")
 NFM_KINDS = ("raw", "delta")
 CORR_KINDS = ("cos", "pearson")
 TARGETS = ("agop", "sqrt")
@@ -109,8 +111,8 @@ class TrainerConfig:
     batch_size: int = 128
     precision: str = "tf32"
     compile: bool = False
-    # Refresh the per-run figure after every analysed epoch (not only at the end).
-    live_plots: bool = True
+    # Per-run figures: "live" (PNG after every analysed epoch, PNG + PDF at the end), "end", "off".
+    plots: str = "live"
 
 
 @dataclass
@@ -223,6 +225,7 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "trainer.batch_size", minimum=1, strict=False)
     _positive(cfg, "eval.batch_size", minimum=1, strict=False)
     _one_of(cfg, "trainer.precision", PRECISIONS)
+    _one_of(cfg, "trainer.plots", PLOT_MODES)
     _positive(cfg, "threads", minimum=0, strict=False)
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):

@@ -422,18 +422,20 @@ def feature_arrays(
 
 
 def save_run_figures(results: dict[str, Any], run_dir: str | os.PathLike[str],
-                     features: FeatureLog | None = None, per_channel: bool = False) -> list[Path]:
-    """Draw plots/training_analysis and, when layer-0 features exist, plots/features."""
+                     features: FeatureLog | None = None, per_channel: bool = False,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Draw plots/training_analysis and, when layer-0 features exist, plots/features, in
+    each of ``formats``."""
     run_dir = Path(run_dir)
     out = run_dir / PLOTS_DIR
     written = []
     with style():
         fig = training_analysis_figure(results)
-        written += save_figure(fig, out / "training_analysis")
+        written += save_figure(fig, out / "training_analysis", formats)
         arrays = feature_arrays(results, run_dir, features)
         if arrays is not None and len(arrays.get("epochs", [])):
             fig = features_figure(results, arrays, per_channel=per_channel)
-            written += save_figure(fig, out / "features")
+            written += save_figure(fig, out / "features", formats)
     return written
 
 

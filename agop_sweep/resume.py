@@ -18,7 +18,7 @@ STATE_FILE = "state.pt"
 # Keys that steer how a run executes, not what it computes: they may change on resume.
 RUN_CONTROL_KEYS = frozenset({
     "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
-    "trainer.live_plots", "eval.batch_size", "analysis.chunk_size",
+    "trainer.plots", "eval.batch_size", "analysis.chunk_size",
 })
 
 

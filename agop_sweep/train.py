@@ -212,10 +212,12 @@ class Trainer:
             p["correct"].to(self.device), p["count"],
         )
 
-    def _refresh_plots(self) -> None:
+    def _refresh_plots(self, final: bool) -> None:
+        """Redraw the run's figures: PNG while training (half the cost), PDF too at the end."""
         assert self.results is not None
         try:
-            plots.save_run_figures(self.results.data, self.run_dir, self.features)
+            plots.save_run_figures(self.results.data, self.run_dir, self.features,
+                                   formats=("png", "pdf") if final else ("png",))
         except Exception:
             log.exception("Could not draw the run's figures")
 
@@ -263,7 +265,8 @@ class Trainer:
             # last epoch finds the run complete and changes nothing.
             with PreemptionGuard() as guard, logging_redirect_tqdm():
                 self._loop(data, first_epoch, progress, guard)
-                self._refresh_plots()
+                if cfg.trainer.plots != "off":
+                    self._refresh_plots(final=True)
         except Preempted as p:
             log.warning(
                 "Stopped by a signal at epoch %d step %d; state saved. Continue with resume=true",
@@ -378,8 +381,8 @@ class Trainer:
         results.write()
         self._save_state(epoch + 1, None)
         # The last epoch's figures are drawn once, by run(), after the loop.
-        if analysed and cfg.trainer.live_plots and not diverged and epoch < cfg.schedule.epochs:
-            self._refresh_plots()
+        if analysed and cfg.trainer.plots == "live" and not diverged and epoch < cfg.schedule.epochs:
+            self._refresh_plots(final=False)
         return diverged
 
 

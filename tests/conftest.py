@@ -26,7 +26,7 @@ from agop_sweep.config import register_configs
 TINY = [
     "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
-    "trainer.live_plots=false", "device=cpu",
+    "trainer.plots=end", "device=cpu",
 ]
 
 

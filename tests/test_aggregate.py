@@ -33,7 +33,7 @@ from agop_sweep.config import VARIANTS
 TINY = [
     "data=synthetic", "data.n_train=128", "data.n_val=32", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
-    "trainer.live_plots=false",
+    "trainer.plots=end",
 ]
 CALLBACK = "+hydra.callbacks.aggregate._target_=agop_sweep.callbacks.AggregateOnMultirunEnd"
 FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")

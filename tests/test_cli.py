@@ -1,6 +1,6 @@
 """Whole runs: what a run writes (SPEC), checked against independent recomputations from its
-checkpoints; learning on digits; determinism. The real three-optimizer sweep, separate CLI
-runs and an SVHN run from generated files are slow (subprocesses) and run with -m slow."""
+checkpoints; learning on digits; determinism; the real three-optimizer sweep as a subprocess.
+Separate CLI runs and an SVHN run from generated files are slow and run with -m slow."""
 
 from __future__ import annotations
 
@@ -255,11 +255,11 @@ def test_same_seed_same_numbers_other_seed_other_numbers(trainer_run) -> None:
     assert a["analysis"][-1]["layers"][0]["corr"] != c["analysis"][-1]["layers"][0]["corr"]
 
 
-# -- the command line (slow) ---------------------------------------------------------------------
+# -- the command line ---------------------------------------------------------------------
 
 SWEEP_ARGS = [
     "data=synthetic", "schedule=smoke", "model.width=64", "data.n_train=512", "data.n_val=128",
-    "data.n_features=48", "data.image_shape=[3,4,4]", "trainer.live_plots=false",
+    "data.n_features=48", "data.image_shape=[3,4,4]", "trainer.plots=end",
 ]
 
 
@@ -279,7 +279,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return jobs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "muon"])
 def test_sweep_job_writes_what_the_spec_names(sweep: dict[str, Path], optimizer: str) -> None:
     job = sweep[optimizer]
@@ -303,7 +302,6 @@ def test_sweep_job_writes_what_the_spec_names(sweep: dict[str, Path], optimizer:
         assert head.startswith(b"\x89PNG" if ext == "png" else b"%PDF"), figure
 
 
-@pytest.mark.slow
 def test_sweep_optimizers_differ(sweep: dict[str, Path]) -> None:
     res = {o: json.loads((d / "results.json").read_text()) for o, d in sweep.items()}
     epoch0 = {o: strip_timing(r["epochs"][0]) for o, r in res.items()}
@@ -341,7 +339,7 @@ def test_separate_cli_runs_are_deterministic(tmp_path: Path) -> None:
 def test_svhn_from_files_of_ones_own_and_without_network(tmp_path: Path) -> None:
     files = make_svhn_files(tmp_path / "svhn", n_train=64, n_test=16)
     empty = tmp_path / "nothing_here"
-    small = ["model.width=16", "model.depth=2", "schedule=smoke", "trainer.live_plots=false", "device=cpu"]
+    small = ["model.width=16", "model.depth=2", "schedule=smoke", "trainer.plots=end", "device=cpu"]
     procs = run_cli_many({
         "own": ["data=svhn", f"data.root={files.root}", "data.verify=false", "data.download=false", *small,
                 f"hydra.run.dir={tmp_path / 'own'}"],

@@ -139,6 +139,7 @@ BAD_VALUES = [
     (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum"),
     (["analysis.primary=raw_cos_nfm"], "analysis.primary"),
     (["data=synthetic", "data.n_classes=1"], "data.n_classes"),
+    (["trainer.plots=sometimes"], "trainer.plots"),
 ]
 
 
@@ -184,7 +185,7 @@ def _assert_one_line_error(proc, key: str, run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def startup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Two start-up failures and --help, side by side (each one is mostly the start-up of
-    Python and torch); the slow tests cover every other case the same way."""
+    Python and Hydra); test_every_wrong_value_at_startup covers every other case the same way."""
     root = tmp_path_factory.mktemp("startup")
     commands = {
         "type": ["model.width=abc", f"hydra.run.dir={root / 'type'}"],
@@ -222,7 +223,6 @@ def test_help_lists_every_group_and_option(startup) -> None:
     assert "python -m agop_sweep -m optimizer=sgd,adam,muon" in proc.stdout
 
 
-@pytest.mark.slow
 def test_every_wrong_value_at_startup(tmp_path: Path) -> None:
     commands = _bad_commands(tmp_path, BAD_VALUES)
     commands["unknown"] = ["optimizer.foo=1", f"hydra.run.dir={tmp_path / 'unknown'}"]

@@ -28,7 +28,7 @@ RUN_ARGS = [
     "data=synthetic", "data.n_train=4096", "data.n_val=256", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=64", "model.depth=3", "optimizer=adam",
     "trainer.batch_size=16", "schedule.epochs=6", "schedule.checkpoints=[0,1,2,3,6]",
-    "eval.full_train=false", "analysis.chunk_size=256",
+    "eval.full_train=false", "analysis.chunk_size=256", "trainer.plots=off",
 ]
 
 
@@ -173,7 +173,8 @@ def test_divergence_is_a_result(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "agop_sweep", "-m", "optimizer=sgd", "optimizer.lr=1e6,0.01", "model.act=tanh",
          "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
-         "data.image_shape=[1,8,8]", "model.width=32", "schedule=smoke", f"hydra.sweep.dir={tmp_path}/sw"],
+         "data.image_shape=[1,8,8]", "model.width=32", "schedule=smoke", "trainer.plots=off",
+         f"hydra.sweep.dir={tmp_path}/sw"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -143,7 +143,7 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
         cfg = compose("config", overrides=[
             "data=synthetic", "data.n_train=96", "data.n_val=16", "data.n_features=48",
             "data.image_shape=[3,4,4]", "model.width=12", "model.depth=2", "optimizer=adam",
-            "schedule=smoke", "trainer.precision=fp32", "trainer.live_plots=false",
+            "schedule=smoke", "trainer.precision=fp32", "trainer.plots=end",
         ])
     GlobalHydra.instance().clear()
     Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads())).run()

@@ -17,6 +17,7 @@ from agop_sweep.errors import ConfigError
 TINY = [
     "data=synthetic", "data.n_train=1024", "data.n_val=64", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=32", "model.depth=2", "schedule=smoke",
+    "trainer.plots=off",
 ]
 
 

@@ -24,7 +24,7 @@ from agop_sweep.train import Trainer, _objective
 TINY = [
     "data=synthetic", "data.n_train=512", "data.n_val=64", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
-    "trainer.live_plots=false",
+    "trainer.plots=end",
 ]
 
 
