@@ -18,6 +18,7 @@ from agop_sweep.nfa import (
     agop_from_kernel,
     compare_layer,
     correlation,
+    denoise_psd_eigenvalues,
     effective_rank,
     psd_factor,
     spectrum_of_gram,
@@ -189,3 +190,31 @@ def test_zero_matrices_give_none_not_nan() -> None:
     zero = torch.zeros(3, 6, dtype=torch.float64)
     cmp = compare_layer(zero, zero, _psd(3))  # W = W0 = 0: both NFMs and the AGOP vanish
     assert all(v is None for v in cmp.metrics.values()), cmp.metrics
+
+
+def test_denoise_drops_values_within_four_times_the_most_negative() -> None:
+    values = torch.tensor([-1e-9, 3e-9, 5e-9, 1.0], dtype=torch.float64)
+    assert denoise_psd_eigenvalues(values).tolist() == [0.0, 0.0, 5e-9, 1.0]
+    positive = torch.tensor([1e-12, 1e-3, 2.0], dtype=torch.float64)  # full rank: nothing is noise
+    assert torch.equal(denoise_psd_eigenvalues(positive), positive)
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(96, 96), (48, 144)])
+def test_float32_kernel_noise_does_not_move_the_sqrt_variants(d_out: int, d_in: int) -> None:
+    """A kernel of rank r < d_out (fewer samples x classes than the width) computed in float32,
+    as the analysis does, has d_out - r eigenvalues of rounding noise, ~1e-7 of the largest,
+    of either sign. AGOP^(1/2) turns each into ~3e-4 of the largest root; they are dropped,
+    so that every variant stays as close to the float64 kernel's value as the AGOP ones."""
+    g = torch.randn(12, d_out, dtype=torch.float64, generator=_gen(5))  # rank 12
+    g *= torch.logspace(0, -2, d_out, dtype=torch.float64)  # an uneven spectrum, as in training
+    k64 = g.T @ g
+    g32 = g.float()
+    k32 = (g32.T @ g32).double()
+    assert torch.linalg.eigvalsh(k32)[0] < 0  # the float32 product is PSD only up to rounding
+    w0 = torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(6)) / math.sqrt(d_in)
+    w = (w0 + 0.5 * torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(7)) / math.sqrt(d_in))
+    w, w0 = w.float().double(), w0.float().double()  # float32 weights, as trained
+    exact = compare_layer(w, w0, k64).metrics
+    noisy = compare_layer(w, w0, k32).metrics
+    for name in VARIANTS:
+        assert noisy[name] == pytest.approx(exact[name], abs=2e-6), name
