@@ -36,6 +36,9 @@ class OptimizerConfig:
     name: str = MISSING
     lr: float = MISSING
     weight_decay: float = 0.0
+    # SGD and Adam (also Muon's auxiliary Adam): torch's fused kernel, one per step for all
+    # parameters; false: the default foreach kernels (same update, other rounding).
+    fused: bool = True
     # SGD
     momentum: float = 0.0
     # Adam (and the auxiliary Adam of Muon's `hidden` scope)

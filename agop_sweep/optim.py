@@ -37,9 +37,18 @@ class OptimizerSet:
             opt.load_state_dict(state[name])
 
 
+def _fused(params: list[torch.nn.Parameter], cfg: DictConfig) -> bool | None:
+    """Whether to ask for torch's fused kernel: configured, and the parameters' device has one
+    (CPU and CUDA do; torch raises for others, so they get the default instead)."""
+    if not cfg.fused:
+        return None
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
+
+
 def _adam(params: list[torch.nn.Parameter], cfg: DictConfig, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(
-        params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=_fused(params, cfg),
     )
 
 
@@ -57,8 +66,10 @@ def _muon(params: list[torch.nn.Parameter], cfg: DictConfig) -> torch.optim.Opti
 
 def build_optimizer(cfg: DictConfig, model: MLP) -> OptimizerSet:
     if cfg.name == "sgd":
+        params = list(model.parameters())
         opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            fused=_fused(params, cfg),
         )
         return OptimizerSet({"sgd": opt})
     if cfg.name == "adam":

@@ -109,6 +109,31 @@ def test_sgd_and_adam_settings(compose_config) -> None:
     group = adam.param_groups[0]
     settings = (group["lr"], group["betas"], group["eps"], group["weight_decay"])
     assert settings == (0.003, (0.9, 0.999), 1e-8, 0.0)
+    assert sgd.param_groups[0]["fused"] and group["fused"]  # torch's one-kernel step by default
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_fused_step_matches_the_default_kernels(compose_config, name: str) -> None:
+    """optimizer.fused=false gives torch's foreach step; both are the same update up to rounding."""
+    weights = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = _model()
+        cfg = compose_config(f"optimizer={name}", f"optimizer.fused={str(fused).lower()}").optimizer
+        opt = build_optimizer(cfg, model)
+        (inner,) = opt.optimizers.values()
+        assert bool(inner.param_groups[0]["fused"]) is fused
+        x, y = torch.randn(32, 16), torch.randint(0, 10, (32,))
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        weights[fused] = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(0)  # the same initial weights: every one of them moved, equally both ways
+    start = [p.detach() for p in _model().parameters()]
+    for a, b, s in zip(weights[True], weights[False], start, strict=True):
+        assert not torch.equal(a, s)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_muon_all_is_torch_muon_without_weight_decay(compose_config) -> None:
