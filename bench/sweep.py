@@ -87,7 +87,8 @@ class ProbeTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.probe: list[dict[str, Any]] = []
-        self.plot_seconds: list[float] = []
+        self.plot_seconds: list[float] = []  # live refreshes (PNG) after analysed epochs
+        self.final_plot_seconds: list[float] = []  # the end of the run (PNG + PDF)
         self.load: dict[str, float] = {}
 
     def _build(self, data: Dataset) -> None:
@@ -107,10 +108,10 @@ class ProbeTrainer(Trainer):
                            "train_seconds": record["train_seconds"]})
         return diverged
 
-    def _refresh_plots(self) -> None:
+    def _refresh_plots(self, final: bool) -> None:
         t0 = time.perf_counter()
-        super()._refresh_plots()
-        self.plot_seconds.append(time.perf_counter() - t0)
+        super()._refresh_plots(final)
+        (self.final_plot_seconds if final else self.plot_seconds).append(time.perf_counter() - t0)
 
 
 def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTrainer, dict[str, Any]]:
@@ -135,7 +136,7 @@ def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, An
     settle = (len(rss) - 1) // 2
     growth = (rss[-1] - rss[settle]) / max(1, len(rss) - 1 - settle)
     return {"rss": rss, "cuda": [p["cuda"] for p in t.probe], "settle": settle, "growth": growth,
-            "plots": t.plot_seconds}
+            "plots": t.plot_seconds, "final_plots": t.final_plot_seconds}
 
 
 def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -151,7 +152,6 @@ def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "train": results["epochs"][1]["train_seconds"],
         "analysis": results["analysis"][0]["seconds"],
         "finish": [p["finish"] for p in t.probe],
-        "plots": t.plot_seconds,
     }
     if device.type == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
@@ -221,7 +221,10 @@ def main() -> None:
     epochs, analysed = sched.epochs, len(set(sched.checkpoints))
     full_train_eval = compose_config().eval.full_train
     train_evals = (epochs + 1 - analysed) if full_train_eval else int(0 not in sched.checkpoints)
-    plot_s = statistics.median(mem["plots"]) if mem["plots"] else 0.0  # with 1.'s epochs of history
+    # With 1.'s epochs of history; trainer.plots=live: a PNG refresh after every analysed epoch
+    # but the last, then PNG + PDF once at the end.
+    plot_s = statistics.median(mem["plots"]) if mem["plots"] else 0.0
+    final_plot_s = mem["final_plots"][-1] if mem["final_plots"] else 0.0
     rows, totals = [], {}
     for name, p in parts.items():
         t = {
@@ -229,7 +232,7 @@ def main() -> None:
             "evaluation": eval_per_sample * (train_evals * args.n + (epochs + 1) * args.n_val),
             "analysis": analysed * analysis_s,
             "checkpoint I/O": analysed * p["ckpt"] + (epochs + 1) * p["state"],
-            "figures": (analysed + 1) * plot_s,
+            "figures": (analysed - 1) * plot_s + final_plot_s,
         }
         total = sum(t.values())
         totals[name] = (total, t)
@@ -243,7 +246,8 @@ def main() -> None:
           f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
           + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
           f"checkpoint I/O: {analysed} checkpoints + {epochs + 1} resumable states; "
-          f"figures: {analysed + 1} refreshes at {plot_s:.1f} s.")
+          f"figures: {analysed - 1} PNG refreshes at {plot_s:.1f} s and PNG + PDF at the end, "
+          f"{final_plot_s:.1f} s.")
     table(["optimizer", "epoch s", "checkpoint s", "checkpoint MB", "state s", "state MB"], [
         [n, f"{p['train']:.1f}", f"{p['ckpt']:.2f}", f"{p['ckpt_bytes'] / 1e6:.0f}", f"{p['state']:.2f}",
          f"{p['state_bytes'] / 1e6:.0f}"] for n, p in parts.items()], title="Measured parts")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,6 +55,19 @@ def run_cli_many(
         futures = {name: pool.submit(run_cli, *args, cwd=cwd, timeout=timeout)
                    for name, args in commands.items()}
         return {name: f.result() for name, f in futures.items()}
+
+
+# results.json keys whose values are wall-clock measurements, not results.
+TIMING_KEYS = frozenset({"seconds", "train_seconds", "timing", "pid"})
+
+
+def strip_timing(obj: Any) -> Any:
+    """``obj`` (parsed JSON) without its TIMING_KEYS, at any depth: what two runs must share."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, error_lines, make_svhn_files, run_cli, run_cli_many
+from conftest import TINY, error_lines, make_svhn_files, run_cli, run_cli_many, strip_timing
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
@@ -25,7 +25,6 @@ from agop_sweep.data import load_dataset
 from agop_sweep.device import Placement
 from agop_sweep.train import Trainer
 
-TIMING_KEYS = {"seconds", "train_seconds", "timing", "pid"}
 RUN_KEYS = {"optimizer", "lr", "seed", "dataset", "width", "depth", "act", "n_train", "n_val", "device",
             "torch"}
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "train_acc", "val_acc", "seconds"}
@@ -33,14 +32,6 @@ EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "train_acc", "val_acc", "second
 
 def ckpt_name(epoch: int, dataset: str, width: int, depth: int, act: str) -> str:
     return f"model_epoch_{epoch}:{dataset}:width:{width}:depth:{depth}:act:{act}:nn.pth"
-
-
-def strip_timing(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [strip_timing(v) for v in obj]
-    return obj
 
 
 def _finite(value: Any) -> bool:

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-TIMING_KEYS = {"seconds", "train_seconds", "timing", "pid"}
+from conftest import strip_timing
 
 # Enough steps per epoch (256) that kills land inside epochs, analyses and writes alike.
 RUN_ARGS = [
@@ -51,14 +50,6 @@ def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedPro
     code = patch + launch
     return subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
                           cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
-
-
-def strip_timing(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [strip_timing(v) for v in obj]
-    return obj
 
 
 def comparable(run_dir: Path) -> dict[str, Any]:
