@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agop_sweep import checkpoint as ckpt
 from agop_sweep import features, plots
-from agop_sweep.config import Config, to_container, validate
+from agop_sweep.config import Config, to_container, upgrade_saved_config, validate
 from agop_sweep.device import place_job
 from agop_sweep.errors import UserError
 from agop_sweep.results import Results, read_results
@@ -37,8 +37,10 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory ({path} is missing)")
     try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+        assert isinstance(saved, dict)
         cfg = OmegaConf.merge(
-            OmegaConf.structured(Config), OmegaConf.load(path), OmegaConf.from_dotlist(overrides)
+            OmegaConf.structured(Config), upgrade_saved_config(saved), OmegaConf.from_dotlist(overrides)
         )
     except OmegaConfBaseException as e:
         raise UserError(f"Bad config or override for {run_dir}: {str(e).splitlines()[0]}") from None

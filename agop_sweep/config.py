@@ -8,6 +8,7 @@ that are still wrong (a negative learning rate, an epoch past the end) are caugh
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ class OptimizerConfig:
     lr: float = MISSING
     weight_decay: float = 0.0
     # SGD and Adam (also Muon's auxiliary Adam): torch's fused kernel, one per step for all
-    # parameters; false: the default foreach kernels (same update, other rounding).
+    # parameters; false: torch's default (a per-parameter loop on CPU, foreach on CUDA).
     fused: bool = True
     # SGD
     momentum: float = 0.0
@@ -238,6 +239,24 @@ def validate(cfg: DictConfig) -> None:
 def _is_cuda_index(device: str) -> bool:
     prefix, _, index = device.partition(":")
     return prefix == "cuda" and index.isdigit()
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config that an earlier version saved with a run (state.pt, .hydra/config.yaml), in
+    today's schema, so that such runs can still be resumed and re-analysed.
+
+    ``trainer.live_plots`` (bool) became ``trainer.plots`` (true: ``live``, false: ``end``);
+    runs from before ``optimizer.fused`` took torch's default, unfused step.
+    """
+    out = copy.deepcopy(saved)
+    trainer = out.get("trainer")
+    if isinstance(trainer, dict) and "live_plots" in trainer:
+        live = trainer.pop("live_plots")
+        trainer.setdefault("plots", "live" if live else "end")
+    optimizer = out.get("optimizer")
+    if isinstance(optimizer, dict) and "fused" not in optimizer:
+        optimizer["fused"] = False
+    return out
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

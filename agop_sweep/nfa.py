@@ -37,6 +37,8 @@ def denoise_psd_eigenvalues(values: torch.Tensor) -> torch.Tensor:
     root. A kernel with no negative eigenvalue (full rank, as with n x classes >> width) or
     one summed in float64 loses nothing real.
     """
+    if values.numel() == 0:
+        return values
     floor = NOISE_FACTOR * (-values.min()).clamp_min(0)
     return torch.where(values > floor, values, torch.zeros_like(values))
 

@@ -29,7 +29,7 @@ from agop_sweep import checkpoint as ckpt
 from agop_sweep import features, plots
 from agop_sweep.analysis import analyse
 from agop_sweep.atomic import remove_stale_temporaries
-from agop_sweep.config import to_container
+from agop_sweep.config import to_container, upgrade_saved_config
 from agop_sweep.data import Dataset, load_dataset
 from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
@@ -213,7 +213,7 @@ class Trainer:
         )
 
     def _refresh_plots(self, final: bool) -> None:
-        """Redraw the run's figures: PNG while training (half the cost), PDF too at the end."""
+        """Redraw the run's figures: PNG while training (60 % of the cost of both), PDF too at the end."""
         assert self.results is not None
         try:
             plots.save_run_figures(self.results.data, self.run_dir, self.features,
@@ -228,7 +228,7 @@ class Trainer:
         if cfg.resume:
             state = load_state(self.run_dir)
             if state is not None:
-                check_same_experiment(state.config, self.config)
+                check_same_experiment(upgrade_saved_config(state.config), self.config)
                 status = state.results["status"]
                 if status in ("completed", "diverged"):
                     log.info("Run in %s is already %s; nothing to do", self.run_dir, status)

@@ -161,13 +161,13 @@ def main() -> None:
         r["floor"] = UPDATE_BYTES[name] * params / bandwidth
         eff_rows.append([name, f"{gflops(6 * h.bs * mac, step_s):.0f}", f"{r['train_eff']:.0%}",
                          f"{gflops(2 * mac, eval_s):.0f}", f"{r['eval_eff']:.0%}"])
-        if name in ("sgd", "adam"):  # what-if: torch's default (foreach) kernels, optimizer.fused=false
+        if name in ("sgd", "adam"):  # what-if: optimizer.fused=false, torch's default
             opt = h.trainer.optimizer.optimizers[name]
             h.trainer.optimizer.optimizers[name] = type(opt)(
                 opt.param_groups[0]["params"], **{**opt.defaults, "fused": None})
             variants.append([f"{name} fused={bool(opt.defaults['fused'])} (as configured)",
                              f"{step_s * 1e3:.1f}"])
-            variants.append([f"{name} fused=None (torch's default, foreach)",
+            variants.append([f"{name} fused=None (torch's default: loop on CPU, foreach on CUDA)",
                              f"{step_time(h, steps, args.repeats) * 1e3:.1f}"])
             h.trainer.optimizer.optimizers[name] = opt
         if name == "muon":

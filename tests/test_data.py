@@ -61,6 +61,22 @@ def test_synthetic_shapes_range_and_seed(compose_config) -> None:
     assert five.n_classes == 5 and set(five.y_train.tolist()) == set(range(5))
 
 
+def test_synthetic_blocks_equal_the_whole_array_formula(compose_config, monkeypatch) -> None:
+    """Generated in row blocks, in place: bit for bit the one-draw formula, across block edges."""
+    monkeypatch.setattr(data_mod, "SYNTHETIC_BLOCK_ROWS", 7)
+    cfg = compose_config("data=synthetic", "data.n_train=20", "data.n_val=5", "data.n_features=6",
+                         "data.n_classes=3", "data.image_shape=[1,2,3]", "data.seed=4").data
+    x_train, y_train, x_val, y_val = data_mod._synthetic(cfg)
+    rng = np.random.default_rng(4)
+    prototypes = rng.standard_normal((3, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=25)
+    x = prototypes[y] + 1.5 * rng.standard_normal((25, 6)).astype(np.float32)
+    x = 1.0 / (1.0 + np.exp(-0.5 * x))
+    assert x.dtype == x_train.dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate([x_train, x_val]), x)
+    np.testing.assert_array_equal(np.concatenate([y_train, y_val]), y)
+
+
 def test_synthetic_is_learnable(compose_config) -> None:
     """The class means separate the classes better than chance (a nearest-mean classifier)."""
     d = load_dataset(compose_config(*SYNTH, "data.n_train=1000", "data.n_val=500").data, CPU)

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from agop_sweep.model import ACTIVATIONS, MLP, build_model, loss_fn
-from agop_sweep.optim import build_optimizer
+from agop_sweep.optim import _fused, build_optimizer
 
 REFERENCE_ACTS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda z: F.gelu(z, approximate="none")}
 
@@ -112,9 +112,23 @@ def test_sgd_and_adam_settings(compose_config) -> None:
     assert sgd.param_groups[0]["fused"] and group["fused"]  # torch's one-kernel step by default
 
 
+def test_fused_only_where_torch_has_it(compose_config) -> None:
+    cfg = compose_config("optimizer=adam").optimizer
+    assert _fused([torch.nn.Parameter(torch.zeros(2))], cfg) is True
+    meta = [torch.nn.Parameter(torch.empty(2, device="meta"))]  # no fused kernel: torch's default
+    assert _fused(meta, cfg) is None
+    meta[0].grad = torch.empty(2, device="meta")
+    torch.optim.Adam(meta, fused=_fused(meta, cfg)).step()  # fused=True raises here
+    with pytest.raises(RuntimeError, match="fused=True"):
+        torch.optim.Adam(meta, fused=True).step()
+    off = compose_config("optimizer=adam", "optimizer.fused=false").optimizer
+    assert _fused([torch.nn.Parameter(torch.zeros(2))], off) is None
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_fused_step_matches_the_default_kernels(compose_config, name: str) -> None:
-    """optimizer.fused=false gives torch's foreach step; both are the same update up to rounding."""
+    """optimizer.fused=false gives torch's default step (a loop on CPU): the same update up to
+    rounding."""
     weights = {}
     for fused in (True, False):
         torch.manual_seed(0)

@@ -197,6 +197,8 @@ def test_denoise_drops_values_within_four_times_the_most_negative() -> None:
     assert denoise_psd_eigenvalues(values).tolist() == [0.0, 0.0, 5e-9, 1.0]
     positive = torch.tensor([1e-12, 1e-3, 2.0], dtype=torch.float64)  # full rank: nothing is noise
     assert torch.equal(denoise_psd_eigenvalues(positive), positive)
+    assert denoise_psd_eigenvalues(torch.zeros(0, dtype=torch.float64)).numel() == 0
+    assert psd_factor(torch.zeros(0, 0, dtype=torch.float64)).shape == (0, 0)
 
 
 @pytest.mark.parametrize(("d_out", "d_in"), [(96, 96), (48, 144)])

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from agop_sweep.config import register_configs
+from agop_sweep.config import register_configs, upgrade_saved_config
 from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
 from agop_sweep.resume import check_same_experiment, config_differences
@@ -48,6 +48,22 @@ def test_precisions_train(make_cfg, tmp_path: Path, precision: str) -> None:
     losses = [e["train_loss"] for e in res["epochs"]]
     assert res["status"] == "completed"
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(("mode", "calls"), [
+    # smoke schedule: epochs 0..3 analysed; live redraws PNGs after 0, 1, 2 and both formats at the end
+    ("live", [("png",)] * 3 + [("png", "pdf")]),
+    ("end", [("png", "pdf")]),
+    ("off", []),
+])
+def test_plot_modes(make_cfg, tmp_path: Path, monkeypatch, mode: str, calls: list) -> None:
+    from agop_sweep import plots
+
+    seen = []
+    monkeypatch.setattr(plots, "save_run_figures",
+                        lambda results, run_dir, features, formats: seen.append(tuple(formats)))
+    run(make_cfg(f"trainer.plots={mode}"), tmp_path)
+    assert seen == calls
 
 
 def test_compile_failure_falls_back_to_eager(make_cfg, tmp_path: Path, monkeypatch) -> None:
@@ -114,6 +130,20 @@ def test_config_differences_ignore_run_control_keys() -> None:
     check_same_experiment(old, {**old, "device": "cuda:1"})
     with pytest.raises(UserError, match=r"optimizer.lr \(0.1 there, 0.2 now\)"):
         check_same_experiment(old, new)
+
+
+def test_configs_saved_by_earlier_versions_are_upgraded() -> None:
+    old = {"optimizer": {"name": "adam", "lr": 0.1}, "trainer": {"batch_size": 8, "live_plots": False}}
+    up = upgrade_saved_config(old)
+    assert up == {"optimizer": {"name": "adam", "lr": 0.1, "fused": False},
+                  "trainer": {"batch_size": 8, "plots": "end"}}
+    assert "live_plots" in old["trainer"]  # the saved dict itself is left alone
+    now = {"optimizer": {"name": "adam", "lr": 0.1, "fused": True},
+           "trainer": {"batch_size": 8, "plots": "live"}}
+    # Those runs took torch's unfused step: resuming one needs optimizer.fused=false, and says so.
+    with pytest.raises(UserError, match=r"optimizer.fused \(False there, True now\)"):
+        check_same_experiment(up, now)
+    check_same_experiment(up, {**now, "optimizer": {**now["optimizer"], "fused": False}})
 
 
 def test_objective() -> None:
