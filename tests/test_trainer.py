@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import strip_timing
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -118,8 +119,7 @@ def test_signal_mid_epoch_saves_progress_and_resumes_exactly(make_cfg, tmp_path:
     assert state["progress"]["epoch"] == 2 and state["progress"]["step"] == 5
     monkeypatch.setattr(torch.optim.SGD, "step", original_step)
     resumed = run(make_cfg("trainer.batch_size=16", "resume=true"), run_dir)
-    strip = lambda r: [{k: v for k, v in e.items() if "seconds" not in k} for e in r["epochs"]]  # noqa: E731
-    assert strip(resumed) == strip(reference)
+    assert strip_timing(resumed["epochs"]) == strip_timing(reference["epochs"])
     assert signal.getsignal(signal.SIGUSR1) == handler_before  # the guard restored it
 
 
