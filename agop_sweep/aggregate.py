@@ -31,9 +31,9 @@ import pandas as pd
 import yaml
 
 from agop_sweep.atomic import write_atomic
-from agop_sweep.config import VARIANTS
 from agop_sweep.errors import UserError
 from agop_sweep.features import FILENAME as FEATURES_FILE
+from agop_sweep.nfa import VARIANTS
 from agop_sweep.results import FILENAME as RESULTS_FILE
 from agop_sweep.results import read_results
 

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agop_sweep.errors import ConfigError
+from agop_sweep.nfa import DEFAULT_METRIC, VARIANTS
 
 ACTIVATIONS = ("relu", "tanh", "gelu")
 LOSSES = ("mse", "ce")
@@ -26,10 +27,6 @@ DATASETS = ("svhn", "digits", "synthetic")
 PRECISIONS = ("fp32", "tf32", "bf16")
 # When the per-run figures are drawn: after every analysed epoch and at the end, at the end only, never.
 PLOT_MODES = ("live", "end", "off")
-NFM_KINDS = ("raw", "delta")
-CORR_KINDS = ("cos", "pearson")
-TARGETS = ("agop", "sqrt")
-VARIANTS = tuple(f"{n}_{c}_{t}" for n in NFM_KINDS for c in CORR_KINDS for t in TARGETS)
 
 
 @dataclass
@@ -72,7 +69,7 @@ class ScheduleConfig:
 @dataclass
 class AnalysisConfig:
     enabled: bool = True
-    primary: str = "delta_cos_agop"
+    primary: str = DEFAULT_METRIC
     # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.
     chunk_size: int = 2048
     # Extra per-layer numbers (effective ranks, spectra shares, eigenvector alignment).

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from agop_sweep.config import CORR_KINDS, NFM_KINDS, TARGETS
+# The metric names: {nfm}_{corr}_{target}. The NFM is W^T W ("raw") or (W - W0)^T (W - W0)
+# ("delta"); the correlation a cosine ("cos") or a cosine of mean-removed entries ("pearson");
+# the target the AGOP itself or its square root.
+NFM_KINDS = ("raw", "delta")
+CORR_KINDS = ("cos", "pearson")
+TARGETS = ("agop", "sqrt")
+VARIANTS = tuple(f"{n}_{c}_{t}" for n in NFM_KINDS for c in CORR_KINDS for t in TARGETS)
+# The reference code's choice, and the default of analysis.primary.
+DEFAULT_METRIC = "delta_cos_agop"
 
 
 def agop_from_kernel(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from agop_sweep import aggregate as agg
 from agop_sweep.aggregate import aggregate, parse_overrides, short_names
-from agop_sweep.config import VARIANTS
+from agop_sweep.nfa import VARIANTS
 
 TINY = [
     "data=synthetic", "data.n_train=128", "data.n_val=32", "data.n_features=64",

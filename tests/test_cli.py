@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
 from agop_sweep import plots
-from agop_sweep.config import VARIANTS
 from agop_sweep.data import load_dataset
 from agop_sweep.device import Placement
+from agop_sweep.nfa import VARIANTS
 from agop_sweep.train import Trainer
 
 RUN_KEYS = {"optimizer", "lr", "seed", "dataset", "width", "depth", "act", "n_train", "n_val", "device",

@@ -12,8 +12,8 @@ import scipy.linalg
 import torch
 from torch.func import jacrev, vmap
 
-from agop_sweep.config import VARIANTS
 from agop_sweep.nfa import (
+    VARIANTS,
     Spectrum,
     agop_from_kernel,
     compare_layer,

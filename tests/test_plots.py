@@ -13,8 +13,8 @@ from matplotlib.image import AxesImage
 from PIL import Image
 
 from agop_sweep import plots
-from agop_sweep.config import VARIANTS
 from agop_sweep.features import FeatureLog
+from agop_sweep.nfa import VARIANTS
 from agop_sweep.plots import (
     SWITCH_GID,
     features_figure,
