@@ -70,7 +70,7 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
     return out
 
 
-def analyse(
+def analyze_model(
     model: MLP,
     init_weights: Sequence[torch.Tensor],
     x: torch.Tensor,
@@ -95,13 +95,16 @@ def analyse(
             on_chunk=None if stop is None else (lambda _start: stop()),
         )
         layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
-        for l, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
-            cmp = compare_layer(w, w0.to(w.device), k, with_spectra=cfg.spectra)
+        for layer, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
+            cmp = compare_layer(w, w0.to(w.device), k, with_spectra=cfg.spectra, primary=cfg.primary)
             entry: dict[str, Any] = {
-                "layer": l,
+                "layer": layer,
                 "shape": list(w.shape),
                 "corr": cmp.metrics[cfg.primary],
                 "metrics": cmp.metrics,
+                "weight_change": cmp.weight_change,
+                "alpha_star": cmp.alpha_star,
+                "alpha_corr": cmp.alpha_corr,
             }
             if cfg.spectra:
                 entry["spectra"] = _spectral_summary(cmp.spectra)
@@ -111,7 +114,7 @@ def analyse(
                         np.zeros(0) if s is None else s.values.cpu().numpy()
                     )
             layers.append(entry)
-            if l == 0 and cfg.save_features:
+            if layer == 0 and cfg.save_features:
                 wd, w0d = w.double(), w0.to(w.device).double()
                 agop_diag = ((k @ wd) * wd).sum(0)
                 d = w.shape[1]

@@ -1,18 +1,30 @@
-"""The Hydra application: ``python -m agop_sweep`` and the ``agop-sweep`` console script."""
+"""The Hydra application: ``python -m agop_sweep`` and the ``agop-sweep`` console script.
+
+One job: validate the config, claim the run directory, place the job on a device, train.
+Every error a user can fix ends the job with one line and exit code 1; a job that fails
+before training leaves a results.json with status ``failed`` where no run lived, so that a
+sweep accounts for every job it launched.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from agop_sweep.config import register_configs, validate
+from agop_sweep.config import check_precision, register_configs, to_container, validate
 from agop_sweep.device import available_cores
+from agop_sweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +33,7 @@ register_configs()
 
 def _parallel_jobs() -> int:
     """How many jobs of this sweep run at once on this machine (joblib's n_jobs)."""
-    hc = HydraConfig.get()
-    n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None)
+    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
     if n_jobs is None:
         return 1
     if n_jobs < 0:  # joblib: -1 = all cores, -2 = all but one, ...
@@ -30,28 +41,120 @@ def _parallel_jobs() -> int:
     return int(n_jobs)
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (SPEC's results.json ``error``)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _start_failure_info(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``run`` and ``config`` for the record of a job that never reached training."""
+    from agop_sweep.provenance import git_commit, package_version
+
+    def pick(key: str) -> Any:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+
+    run = {"optimizer": pick("optimizer.name"), "lr": pick("optimizer.lr"), "seed": pick("seed"),
+           "dataset": pick("data.name"), "width": pick("model.width"), "depth": pick("model.depth"),
+           "act": pick("model.act"), "loss": pick("loss"), "n_train": None, "n_val": None,
+           "device": pick("device"), "torch": None, "version": package_version(), "git": git_commit()}
+    try:
+        config = to_container(cfg)
+    except Exception:
+        config = {}
+    return {k: (str(v) if v is not None and not isinstance(v, (int, float, bool)) else v)
+            for k, v in run.items()}, config
+
+
+def _train(cfg: DictConfig, run_dir: Path, started_at: float) -> float:
+    """Claim ``run_dir``, place the job, train; returns the objective."""
+    from agop_sweep import rundir
+    from agop_sweep.device import place_job, set_precision
+    from agop_sweep.train import Trainer
+
+    hc = HydraConfig.get()
+    with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
+        rundir.write_hydra_files(run_dir, cfg, HydraConfig.instance().cfg, list(hc.overrides.task))
+        log.info("Run dir %s", run_dir)
+        job_num = hc.job.num if hc.mode.name == "MULTIRUN" else 0
+        placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
+        check_precision(cfg.trainer.precision, placement.device)  # fp16 needs CUDA; auto may be cpu
+        set_precision(cfg.trainer.precision)
+        return Trainer(cfg, run_dir, placement, started_at).run(claim.state)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def run(cfg: DictConfig) -> float:
     """One training run; returns the final val loss (the objective of a learning-rate search)."""
     started_at = time.time()
-    validate(cfg)  # before any heavy work: a bad value costs nothing
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    job_num = hc.job.num if hc.mode.name == "MULTIRUN" else 0
-    from agop_sweep.device import place_job, set_precision
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from agop_sweep import rundir
 
-    placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
-    set_precision(cfg.trainer.precision, placement.device)
-
-    from agop_sweep.train import Trainer
-
-    log.info("Run dir %s", run_dir)
-    objective = Trainer(cfg, run_dir, placement, started_at).run()
+    try:
+        validate(cfg)  # before any heavy work: a bad value costs nothing
+        objective = _train(cfg, run_dir, started_at)
+    except rundir.RunDirError:
+        raise  # the directory belongs to another run: write nothing there
+    except Exception as e:
+        if not _trainer_recorded(run_dir):
+            rundir.record_start_failure(run_dir, *_start_failure_info(cfg), one_line(e))
+        if isinstance(e, OSError) and not isinstance(e, UserError):
+            where = f"{e.filename}: " if e.filename else ""
+            raise UserError(f"Cannot write the run's files: {where}{e.strerror or e}") from None
+        raise
     return objective if not math.isnan(objective) else math.inf
 
 
+def _trainer_recorded(run_dir: Path) -> bool:
+    """Whether this job's trainer wrote a record of its own (then it holds the error)."""
+    import os
+
+    from agop_sweep.record import RecordError, RunRecord
+
+    try:
+        return RunRecord.in_dir(run_dir).run.get("pid") == os.getpid()
+    except (OSError, RecordError):
+        return False
+
+
+def error_report(error: BaseException) -> str | None:
+    """The one line for an error a user can fix, None for anything else (a bug: traceback).
+
+    Hydra's own report of a bad override runs to several lines (the key, a hint, the
+    schema's type, the full key); its first line and its cause's first line say it all.
+    """
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, (ConfigCompositionException, OverrideParseException, MissingConfigException,
+                          OmegaConfBaseException)):
+        first = str(error).strip().splitlines()[0].rstrip(".")
+        cause = error.__cause__
+        if cause is not None and str(cause).strip():
+            first += ": " + str(cause).strip().splitlines()[0]
+        return first
+    if isinstance(error, OSError):  # e.g. Hydra creating the output dir or opening the log
+        where = f"{error.filename}: " if error.filename else ""
+        return f"Cannot write the run's files: {where}{error.strerror or error}"
+    return None
+
+
 def main() -> None:
-    run()
+    """``python -m agop_sweep``: Hydra's app, with every error a user can fix reported as one
+    line on stderr and exit code 1, also those that arise inside Hydra before the app runs.
+    HYDRA_FULL_ERROR=1 keeps Hydra's full reports and tracebacks for debugging."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        run()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
+    try:
+        run()
+    except Exception as e:
+        line = error_report(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Scheduled checkpoints (models/) and the per-epoch resumable state (state.pt)."""
+"""Scheduled checkpoints (models/), and loading any file a run wrote without running its pickles."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agop_sweep.atomic import torch_save
+from agop_sweep.errors import UserError
 
 MODELS_DIR = "models"
+
+# Besides tensors, numbers, strings, lists and dicts (torch's weights_only set), a run's files
+# hold NumPy arrays (the feature log in state.pt). These are the only other types allowed.
+_NUMPY_GLOBALS: list[Any] = [
+    (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
+    np.ndarray, np.dtype,
+    *{type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint8)},
+]
 
 
 def checkpoint_name(epoch: int, dataset: str, width: int, depth: int, act: str) -> str:
@@ -48,6 +58,22 @@ def save_checkpoint(
     return rel
 
 
+class UnsafeFileError(UserError):
+    """A run file whose pickle asks for a type other than plain data: refused unopened."""
+
+
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint or state file onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint or state file onto the CPU with ``weights_only=True``: tensors, numbers,
+    strings, containers and NumPy arrays only. A file whose pickle would build anything else
+    (and so could run code) raises :class:`UnsafeFileError` naming the file; other read errors
+    (truncation, not a torch file) propagate."""
+    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            if isinstance(e, torch.serialization.pickle.UnpicklingError) and "Weights only load" in str(e):
+                raise UnsafeFileError(
+                    f"{path} asks to load a type that is not plain data (only tensors, numbers, "
+                    "strings, lists, dicts and NumPy arrays are allowed); refusing to open it"
+                ) from None
+            raise

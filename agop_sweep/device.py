@@ -67,8 +67,9 @@ def place_job(requested_device: str, requested_threads: int, job_num: int, n_par
     return Placement(device, threads)
 
 
-def set_precision(precision: str, device: str) -> None:
-    """fp32: exact float32 matmuls; tf32/bf16: TF32 matmuls on CUDA (bf16 adds autocast)."""
+def set_precision(precision: str) -> None:
+    """fp32: exact float32 matmuls; tf32/bf16/fp16: TF32 matmuls on CUDA (bf16 and fp16 add
+    autocast in the training step)."""
     import torch
 
     torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")

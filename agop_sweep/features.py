@@ -83,13 +83,16 @@ class FeatureLog:
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": list(self.epochs), "diagonals": self.diagonals, "latest": self.latest}
 
+    def load_dict(self, d: dict[str, Any]) -> None:
+        """Replace this log's contents with a :meth:`to_dict` of another (resume)."""
+        self.epochs = list(d["epochs"]) if d else []
+        self.diagonals = {k: list(v) for k, v in d["diagonals"].items()} if d else {k: [] for k in DIAGONALS}
+        self.latest = d["latest"] if d else {}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureLog:
         log = cls()
-        if d:
-            log.epochs = list(d["epochs"])
-            log.diagonals = {k: list(v) for k, v in d["diagonals"].items()}
-            log.latest = d["latest"]
+        log.load_dict(d)
         return log
 
 

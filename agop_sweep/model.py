@@ -31,8 +31,8 @@ class MLP(nn.Module):
     """``first`` Linear(d_in, width), ``depth - 1`` middle Linear(width, width), ``last``
     Linear(width, classes); no biases, activation after every layer but the last.
 
-    ``hidden_weights()`` are the ``depth`` matrices that the analysis studies (layer l has
-    input h_l: the image for l = 0, the activation of layer l - 1 otherwise).
+    The ``depth`` hidden layers (first and middle) are the ones the analysis studies: hidden
+    layer l has input h_l, the image for l = 0 and the activation of layer l - 1 otherwise.
     """
 
     def __init__(self, d_in: int, width: int, depth: int, n_classes: int, act: str = "relu"):
@@ -45,6 +45,7 @@ class MLP(nn.Module):
 
     @property
     def hidden(self) -> list[nn.Linear]:
+        """The hidden layers: first and middle."""
         return [self.first, *self.middle]
 
     def hidden_weights(self) -> list[torch.Tensor]:
@@ -57,9 +58,24 @@ class MLP(nn.Module):
         return self.last(h)
 
 
-def build_model(d_in: int, n_classes: int, width: int, depth: int, act: str) -> MLP:
-    """PyTorch's default (Kaiming-uniform) init, drawn from the global RNG: seed it first."""
-    return MLP(d_in, width, depth, n_classes, act)
+# model.init: PyTorch's default init for every layer, or the original script's middle layers,
+# built as copies of one module and so identical at the start.
+INITS = ("default", "shared_middle")
+
+
+def build_model(d_in: int, width: int, depth: int, n_classes: int, act: str, init: str = "default") -> MLP:
+    """PyTorch's default (Kaiming-uniform) init, drawn from the global RNG: seed it first.
+
+    ``init="shared_middle"`` then copies the first middle layer's weight into the others.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+    model = MLP(d_in, width, depth, n_classes, act)
+    if init == "shared_middle":
+        with torch.no_grad():
+            for layer in model.middle[1:]:
+                layer.weight.copy_(model.middle[0].weight)
+    return model
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The Neural Feature Ansatz mathematics: NFM, AGOP from its kernel, spectra, correlations.
 
 Pure functions on tensors; all of them work in the dtype they are given (float64 in the
-analysis). Notation: W is a hidden layer's weight, shape (d_out, d_in); K is the kernel
-(1/n) sum_i G_i^T G_i of that layer's pre-activation Jacobians, shape (d_out, d_out).
+analysis). Notation: W is a hidden layer's weight, shape (d_out, d_in); W0 its initial value;
+D = W - W0; K is the kernel (1/n) sum_i G_i^T G_i of that layer's pre-activation Jacobians,
+shape (d_out, d_out).
 """
 
 from __future__ import annotations
@@ -19,8 +20,25 @@ NFM_KINDS = ("raw", "delta")
 CORR_KINDS = ("cos", "pearson")
 TARGETS = ("agop", "sqrt")
 VARIANTS = tuple(f"{n}_{c}_{t}" for n in NFM_KINDS for c in CORR_KINDS for t in TARGETS)
+# Centered NFA (Beaglehole et al. 2024, "Feature learning as alignment"): the delta NFM
+# D^T D against the centered AGOP CAGOP = D^T K D.
+CENTERED_VARIANTS = tuple(f"delta_{c}_cagop" for c in CORR_KINDS)
+# Every name in LayerComparison.metrics; each one is a valid analysis.primary.
+METRICS = VARIANTS + CENTERED_VARIANTS
 # The reference code's choice, and the default of analysis.primary.
 DEFAULT_METRIC = "delta_cos_agop"
+# alpha_star: the exponents a tried in corr(NFM, AGOP^a), 0..2 in steps of 0.01, and the
+# fraction of the largest eigenvalue below which an AGOP eigenvalue counts as 0 in AGOP^a.
+ALPHAS = tuple(i / 100 for i in range(201))
+POWER_FLOOR = 1e-6
+
+
+def metric_kinds(metric: str) -> tuple[str, str]:
+    """The NFM kind (raw|delta) and correlation kind (cos|pearson) of a name in METRICS."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    nfm_kind, corr_kind, _ = metric.split("_")
+    return nfm_kind, corr_kind
 
 
 def agop_from_kernel(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -143,8 +161,19 @@ def top_eigvec_cosine(s1: Spectrum, s2: Spectrum) -> float | None:
 
 @dataclass
 class LayerComparison:
+    """What :func:`compare_layer` finds for one hidden layer.
+
+    metrics: every name in METRICS, None where undefined. spectra: ``agop``, ``nfm_raw`` and
+    ``nfm_delta`` (see compare_layer). weight_change: |W - W0|_F / |W0|_F. alpha_star: the
+    exponent a in ALPHAS that maximises corr(NFM, AGOP^a) and alpha_corr that maximum, for
+    the NFM and correlation kinds of the primary metric; both None where it is undefined.
+    """
+
     metrics: dict[str, float | None]
     spectra: dict[str, Spectrum]
+    weight_change: float | None = None
+    alpha_star: float | None = None
+    alpha_corr: float | None = None
 
 
 def _spectrum_of_psd(a: torch.Tensor) -> Spectrum:
@@ -155,57 +184,140 @@ def _spectrum_of_psd(a: torch.Tensor) -> Spectrum:
     return Spectrum(denoise_psd_eigenvalues(values)[order], vectors[:, order], a.shape[0])
 
 
+def weight_change(w: torch.Tensor, w0: torch.Tensor) -> float | None:
+    """|W - W0|_F / |W0|_F for W, W0 (d_out, d_in): 0 when W == W0, None when W0 = 0 != W."""
+    change = torch.linalg.matrix_norm(w - w0)
+    if change == 0:
+        return 0.0
+    return _finite(change / torch.linalg.matrix_norm(w0))
+
+
+def _finite(value: torch.Tensor) -> float | None:
+    """A 0-d tensor as a float, None when it is NaN or infinite (an undefined value)."""
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _corr_from_terms(
+    inner: torch.Tensor, na2: torch.Tensor, nb2: torch.Tensor, sum_a: torch.Tensor,
+    sum_b: torch.Tensor, d: int, kind: str,
+) -> torch.Tensor:
+    """:func:`correlation` of two (d, d) matrices A, B from <A, B>, |A|_F^2, |B|_F^2 and their
+    entry sums. The arguments broadcast (B may be a batch of p matrices: shapes (p,));
+    the result has their shape, NaN where the correlation is undefined."""
+    if kind == "pearson":  # <A - mean A, B - mean B> = <A, B> - sum(A) sum(B) / d^2
+        inner = inner - sum_a * sum_b / (d * d)
+        na2 = na2 - sum_a * sum_a / (d * d)
+        nb2 = nb2 - sum_b * sum_b / (d * d)
+    elif kind != "cos":
+        raise ValueError(f"unknown correlation kind {kind!r}")
+    value = inner / (na2.clamp_min(0).sqrt() * nb2.clamp_min(0).sqrt())
+    return torch.where((na2 > 0) & (nb2 > 0), value, torch.nan)
+
+
 @dataclass
 class _Target:
-    """The AGOP (``power`` 1) or its square root (1/2) as V diag(s) V^T from the AGOP's
-    spectrum, with |A|_F^2 and the sum of its entries, so that it is never formed."""
+    """p matrices V diag(s) V^T (d, d) on the AGOP's eigenvectors V (d, m), never formed:
+    ``weights`` s (p, m) or (m,) for one, ``sq_norm`` |.|_F^2 = sum_j s_j^2 and ``total``
+    the entry sum 1^T (.) 1 = sum_j s_j (1^T v_j)^2, each (p,) or 0-d."""
 
     weights: torch.Tensor
     sq_norm: torch.Tensor
     total: torch.Tensor
 
 
-def _target(spec: Spectrum, power: float) -> _Target:
-    s = spec.values if power == 1 else spec.values**power
-    ones = spec.vectors.sum(0)  # 1^T v_j: 1^T A 1 = sum_j s_j (1^T v_j)^2
-    return _Target(s, (s * s).sum(), (s * ones * ones).sum())
+def _target(spec: Spectrum, s: torch.Tensor) -> _Target:
+    ones = spec.vectors.sum(0)  # 1^T v_j, (m,)
+    return _Target(s, (s * s).sum(-1), (s * ones * ones).sum(-1))
 
 
-def _correlation(
-    inner: torch.Tensor, na2: torch.Tensor, sum_a: torch.Tensor, t: _Target, d: int, kind: str
-) -> float | None:
-    """:func:`correlation` from <A, B>, |A|_F^2, |B|_F^2 and the entry sums (equal up to rounding)."""
-    nb2 = t.sq_norm
-    if kind == "pearson":  # <A - mean A, B - mean B> = <A, B> - sum(A) sum(B) / d^2
-        inner = inner - sum_a * t.total / (d * d)
-        na2 = na2 - sum_a * sum_a / (d * d)
-        nb2 = nb2 - t.total * t.total / (d * d)
-    elif kind != "cos":
-        raise ValueError(f"unknown correlation kind {kind!r}")
-    if na2 <= 0 or nb2 <= 0:
+def _agop_powers(spec: Spectrum) -> _Target | None:
+    """AGOP^a for every a in ALPHAS (weights (201, m)): eigenvalues below POWER_FLOOR x the
+    largest count as 0 for every a (so AGOP^0 is the projector on the others). None when
+    the AGOP is 0."""
+    e = spec.values
+    if e.numel() == 0 or not e.max() > 0:
         return None
-    value = float(inner / (na2.sqrt() * nb2.sqrt()))
-    return value if math.isfinite(value) else None
+    keep = e >= POWER_FLOOR * e.max()
+    a = torch.tensor(ALPHAS, dtype=e.dtype, device=e.device)[:, None]
+    s = torch.where(keep, e.clamp_min(torch.finfo(e.dtype).tiny) ** a, 0)
+    return _target(spec, s)
+
+
+@dataclass
+class _Nfm:
+    """An NFM X^T X (d, d) seen from the AGOP's eigenvectors V (d, m), never formed:
+    ``sq_norm`` |X^T X|_F^2, ``total`` its entry sum |X 1|^2 (both 0-d) and ``weights``
+    |X v_j|^2 (m,), so that <X^T X, V diag(s) V^T> = weights @ s."""
+
+    sq_norm: torch.Tensor
+    total: torch.Tensor
+    weights: torch.Tensor
+
+    def corr(self, t: _Target, d: int, kind: str) -> torch.Tensor:
+        """corr(X^T X, each target matrix): shape (p,) or 0-d as ``t.sq_norm``."""
+        inner = t.weights @ self.weights
+        return _corr_from_terms(inner, self.sq_norm, t.sq_norm, self.total, t.total, d, kind)
+
+
+def _alpha_star(nfm: _Nfm, spec: Spectrum, kind: str) -> tuple[float | None, float | None]:
+    """(a*, corr at a*): the a in ALPHAS maximising corr(X^T X, AGOP^a), the smallest on a
+    tie; (None, None) where no a gives a defined correlation. O(201 m) from the spectrum."""
+    powers = _agop_powers(spec)
+    if powers is None:
+        return None, None
+    corr = nfm.corr(powers, spec.dim, kind)  # (201,)
+    if bool(corr.isnan().all()):
+        return None, None
+    best = int(torch.argmax(corr.nan_to_num(nan=-math.inf)))
+    return ALPHAS[best], _finite(corr[best])
+
+
+def _centered_metrics(delta: torch.Tensor, k: torch.Tensor) -> dict[str, float | None]:
+    """``delta_{cos,pearson}_cagop``: corr(D^T D, D^T K D) for D (d_out, d_in), K (d_out, d_out).
+
+    For d_out <= d_in only (d_out, d_out) matrices are formed: with G = D D^T,
+    <D^T D, D^T K D> = tr(G K G), |D^T D|_F^2 = |G|_F^2, |D^T K D|_F^2 = tr(K G K G), and
+    the entry sums are |D 1|^2 and (D 1)^T K (D 1). None (both) when D = 0.
+    """
+    d_out, d_in = delta.shape
+    u = delta.sum(1)  # D 1, (d_out,)
+    sum_n, sum_c = u @ u, u @ (k @ u)
+    if d_out <= d_in:
+        g = delta @ delta.T
+        kg = k @ g
+        inner, nn2, nc2 = (g * kg).sum(), (g * g).sum(), (kg * kg.T).sum()
+    else:  # the (d_in, d_in) matrices themselves are the smaller ones
+        n, c = delta.T @ delta, delta.T @ (k @ delta)
+        inner, nn2, nc2 = (n * c).sum(), (n * n).sum(), (c * c).sum()
+    return {
+        f"delta_{kind}_cagop": _finite(_corr_from_terms(inner, nn2, nc2, sum_n, sum_c, d_in, kind))
+        for kind in CORR_KINDS
+    }
 
 
 def compare_layer(
-    w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool = True
+    w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool = True,
+    primary: str = DEFAULT_METRIC,
 ) -> LayerComparison:
-    """All NFM/AGOP correlation variants for one hidden layer.
+    """All NFM/AGOP correlation metrics for one hidden layer.
 
     Args:
         w: weight (d_out, d_in) now; w0: weight at initialisation, same shape.
         k: the layer's Jacobian kernel (d_out, d_out).
+        primary: a name in METRICS; its NFM and correlation kinds are those of alpha_star.
     Returns:
-        metrics ``{raw,delta}_{cos,pearson}_{agop,sqrt}``; ``delta`` variants are None when
-        W == W0 (epoch 0). ``spectra``: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta``,
-        shared by the ``sqrt`` variants and the spectral summaries.
+        metrics: every name in METRICS; the ``delta`` ones are None when W == W0 (epoch 0).
+        spectra: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta``, shared by the
+        ``sqrt`` variants and the spectral summaries. weight_change, alpha_star, alpha_corr:
+        see LayerComparison.
 
     No (d_in, d_in) matrix beyond the AGOP of a square layer is formed: with the AGOP's
     spectrum V diag(l) V^T and an NFM X^T X (X = W or W - W0), <X^T X, AGOP^p> =
-    sum_j l_j^p |X v_j|^2 needs one product X V for both targets, a third of the cost of
-    forming X^T X for layer 0 (1024 x 3072).
+    sum_j l_j^p |X v_j|^2 needs one product X V for both targets and every power of
+    alpha_star, a third of the cost of forming X^T X for layer 0 (1024 x 3072).
     """
+    alpha_nfm, alpha_corr_kind = metric_kinds(primary)
     w, w0, k = w.double(), w0.double(), k.double()
     d = w.shape[1]
     if w.shape[0] >= d:  # AGOP no larger than K: one eigh of the AGOP instead of K's and B^T B's
@@ -213,11 +325,12 @@ def compare_layer(
     else:
         agop_spec = spectrum_of_gram(psd_factor(k) @ w)
     spectra = {"agop": agop_spec}
-    targets = {"agop": _target(agop_spec, 1), "sqrt": _target(agop_spec, 0.5)}
+    targets = {"agop": _target(agop_spec, agop_spec.values),
+               "sqrt": _target(agop_spec, agop_spec.values.sqrt())}
     metrics: dict[str, float | None] = {}
-    nfm_factors = {"raw": w, "delta": w - w0}
-    for nfm_kind in NFM_KINDS:
-        x = nfm_factors[nfm_kind]
+    nfms: dict[str, _Nfm] = {}
+    delta = w - w0
+    for nfm_kind, x in (("raw", w), ("delta", delta)):
         if with_spectra and bool(x.any()):
             spectrum = spectra[f"nfm_{nfm_kind}"] = spectrum_of_gram(x)
             na2 = (spectrum.values * spectrum.values).sum()
@@ -226,11 +339,12 @@ def compare_layer(
             na2 = (g * g).sum()  # |X^T X|_F = |X X^T|_F
         ones = x.sum(1)  # X 1: 1^T X^T X 1 = |X 1|^2
         proj = x @ agop_spec.vectors
-        col = (proj * proj).sum(0)  # |X v_j|^2
-        inners = {target: col @ targets[target].weights for target in TARGETS}
+        nfm = nfms[nfm_kind] = _Nfm(na2, ones @ ones, (proj * proj).sum(0))  # |X v_j|^2
         for corr_kind in CORR_KINDS:
             for target in TARGETS:
-                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = _correlation(
-                    inners[target], na2, ones @ ones, targets[target], d, corr_kind
+                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = _finite(
+                    nfm.corr(targets[target], d, corr_kind)
                 )
-    return LayerComparison(metrics, spectra)
+    metrics.update(_centered_metrics(delta, k))
+    alpha_star, alpha_corr = _alpha_star(nfms[alpha_nfm], agop_spec, alpha_corr_kind)
+    return LayerComparison(metrics, spectra, weight_change(w, w0), alpha_star, alpha_corr)

@@ -1,16 +1,14 @@
-"""results.json, the record of one run (SPEC schema 1): its one owner.
-
-Everything that writes or reads results.json goes through :class:`RunRecord`: the trainer
-and ``analyze`` build and update it, the figures and ``aggregate`` read it through its
-accessors. The JSON document stays a plain dict (``record.data``) so that keys this version
-does not know survive a rewrite; the TypedDicts below name the keys SPEC fixes.
-"""
+"""results.json, the record of one run (SPEC schema 1): its one owner. Everything that writes
+or reads results.json goes through :class:`RunRecord`. The document stays a plain dict
+(``record.data``) so that keys this version does not know survive a rewrite; the TypedDicts
+below name the keys SPEC fixes."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -67,7 +65,7 @@ class LayerEntry(TypedDict):
     shape: list[int]
     corr: float | None
     metrics: dict[str, float | None]
-    weight_change: NotRequired[float]
+    weight_change: NotRequired[float | None]
     alpha_star: NotRequired[float | None]
     alpha_corr: NotRequired[float | None]
     spectra: NotRequired[dict[str, Any]]
@@ -109,6 +107,31 @@ def _require_list_of_entries(data: dict[str, Any], key: str, item_key: str) -> N
         raise RecordError(f"{key!r} is not a list of records with {item_key!r}")
 
 
+def _validate_layers(analysis: list[dict[str, Any]]) -> None:
+    """Layer indices in 0..n-1 (n: the most layers of any analysis, as in ``n_layers``), metrics."""
+    for entry in analysis:
+        _require_list_of_entries(entry, "layers", "layer")
+    n = max((len(a["layers"]) for a in analysis), default=0)
+    for epoch, entry in ((a["epoch"], e) for a in analysis for e in a["layers"]):
+        where, index = f"the analysis of epoch {epoch}", entry["layer"]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise RecordError(f"{where} has layer {index!r}, outside 0..{n - 1}")
+        if not isinstance(entry.get("metrics"), dict):
+            raise RecordError(f"layer {index} of {where} has no 'metrics' object")
+
+
+def _path_value(entry: Any, path: str) -> Any:
+    """The value at a dotted path into nested dicts and lists (a list element by its index)."""
+    for part in path.split("."):
+        if isinstance(entry, dict):
+            entry = entry.get(part)
+        elif isinstance(entry, list) and part.isdigit() and int(part) < len(entry):
+            entry = entry[int(part)]
+        else:
+            return None
+    return entry
+
+
 def validate(data: Any) -> None:
     """Raise :class:`RecordError` unless ``data`` has the shape SPEC gives results.json."""
     if not isinstance(data, dict):
@@ -127,20 +150,16 @@ def validate(data: Any) -> None:
         raise RecordError("'run' is not an object")
     _require_list_of_entries(data, "epochs", "epoch")
     _require_list_of_entries(data, "analysis", "epoch")
-    for entry in data["analysis"]:
-        _require_list_of_entries(entry, "layers", "layer")
+    _validate_layers(data["analysis"])
     for key in ("config", "checkpoints", "timing"):
         if not isinstance(data.get(key, {}), dict):
             raise RecordError(f"{key!r} is not an object")
 
 
 class RunRecord:
-    """A run's results.json in memory: built by the trainer, read by figures and aggregate.
-
-    ``data`` is the JSON document itself. Mutators keep its invariants (one entry per epoch,
-    analyses sorted by epoch); :meth:`save` writes it atomically with non-finite numbers as
-    null.
-    """
+    """A run's results.json in memory (``data``: the document). Mutators keep its invariants (one
+    entry per epoch, analyses sorted by epoch); :meth:`save` writes it atomically, non-finite
+    numbers as null."""
 
     def __init__(self, data: dict[str, Any], path: str | os.PathLike[str] | None = None):
         self.data = data
@@ -151,13 +170,8 @@ class RunRecord:
     def new(cls, run: RunInfo | dict[str, Any], config: dict[str, Any],
             path: str | os.PathLike[str] | None = None) -> RunRecord:
         return cls({
-            "schema_version": SCHEMA_VERSION,
-            "status": Status.RUNNING.value,
-            "run": dict(run),
-            "config": config,
-            "epochs": [],
-            "analysis": [],
-            "checkpoints": {},
+            "schema_version": SCHEMA_VERSION, "status": Status.RUNNING.value, "run": dict(run),
+            "config": config, "epochs": [], "analysis": [], "checkpoints": {},
             "timing": {"train_seconds": 0.0, "analysis_seconds": 0.0, "total_seconds": 0.0},
         }, path)
 
@@ -222,6 +236,16 @@ class RunRecord:
     def timing(self) -> dict[str, float]:
         return self.data.setdefault("timing", {})
 
+    @property
+    def error(self) -> str | None:
+        """The one-line error of a failed run, else None."""
+        return self.data["error"] if isinstance(self.data.get("error"), str) else None
+
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch a diverged run's loss became non-finite, when recorded."""
+        return epoch if type(epoch := self.data.get("diverged_epoch")) is int else None
+
     # -- updates -----------------------------------------------------------------------------------
     def set_status(self, status: Status | str, **extra: Any) -> None:
         self.data["status"] = Status(status).value
@@ -251,6 +275,11 @@ class RunRecord:
             node = node[part]
         return node
 
+    def loss_name(self) -> str:
+        """The loss function (``mse``, ``ce``): the run's, else its config's, else SPEC's default."""
+        loss = self.run.get("loss") or self.setting("loss")
+        return str(loss) if isinstance(loss, str) and loss else "mse"
+
     def primary_metric(self) -> str:
         """The correlation variant that ``corr`` holds (``analysis.primary``)."""
         return str(self.setting("analysis.primary", DEFAULT_METRIC))
@@ -267,31 +296,43 @@ class RunRecord:
     def n_layers(self) -> int:
         return max((len(a["layers"]) for a in self.analysis), default=int(self.run.get("depth") or 0))
 
-    def layer_metric(self, metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Analysed epochs (A,) and ``metric`` per layer (A, L), NaN where null or missing.
-
-        ``metric`` is a variant name from ``metrics`` or a per-layer key (``weight_change``,
-        ``alpha_star``); None: the primary correlation ``corr``.
-        """
+    def _per_layer(self, get: Callable[[Any], Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Analysed epochs (A,) and ``get(layer entry)`` per layer (A, L), NaN where not a number."""
         epochs = np.array([a["epoch"] for a in self.analysis], dtype=float)
         values = np.full((len(self.analysis), self.n_layers()), np.nan)
         for i, a in enumerate(self.analysis):
             for entry in a["layers"]:
-                if metric is None:
-                    v = entry.get("corr")
-                elif metric in (entry.get("metrics") or {}):
-                    v = entry["metrics"][metric]
-                else:
-                    v = entry.get(metric)
-                values[i, entry["layer"]] = number(v)
+                values[i, entry["layer"]] = number(get(entry))
         return epochs, values
 
+    def layer_metric(self, metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Analysed epochs (A,) and ``metric`` per layer (A, L), NaN where null or missing: a variant
+        in ``metrics``, a per-layer key (``weight_change``), or None: the primary ``corr``."""
+        def get(entry: Any) -> Any:
+            metrics = entry.get("metrics") or {}
+            return entry.get("corr") if metric is None else metrics[metric] if metric in metrics \
+                else entry.get(metric)
+
+        return self._per_layer(get)
+
+    def layer_field(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`layer_metric`, for a dotted path into each layer entry, a list element by
+        its index (``spectra.agop.effective_rank``, ``spectra.agop.top5_share.0``)."""
+        return self._per_layer(lambda entry: _path_value(entry, path))
+
+    def metric_names(self) -> list[str]:
+        """The correlation variants recorded in the layers' ``metrics``, in first-seen order."""
+        return list(dict.fromkeys(name for a in self.analysis for entry in a["layers"]
+                                  if isinstance(entry.get("metrics"), dict) for name in entry["metrics"]))
+
+    def epoch_metric(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Epochs (E,) and ``key`` (``train_loss``, ...) of every epoch entry (E,), NaN where null."""
+        epochs = np.array([e["epoch"] for e in self.epochs], dtype=float)
+        return epochs, np.array([number(e.get(key)) for e in self.epochs], dtype=float)
+
     def layer_shape(self, layer: int) -> list[int] | None:
-        for a in self.analysis:
-            for entry in a["layers"]:
-                if entry["layer"] == layer and entry.get("shape"):
-                    return list(entry["shape"])
-        return None
+        return next((list(e["shape"]) for a in self.analysis for e in a["layers"]
+                     if e["layer"] == layer and e.get("shape")), None)
 
     def last_epoch(self) -> EpochEntry | None:
         return max(self.epochs, key=lambda e: e["epoch"]) if self.epochs else None
@@ -299,10 +340,8 @@ class RunRecord:
     def objective(self) -> float:
         """Final val loss (train loss without a val set); +inf when diverged or undefined:
         what a learning-rate search minimises."""
-        if self.status == Status.DIVERGED:
-            return math.inf
         last = self.last_epoch()
-        if last is None:
+        if self.status == Status.DIVERGED or last is None:
             return math.inf
         value = number(last.get("val_loss"))
         if math.isnan(value):

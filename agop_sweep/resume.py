@@ -1,25 +1,58 @@
-"""The resumable state (state.pt) saved after every epoch, and the same-experiment check."""
+"""The resumable state (state.pt), saved after every epoch and on a stop request.
+
+It holds what a killed run needs to continue bit-identically: model and optimizer state,
+the initial weights, both RNGs, where an interrupted epoch stands (:class:`EpochProgress`),
+the record so far, and the state of the per-epoch hooks.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agop_sweep import checkpoint
 from agop_sweep.atomic import torch_save
+from agop_sweep.config import is_run_control_key
 from agop_sweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-# Keys that steer how a run executes, not what it computes: they may change on resume.
-RUN_CONTROL_KEYS = frozenset({
-    "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
-    "trainer.plots", "eval.batch_size", "analysis.chunk_size",
-})
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: its permutation (n,), the next step, and the running loss and
+    correct-count sums of the steps so far, kept on the device (no host sync per step)."""
+
+    epoch: int
+    perm: torch.Tensor
+    step: int
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+    @classmethod
+    def start(cls, epoch: int, perm: torch.Tensor) -> EpochProgress:
+        zero = torch.zeros((), dtype=torch.float64, device=perm.device)
+        return cls(epoch, perm, 0, zero, torch.zeros((), dtype=torch.int64, device=perm.device), 0)
+
+    def running(self) -> tuple[float, float]:
+        """Mean minibatch loss and accuracy of the steps so far (one host sync)."""
+        return float(self.loss_sum) / self.count, float(self.correct) / self.count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "perm": self.perm.cpu(), "step": self.step,
+                "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device) -> EpochProgress:
+        return cls(d["epoch"], d["perm"].to(device), d["step"], d["loss_sum"].to(device),
+                   d["correct"].to(device), d["count"])
 
 
 @dataclass
@@ -34,6 +67,10 @@ class ResumeState:
     results: dict[str, Any]
     features: dict[str, Any]
     config: dict[str, Any]
+    # Per-epoch hooks' own state by hook name (e.g. a tracker's run id); absent in older files.
+    hooks: dict[str, Any] = field(default_factory=dict)
+    # The fp16 loss scaler's state (trainer.precision=fp16 only).
+    grad_scaler: dict[str, Any] | None = None
 
 
 def save_state(run_dir: Path, state: ResumeState) -> None:
@@ -45,8 +82,9 @@ def load_state(run_dir: Path) -> ResumeState | None:
     if not path.exists():
         return None
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-        return ResumeState(**raw)
+        return ResumeState(**checkpoint.load(path))
+    except checkpoint.UnsafeFileError:
+        raise
     except Exception as e:
         raise UserError(
             f"{path} cannot be read ({type(e).__name__}); delete it to restart the run from scratch"
@@ -65,9 +103,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, ignoring :data:`RUN_CONTROL_KEYS`."""
+    """Dotted keys whose values differ, run-control keys (config.RUN_CONTROL_KEYS) left out."""
     a, b = flatten(old), flatten(new)
-    keys = sorted((set(a) | set(b)) - RUN_CONTROL_KEYS)
+    keys = sorted(k for k in set(a) | set(b) if not is_run_control_key(k))
     return [k for k in keys if a.get(k) != b.get(k)]
 
 

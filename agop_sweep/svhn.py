@@ -112,7 +112,8 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one SVHN .mat file.
 
     Returns ``(x, y)``: x uint8 of shape (N, 3, 32, 32) in torchvision's (channel, row,
-    column) order, y int64 of shape (N,) with SVHN's label 10 mapped to digit 0.
+    column) order, y int64 of shape (N,) with SVHN's label 10 mapped to digit 0. A label
+    outside SVHN's 1..10 (a 0 for digit 0 included) is a DataError, not a silent digit.
     """
     try:
         mat = scipy.io.loadmat(path)
@@ -134,10 +135,16 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path} holds X of type {x.dtype} and y of type {y.dtype}, expected uint8 pixels "
             "and numeric labels as in SVHN's files; delete it to download it again"
         )
-    labels = y.reshape(-1).astype(np.int64)
+    raw = y.reshape(-1)
+    bad = (raw < 1) | (raw > 10) | (raw != np.floor(raw))
+    if bad.any():  # SVHN labels digit 0 as 10: a 0 means a file labelled in another convention
+        raise DataError(
+            f"{path} holds label {raw[bad][0].item()!r} in y ({int(bad.sum())} of {raw.size} "
+            "labels outside SVHN's 1..10, where 10 is digit 0); delete it to download it "
+            "again, or label digit 0 as 10 in a file of your own"
+        )
+    labels = raw.astype(np.int64)
     labels[labels == 10] = 0
-    if labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"{path} has labels outside 0..10; delete it to download it again")
     # (row, col, channel, N) -> (N, channel, row, col), as torchvision's SVHN + ToTensor
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
 

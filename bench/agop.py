@@ -1,16 +1,27 @@
-"""Benchmark of one analysis (issue 3.3): the project's exact AGOP against per-sample Jacobians.
+"""Benchmark of one analysis: the project's exact AGOP against the original script's method.
 
-Project: agop_sweep.agop.jacobian_kernels over all n samples (one chunked forward + backward
-sweep for all hidden layers), then AGOP_l = W_l^T K_l W_l (float64, as the analysis does).
-Reference: per layer l, torch.func.vmap(jacrev) of the sub-network above layer l at every
-sample's h_l, then sum_i J_i^T J_i. Both are exact; the reference runs on a subset of
-``--ref-n`` samples and is scaled linearly to n (its cost is linear in n).
+Project: the pass, agop_sweep.agop.jacobian_kernels over all n samples (one chunked forward
++ backward sweep for all hidden layers), and the whole analysis,
+agop_sweep.analysis.analyze_model (the pass, then per layer W^T K W, every metric variant,
+the spectra, alpha_star and the layer-0 features), both timed at the full n.
 
-Also: the pass's FLOP/s against a plain fp32 matmul timed in the same process, the extra
-peak memory of the analysis (pass + per-layer comparison) at the full n, and the time of
-the per-layer post-pass work (nfa.compare_layer: products, eigendecompositions, correlations).
+Reference: the method of the original training_100epochs.py (its ``egop`` routine), written
+anew here: per hidden layer l, the layer's inputs h_l in batches of 128, then per batch of
+128 the Jacobians of the sub-network above layer l, ``torch.func.vmap(jacrev(subnet))``,
+summed as J^T J (einsum) into a float32 matrix, divided by n; and the one correlation the
+original computes per layer (cosine of (W - W0)^T (W - W0) with that AGOP). The original's
+helper that returns h_l applies one more middle layer before testing the index for layers
+2-4; the reference uses the correct h_l, so both sides compute the same AGOP and their
+relative error is reported. Not included (they only make the original slower): reading the
+samples one item at a time, reloading the model per layer, and on CUDA the per-batch copy of
+J^T J to the host and empty_cache. The reference runs on ``--ref-n`` samples (whole batches)
+and is scaled linearly to n: its cost is a fixed amount per batch of 128.
 
-    python bench/agop.py                    # width 1024, depth 5, n = 73,257 on the CPU
+Also: exact matmul FLOPs of both (formulas checked against the matmuls dispatched), the
+pass's FLOP/s against a plain fp32 matmul timed in the same process, the pass's split by
+layer, float32 and float64 agreement, and the analysis's extra peak memory at the full n.
+
+    python bench/agop.py                    # width 1024, depth 5, n = 73,257 on the CPU (~4 min)
     python bench/agop.py --n 8192 --ref-n 256
 """
 
@@ -18,56 +29,62 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from common import (
     GIB,
     N_CLASSES,
     Contention,
+    MatmulFlops,
     MatmulRate,
     base_parser,
+    compose_config,
     dims,
     gflops,
-    median_time,
     peak_memory,
     setup,
     svhn_shaped,
     table,
     timed,
     verdict,
+    write_json,
 )
 from torch.func import jacrev, vmap
 
 from agop_sweep.agop import jacobian_kernels, panel_rows, pass_flops
-from agop_sweep.analysis import exact_matmuls
+from agop_sweep.analysis import analyze_model, exact_matmuls
 from agop_sweep.config import AnalysisConfig
 from agop_sweep.model import MLP, build_model
-from agop_sweep.nfa import agop_from_kernel, compare_layer
+from agop_sweep.nfa import agop_from_kernel
 
-TARGET_SPEEDUP = 4.0
+TARGET_PASS = 5.0  # the pass at least this many times faster than the original method
+TARGET_ANALYSIS = 3.0  # the whole analysis, all variants and spectra
 TARGET_EFFICIENCY = 0.70
 TARGET_MEMORY_GIB = 4.0
+ORIGINAL_BATCH = 128  # the original's batch, both for the layer inputs and for egop
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--chunk", type=int, default=AnalysisConfig.chunk_size,
                    help="samples per chunk of the project's pass (analysis.chunk_size)")
-    p.add_argument("--ref-n", type=int, default=1024,
-                   help="samples the per-sample reference runs on (scaled to n)")
-    p.add_argument("--batch", type=int, default=256, help="samples per vmap batch of the reference")
-    p.add_argument("--f64-n", type=int, default=128, help="samples of the float64 exactness check")
+    p.add_argument("--ref-n", type=int, default=2048,
+                   help="samples the reference runs on (rounded down to whole batches; scaled to n)")
+    p.add_argument("--batch", type=int, default=ORIGINAL_BATCH,
+                   help="the reference's batch (the original's: 128)")
+    p.add_argument("--f64-n", type=int, default=128, help="samples of the float64 agreement check")
     p.add_argument("--profile-chunks", type=int, default=2,
                    help="chunks profiled to split the pass's time by layer (CPU only)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def make_model(width: int, depth: int, device: torch.device) -> tuple[MLP, list[torch.Tensor]]:
+def make_model(width: int, depth: int, device: torch.device, d_in: int = 3072) -> tuple[MLP, list[torch.Tensor]]:
     """The default model, and its weights moved a little away from the init so that the
     "delta" NFM variants (undefined at epoch 0) are computed too, as in a trained model."""
     torch.manual_seed(1717)
-    model = build_model(3072, N_CLASSES, width, depth, "relu").to(device)
+    model = build_model(d_in, width, depth, N_CLASSES, "relu").to(device)
     init = [w.detach().clone() for w in model.hidden_weights()]
     with torch.no_grad():
         for p in model.parameters():
@@ -79,32 +96,88 @@ def weights(model: MLP) -> tuple[list[torch.Tensor], torch.Tensor]:
     return [w.detach() for w in model.hidden_weights()], model.last.weight.detach()
 
 
-def per_sample_agop(model: MLP, x: torch.Tensor, layer: int, batch: int) -> torch.Tensor:
-    """sum_i J_i^T J_i (float64) with J_i = df(x_i)/dh_l from vmap(jacrev) of the sub-network
-    above ``layer``; h_l from the layers below (part of the reference's cost)."""
-    hidden, readout = weights(model)
-    act = model.act
+# -- the reference: the original script's method ------------------------------------------
 
-    def above(h: torch.Tensor) -> torch.Tensor:  # one sample's h_l (d_in,) -> logits (c,)
-        for w in hidden[layer:]:
-            h = act(w @ h)
-        return readout @ h
 
-    jac = vmap(jacrev(above))
-    d = hidden[layer].shape[1]
-    total = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], batch):
-        h = x[start : start + batch].to(hidden[0].dtype)
-        with torch.no_grad():
+def subnetwork(model: MLP, layer: int) -> MLP:
+    """The network above hidden layer ``layer``: its first layer is W_layer, then the hidden
+    layers above it and the readout, sharing the model's weights (as the original's
+    build_subnetwork does with a shallower Net)."""
+    hidden = model.hidden_weights()
+    width = hidden[layer].shape[0]
+    sub = MLP(hidden[layer].shape[1], width, len(hidden) - layer, model.last.weight.shape[0],
+              model.act_name).to(device=hidden[0].device, dtype=hidden[0].dtype)
+    for linear, w in zip([*sub.hidden, sub.last], [*hidden[layer:], model.last.weight], strict=True):
+        linear.weight = w
+    return sub.eval()
+
+
+def layer_inputs(model: MLP, x: torch.Tensor, layer: int, batch: int) -> torch.Tensor:
+    """h_layer of every sample, in batches of ``batch``: the correct inputs (the original's
+    helper applies one more middle layer for layers 2-4)."""
+    hidden = model.hidden_weights()
+    out = []
+    with torch.no_grad():
+        for xb in torch.split(x, batch):
+            h = xb
             for w in hidden[:layer]:
-                h = act(h @ w.T)
-        j = jac(h).reshape(-1, d)  # (b c, d)
-        total += (j.T @ j).double()
-    return total
+                h = model.act(h @ w.T)
+            out.append(h)
+    return torch.cat(out)
+
+
+def original_agop(model: MLP, x: torch.Tensor, layer: int, batch: int = ORIGINAL_BATCH) -> torch.Tensor:
+    """AGOP of hidden layer ``layer`` over the samples ``x`` by the original's method:
+    vmap(jacrev) of the sub-network above the layer at every h_l, in batches of ``batch``,
+    sum_i J_i^T J_i accumulated in the model's dtype, divided by n."""
+    h = layer_inputs(model, x, layer, batch)
+    jac = vmap(jacrev(subnetwork(model, layer)))
+    total = None
+    with torch.no_grad():
+        for hb in torch.split(h, batch):
+            j = jac(hb)  # (b, c, d)
+            part = torch.einsum("bcp,bcq->pq", j, j)
+            total = part if total is None else total + part
+    return total / x.shape[0]
+
+
+def original_layer(model: MLP, w0: torch.Tensor, x: torch.Tensor, layer: int,
+                   batch: int = ORIGINAL_BATCH) -> tuple[torch.Tensor, float]:
+    """One layer of the original routine: the AGOP, and its one correlation, the cosine of
+    the delta NFM (W - W0)^T (W - W0) / d_out with the AGOP (in float64, as its correlate)."""
+    agop = original_agop(model, x, layer, batch)
+    d = (model.hidden_weights()[layer].detach() - w0).cpu()
+    nfm = (d.T @ d / d.shape[0]).double().reshape(-1)
+    g = agop.double().cpu().reshape(-1)
+    return agop, float(nfm @ g / (nfm.norm() * g.norm()))
+
+
+def reference_flops(d: Sequence[int], n_classes: int, n: int, layer: int) -> dict[str, int]:
+    """Matmul FLOPs of :func:`original_agop` for hidden layer ``layer`` over n samples.
+
+    inputs: the forward of the layers below; forward: the sub-network's (readout included);
+    vjp: jacrev's backward, one row per class, input gradients only (readout 2 c c d_L, then
+    2 c d_out d_in per layer down to ``layer``); jtj: the einsum, 2 c d_l^2 per sample.
+    """
+    layers = [(d[k], d[k + 1]) for k in range(len(d) - 1)]
+    below = sum(i * o for i, o in layers[:layer])
+    above = sum(i * o for i, o in layers[layer:])
+    out = {
+        "inputs": 2 * n * below,
+        "forward": 2 * n * (above + d[-1] * n_classes),
+        "vjp": 2 * n * n_classes * (n_classes * d[-1] + above),
+        "jtj": 2 * n * n_classes * d[layer] ** 2,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+# -- helpers ---------------------------------------------------------------------------------
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
 
 
 def layer_shares(model: MLP, x: torch.Tensor, chunk: int) -> dict[int, float]:
@@ -141,102 +214,145 @@ def flop_shares(d: list[int], n_classes: int) -> dict[int, float]:
     return {l: f / total for l, f in per.items()}
 
 
-def main() -> None:
-    args = parse()
+def counted_flops(model: MLP, x: torch.Tensor, chunk: int, batch: int) -> dict[str, Any]:
+    """The matmul FLOPs actually dispatched by one chunk of the pass and one batch of the
+    reference per layer, next to the formulas (they must be equal)."""
+    hidden, readout = weights(model)
+    d, c = [hidden[0].shape[1]] + [w.shape[0] for w in hidden], readout.shape[0]
+    xc, xb = x[:chunk], x[:batch]
+    with MatmulFlops() as fc:
+        jacobian_kernels(hidden, readout, model.act, model.act_grad, xc, chunk_size=chunk)
+    # pass_flops leaves out the two once-per-pass c x d_L products for the top layer (R^T R)
+    once = 2 * d[-1] * c * d[-1]
+    out: dict[str, Any] = {"pass": {"counted": fc.total - once,
+                                    "formula": pass_flops(d, c, xc.shape[0])["total"]}}
+    for l in range(len(hidden)):
+        with MatmulFlops() as fc:
+            original_agop(model, xb, l, batch)
+        out[f"reference_layer{l}"] = {"counted": fc.total,
+                                      "formula": reference_flops(d, c, xb.shape[0], l)["total"]}
+    out["equal"] = all(v["counted"] == v["formula"] for k, v in out.items() if k != "equal")
+    return out
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, printed as tables; returns them as a dict (also --json)."""
     device = setup(args)
     contention = Contention()
     d = dims(args.width, args.depth)
-    n, ref_n = args.n, min(args.ref_n, args.n)
+    n = args.n
+    batch = args.batch
+    ref_n = max(batch, min(args.ref_n, n) // batch * batch)
     print(f"model: {d[0]} -> {' -> '.join(map(str, d[1:]))} -> {N_CLASSES}, relu, no bias; "
           f"n = {n:,} SVHN-shaped samples, chunk {args.chunk}")
-    x, y = svhn_shaped(n, device)
+    x, y = svhn_shaped(max(n, ref_n), device)
     model, init = make_model(args.width, args.depth, device)
     hidden, readout = weights(model)
     rate = MatmulRate(device)
     rate.sample()
+    analysis_cfg = compose_config(["analysis=default"]).analysis
 
-    # -- the project's analysis at the full n: pass, W^T K W, compare_layer; peak memory ----
-    with exact_matmuls(), peak_memory(device) as mem:
-        t_pass, kp = timed(lambda: jacobian_kernels(hidden, readout, model.act, model.act_grad, x, y,
-                                                    chunk_size=args.chunk), device)
-        rate.sample()
-        t_wkw, t_cmp = [], []
-        for w, w0, k in zip(hidden, init, kp.kernels, strict=True):
-            wd = w.double()
-            t_wkw.append(median_time(lambda wd=wd, k=k: agop_from_kernel(wd, k), device, repeats=3))
-            t_cmp.append(timed(lambda w=w, w0=w0, k=k: compare_layer(w, w0, k), device)[0])
+    # -- the project at the full n: the pass alone, then the whole analysis ---------------------
+    with exact_matmuls():
+        t_pass, _ = timed(lambda: jacobian_kernels(hidden, readout, model.act, model.act_grad, x[:n], y[:n],
+                                                   chunk_size=args.chunk), device)
+    rate.sample()
+    with peak_memory(device) as mem:
+        t_analysis, analysis = timed(lambda: analyze_model(model, init, x[:n], y[:n], analysis_cfg, "mse", 1,
+                                                           progress=False), device)
     rate.sample()
     flops = pass_flops(d, N_CLASSES, n)
     efficiency = gflops(flops["total"], t_pass) / (rate.rate / 1e9)
 
-    # -- per-layer split of the pass ---------------------------------------------------------
+    # -- per-layer split of the pass ----------------------------------------------------------
     if device.type == "cpu":
         prof_n = min(n, args.profile_chunks * args.chunk)
-        shares = layer_shares(model, x[:prof_n], args.chunk)
+        with exact_matmuls():
+            shares = layer_shares(model, x[:prof_n], args.chunk)
         split = f"measured: profiler ranges over {prof_n:,} samples, scaled to the full pass"
     else:
         shares = flop_shares(d, N_CLASSES)
         split = "apportioned by FLOPs (the profile split is CPU-only)"
 
-    # -- the per-sample reference on a subset, and the project on the same subset -------------
-    t_ref, ref = [], []
+    # -- the reference on a subset, and the project on the same subset --------------------------
+    sub = x[:ref_n]
+    t_ref, ref_agops, ref_corr = [], [], []
     with exact_matmuls():
-        sub = x[:ref_n]
-        median_time(lambda: per_sample_agop(model, sub[: args.batch], 0, args.batch), device, repeats=1)
         for l in range(len(hidden)):
-            t, a = timed(lambda l=l: per_sample_agop(model, sub, l, args.batch), device)
+            original_layer(model, init[l], sub[:batch], l, batch)  # warm-up: vmap/jacrev set-up
+            t, (a, corr) = timed(lambda l=l: original_layer(model, init[l], sub, l, batch), device)
             t_ref.append(t)
-            ref.append(a / ref_n)
-        t_sub, kp_sub = timed(lambda: jacobian_kernels(hidden, readout, model.act, model.act_grad, sub,
-                                                       chunk_size=args.chunk), device)
+            ref_agops.append(a)
+            ref_corr.append(corr)
+        kp_sub = jacobian_kernels(hidden, readout, model.act, model.act_grad, sub, chunk_size=args.chunk)
         errs32 = [rel_err(agop_from_kernel(w.double(), k), a)
-                  for w, k, a in zip(hidden, kp_sub.kernels, ref, strict=True)]
+                  for w, k, a in zip(hidden, kp_sub.kernels, ref_agops, strict=True)]
+        del ref_agops
     rate.sample()
 
-    # -- float64 exactness on a small subset -------------------------------------------------
+    # -- float64 agreement on a small subset ----------------------------------------------------
     m64 = make_model(args.width, args.depth, device)[0].double()
     h64, r64 = weights(m64)
     x64 = x[: args.f64_n].double()
     kp64 = jacobian_kernels(h64, r64, m64.act, m64.act_grad, x64, chunk_size=args.chunk)
-    errs64 = [rel_err(agop_from_kernel(w, k), per_sample_agop(m64, x64, l, args.batch) / args.f64_n)
+    errs64 = [rel_err(agop_from_kernel(w, k), original_agop(m64, x64, l, batch))
               for l, (w, k) in enumerate(zip(h64, kp64.kernels, strict=True))]
+    del m64, h64, x64, kp64
+
+    # -- exact FLOPs: formulas against the matmuls dispatched --------------------------------------
+    with exact_matmuls():
+        check = counted_flops(model, x, min(args.chunk, n), batch)
 
     # -- report -------------------------------------------------------------------------------
     scale = n / ref_n
     ref_full = [t * scale for t in t_ref]
-    rows = []
+    ref_flops = [reference_flops(d, N_CLASSES, n, l)["total"] for l in range(len(hidden))]
+    rows, layers = [], []
     for l in range(len(hidden)):
-        mine = shares.get(l, 0.0) * t_pass + t_wkw[l]
+        mine = shares.get(l, 0.0) * t_pass
+        layers.append({"layer": l, "shape": list(hidden[l].shape), "pass_share_s": mine,
+                       "reference_s": ref_full[l], "speedup": ref_full[l] / mine if mine else None,
+                       "reference_flops": ref_flops[l],
+                       "reference_efficiency": gflops(ref_flops[l], ref_full[l]) / (rate.rate / 1e9),
+                       "rel_err_f32": errs32[l], "rel_err_f64": errs64[l], "reference_corr": ref_corr[l]})
         rows.append([f"layer {l}", f"{hidden[l].shape[0]}x{hidden[l].shape[1]}", f"{mine:.2f}",
-                     f"{ref_full[l]:.1f}", f"{ref_full[l] / mine:.1f}x", f"{errs32[l]:.1e}",
-                     f"{errs64[l]:.1e}", f"{t_cmp[l]:.2f}"])
+                     f"{ref_full[l]:.1f}", f"{ref_full[l] / mine:.1f}x" if mine else "-",
+                     f"{ref_flops[l] / 1e12:.2f}", f"{layers[-1]['reference_efficiency']:.0%}",
+                     f"{errs32[l]:.1e}", f"{errs64[l]:.1e}"])
     other = (1 - sum(shares.values())) * t_pass
-    total_mine = t_pass + sum(t_wkw)
-    rows.append(["other", "", f"{other:.2f}", "", "", "", "", ""])
-    rows.append(["all layers", "", f"{total_mine:.2f}", f"{sum(ref_full):.1f}",
-                 f"{sum(ref_full) / total_mine:.1f}x", f"{max(errs32):.1e}", f"{max(errs64):.1e}",
-                 f"{sum(t_cmp):.2f}"])
-    table(["", "W", "project s", "per-sample s", "speed-up", "rel err f32", "rel err f64", "compare_layer s"],
-          rows, title=f"AGOP of all {n:,} samples, seconds (project = pass share + W^T K W in float64)")
-    print(f"per-layer split of the pass: {split}; 'other' = logits, loss, float64 accumulation.")
-    print(f"per-sample reference timed on {ref_n:,} samples (vmap batch {args.batch}) and scaled "
-          f"x{scale:.1f} to n; errors: AGOP on those {ref_n:,} samples (float32), and on "
-          f"{args.f64_n} samples in float64.")
-    print(f"same-n check: project {t_sub:.2f} s vs per-sample {sum(t_ref):.1f} s on {ref_n:,} samples "
-          f"({sum(t_ref) / t_sub:.1f}x)")
+    ref_total = sum(ref_full)
+    rows.append(["other", "", f"{other:.2f}", "", "", "", "", "", ""])
+    rows.append(["all layers (pass)", "", f"{t_pass:.2f}", f"{ref_total:.1f}", f"{ref_total / t_pass:.1f}x",
+                 f"{sum(ref_flops) / 1e12:.2f}", f"{gflops(sum(ref_flops), ref_total) / (rate.rate / 1e9):.0%}",
+                 f"{max(errs32):.1e}", f"{max(errs64):.1e}"])
+    rows.append(["whole analysis", "", f"{t_analysis:.2f}", f"{ref_total:.1f}", f"{ref_total / t_analysis:.1f}x",
+                 "", "", "", ""])
+    table(["", "W", "project s", "original s", "ratio", "orig TFLOP", "orig of mm", "rel err f32", "rel err f64"],
+          rows, title=f"AGOP of all {n:,} samples, seconds: the project against the original script's method")
+    print(f"project: the pass (jacobian_kernels) split by layer ({split}; 'other' = logits, loss, "
+          f"float64 accumulation); whole analysis = analyze_model, all {len(analysis.record['layers'][0]['metrics'])} "
+          f"variants, spectra, alpha_star, layer-0 features.")
+    print(f"original: per layer, inputs + vmap(jacrev(sub-network)) in batches of {batch} + sum J^T J + its one "
+          f"correlation; timed on {ref_n:,} samples ({ref_n // batch} batches) and scaled x{scale:.2f} to n. "
+          f"rel err: the AGOPs on those {ref_n:,} samples (float32), and on {args.f64_n} samples in float64.")
 
     table(["part", "TFLOP", "share"], [
         [k, f"{flops[k] / 1e12:.2f}", f"{flops[k] / flops['total']:.0%}"]
         for k in ("forward", "propagate", "kernels")
     ] + [["total", f"{flops['total'] / 1e12:.2f}", "100%"],
-         ["(dense_total)", f"{flops['dense_total'] / 1e12:.2f}", "full products, per-class top layer"]],
-        title="FLOPs of the project's pass (agop_sweep.agop.pass_flops)")
+         ["(dense_total)", f"{flops['dense_total'] / 1e12:.2f}", "full products, per-class top layer"],
+         [f"original, {len(hidden)} layers", f"{sum(ref_flops) / 1e12:.2f}", f"{sum(ref_flops) / flops['total']:.1f}x the pass"]],
+        title="Matmul FLOPs at the full n (pass: agop_sweep.agop.pass_flops; original: reference_flops)")
+    print(f"formulas vs matmuls dispatched (one chunk of the pass, one batch of the original per layer): "
+          f"{'equal' if check['equal'] else 'DIFFERENT: ' + str(check)}")
     print(rate.describe())
     print(f"pass: {t_pass:.1f} s = {gflops(flops['total'], t_pass):.0f} GFLOP/s performed "
           f"({gflops(flops['dense_total'], t_pass):.0f} GFLOP/s counted as the dense pass)")
-    analysis_s = t_pass + sum(t_cmp)
-    print(f"analysis: pass {t_pass:.1f} s + compare_layer {sum(t_cmp):.1f} s "
-          f"({sum(t_cmp) / analysis_s:.0%} of {analysis_s:.1f} s)")
+    print(f"analysis: {t_analysis:.1f} s = the pass + {t_analysis - t_pass:.1f} s of per-layer work "
+          f"({(t_analysis - t_pass) / t_analysis:.0%}: W^T K W, eigendecompositions, correlations, features)")
     exact = "" if mem["rss_exact"] else " (upper bound: the peak mark could not be reset)"
     mem_gib = mem["rss_delta"] / GIB
     line = f"extra peak RSS of the analysis at n = {n:,}: {mem_gib:.2f} GiB{exact}"
@@ -245,20 +361,44 @@ def main() -> None:
         line += f"; extra peak CUDA memory {mem_gib:.2f} GiB"
     print(line)
 
-    speedup = sum(ref_full) / total_mine
+    speedup_pass, speedup_analysis = ref_total / t_pass, ref_total / t_analysis
+    share = contention.share()
     print("\nKey ratios")
-    print(f"  speed-up over per-sample Jacobians, all layers: {speedup:.1f}x "
-          f"(target >= {TARGET_SPEEDUP:.0f}x: {verdict(speedup, TARGET_SPEEDUP)})")
+    print(f"  original method / project pass, all layers, n = {n:,}: {speedup_pass:.1f}x "
+          f"(target >= {TARGET_PASS:.0f}x: {verdict(speedup_pass, TARGET_PASS)})")
+    print(f"  original method / whole analysis (analyze_model): {speedup_analysis:.1f}x "
+          f"(target >= {TARGET_ANALYSIS:.0f}x: {verdict(speedup_analysis, TARGET_ANALYSIS)})")
     print(f"  pass FLOP/s / fp32 matmul FLOP/s: {efficiency:.0%} "
           f"(target >= {TARGET_EFFICIENCY:.0%}: {verdict(efficiency, TARGET_EFFICIENCY)})")
-    print(f"  relative error vs per-sample: float32 {max(errs32):.1e} (~1e-6), "
+    print(f"  relative error vs the original method: float32 {max(errs32):.1e} (~1e-6), "
           f"float64 {max(errs64):.1e} (~1e-12)")
     print(f"  extra memory: {mem_gib:.2f} GiB (target < {TARGET_MEMORY_GIB:.0f} GiB: "
           f"{verdict(mem_gib, TARGET_MEMORY_GIB, higher_is_better=False)})")
-    print(f"  compare_layer: {sum(t_cmp):.1f} s for {len(hidden)} layers "
-          f"(layer 0: {t_cmp[0]:.1f} s; median of the others {statistics.median(t_cmp[1:] or [0]):.1f} s)")
-
     print(contention.report())
+
+    return {
+        "script": "agop", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "args": vars(args), "n": n, "ref_n": ref_n, "ref_scale": scale, "batch": batch,
+        "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
+        "pass_seconds": t_pass, "analysis_seconds": t_analysis, "reference_seconds": ref_total,
+        "reference_seconds_measured": sum(t_ref),
+        "speedup_pass": speedup_pass, "speedup_analysis": speedup_analysis,
+        "pass_flops": flops, "reference_flops": sum(ref_flops), "pass_efficiency": efficiency,
+        "rel_err_f32": max(errs32), "rel_err_f64": max(errs64), "flop_check": check,
+        "extra_memory_gib": mem_gib, "layers": layers, "layer_split": split,
+        "targets": {"speedup_pass": TARGET_PASS, "speedup_analysis": TARGET_ANALYSIS,
+                    "pass_efficiency": TARGET_EFFICIENCY, "extra_memory_gib": TARGET_MEMORY_GIB},
+        "contention": share,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    results = run(args)
+    if args.json:
+        write_json(args.json, results)
+    return results
+
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import math
 import os
 import resource
 import statistics
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
 
 # Runnable as `python bench/<name>.py` from the repository root without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,16 +51,23 @@ class Contention:
         self.start = _cpu_ticks()
         self.own = os.times()
 
-    def report(self) -> str:
+    def share(self) -> float | None:
+        """The share of all CPUs' time that other processes used since the start; None
+        where /proc/stat is not available."""
         end = _cpu_ticks()
         if self.start is None or end is None:
-            return "CPU use of other processes: unknown (no /proc/stat)"
+            return None
         busy, total = end[0] - self.start[0], end[1] - self.start[1]
         own = os.times()
         mine = (own.user + own.system + own.children_user + own.children_system
                 - self.own.user - self.own.system - self.own.children_user - self.own.children_system)
         others = max(0.0, busy / os.sysconf("SC_CLK_TCK") - mine)
-        share = others * os.sysconf("SC_CLK_TCK") / max(1, total)
+        return others * os.sysconf("SC_CLK_TCK") / max(1, total)
+
+    def report(self) -> str:
+        share = self.share()
+        if share is None:
+            return "CPU use of other processes: unknown (no /proc/stat)"
         return (f"CPU use of other processes while this ran: {share:.0%} of the machine "
                 f"(above ~10% the timings, two-thread ones most, are not representative)")
 
@@ -68,6 +80,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--n", type=int, default=N_SVHN_TRAIN, help="training samples (SVHN: 73,257)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
     return p
 
 
@@ -276,6 +289,97 @@ def gflops(flops: float, seconds: float) -> float:
     return flops / seconds / 1e9
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with non-finite floats as None and tuples as lists: strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+# -- exact FLOP counts -------------------------------------------------------------------
+#
+# Matmul FLOPs (2 per multiply-add) of what each code path performs; elementwise work
+# (activations, masks, losses, optimizer updates) is not counted: it is memory-bound and
+# under 0.1 % of the matmul FLOPs here. MatmulFlops counts the same thing at run time, from
+# the aten matmuls dispatched, and tests/test_bench.py checks every formula against it.
+
+
+def train_flops(shapes: Sequence[tuple[int, int]], batch: int) -> dict[str, int]:
+    """Matmul FLOPs of one training step (forward, loss, backward) of the bias-free MLP with
+    weights of ``shapes`` (d_out, d_in), forward order, at ``batch`` samples.
+
+    forward: 2 b d_in d_out per layer; backward: the weight gradient (2 b d_in d_out) of
+    every layer and the input gradient (2 b d_in d_out) of every layer but the first: the
+    input does not require grad, so autograd never computes d loss / d x.
+    """
+    macs = [o * i for o, i in shapes]
+    out = {"forward": 2 * batch * sum(macs), "weight_grads": 2 * batch * sum(macs),
+           "input_grads": 2 * batch * sum(macs[1:])}
+    out["total"] = sum(out.values())
+    out["naive_6x"] = 6 * batch * sum(macs)  # the usual 6 x params x batch count, for comparison
+    return out
+
+
+def eval_flops(shapes: Sequence[tuple[int, int]], n: int) -> int:
+    """Matmul FLOPs of evaluating ``n`` samples (forward only)."""
+    return 2 * n * sum(o * i for o, i in shapes)
+
+
+def ns_flops(shape: Sequence[int], steps: int) -> int:
+    """Matmul FLOPs of torch.optim.Muon's Newton-Schulz on one (rows, cols) matrix.
+
+    torch/optim/_muon.py works on X (m, k), m = min(rows, cols) (tall matrices transposed);
+    each of the ``steps`` iterations is gram = X X^T (2 m^2 k), addmm(gram, gram, gram)
+    (2 m^3) and addmm(X, update, X) (2 m^2 k).
+    """
+    m, k = min(shape), max(shape)
+    return steps * (4 * m * m * k + 2 * m**3)
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Counts the matmul FLOPs that are actually dispatched (mm, addmm, bmm, baddbmm, and
+    the vector forms), under autograd and torch.func transforms alike; ``by_op`` splits them.
+
+    torch.utils.flop_counter.FlopCounterMode does the same for plain autograd but cannot run
+    under torch.func.jacrev (its module hooks break autograd.grad), which the reference uses.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        op = func._overloadpacket
+        flops = 0
+        if op in (aten.mm, aten.bmm):
+            a, b = args[0], args[1]
+            flops = 2 * a.numel() * b.shape[-1]
+        elif op in (aten.addmm, aten.baddbmm):
+            a, b = args[1], args[2]
+            flops = 2 * a.numel() * b.shape[-1]
+        elif op in (aten.mv, aten.addmv, aten.dot, aten.vdot):
+            a = args[1] if op is aten.addmv else args[0]
+            flops = 2 * a.numel()
+        if flops:
+            self.total += flops
+            self.by_op[str(op)] = self.by_op.get(str(op), 0) + flops
+        return out
+
+
 # -- the project's training code, driven piece by piece ----------------------------------
 
 
@@ -288,7 +392,7 @@ def dataset(x: torch.Tensor, y: torch.Tensor, n: int, n_val: int = 0) -> Any:
 
 class TrainerHarness:
     """A real agop_sweep Trainer (config ``cfg``) whose pieces are timed one at a time:
-    Trainer._train_epoch over a few steps, train.evaluate, checkpoint and state writes."""
+    Trainer.train_epoch over a few steps, evaluate.evaluate, checkpoint and state writes."""
 
     def __init__(self, cfg: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device):
         import tempfile
@@ -296,24 +400,24 @@ class TrainerHarness:
         from agop_sweep.device import Placement, set_precision
         from agop_sweep.train import Trainer
 
-        set_precision(cfg.trainer.precision, device.type)  # as the app does for every job
+        set_precision(cfg.trainer.precision)  # as the app does for every job
         self.cfg, self.device, self.x, self.y = cfg, device, x, y
         self.bs: int = cfg.trainer.batch_size
         self._dir = tempfile.TemporaryDirectory()
         self.run_dir = Path(self._dir.name)
         self.trainer = Trainer(cfg, self.run_dir, Placement(str(device), torch.get_num_threads()))
-        self.trainer._build(dataset(x, y, self.bs))
+        self.trainer.setup(dataset(x, y, self.bs))
 
     def close(self) -> None:
         self._dir.cleanup()
 
     def train_steps(self, steps: int) -> float:
-        """Seconds of Trainer._train_epoch over ``steps`` minibatches (an epoch of that size)."""
+        """Seconds of Trainer.train_epoch over ``steps`` minibatches (an epoch of that size)."""
         from agop_sweep.preemption import PreemptionGuard
 
         data = dataset(self.x, self.y, steps * self.bs)
-        progress = self.trainer._new_progress(1, data)
-        return timed(lambda: self.trainer._train_epoch(data, progress, PreemptionGuard()), self.device)[0]
+        progress = self.trainer.new_epoch(1, data)
+        return timed(lambda: self.trainer.train_epoch(data, progress, PreemptionGuard()), self.device)[0]
 
     def gradient(self, steps: int, repeats: int = 3) -> float:
         """Seconds of ``steps`` forward + loss + backward passes alone (no optimizer update)."""
@@ -324,7 +428,7 @@ class TrainerHarness:
         def run() -> None:
             for s in range(steps):
                 xb, yb = self.x[s * bs : (s + 1) * bs], self.y[s * bs : (s + 1) * bs]
-                with self.trainer._autocast():
+                with self.trainer.autocast():
                     loss = loss_fn(cfg.loss, model(xb).float(), yb)
                 self.trainer.optimizer.zero_grad()
                 loss.backward()
@@ -332,8 +436,8 @@ class TrainerHarness:
         return median_time(run, self.device, repeats=repeats)
 
     def evaluation(self, n: int, repeats: int = 3) -> float:
-        """Seconds of train.evaluate over ``n`` samples at eval.batch_size."""
-        from agop_sweep.train import evaluate
+        """Seconds of evaluate.evaluate over ``n`` samples at eval.batch_size."""
+        from agop_sweep.evaluate import evaluate
 
         model = self.trainer.model
         model.eval()
@@ -343,27 +447,15 @@ class TrainerHarness:
         return t
 
     def checkpoint_write(self, repeats: int = 3) -> tuple[float, int]:
-        """Seconds of one scheduled checkpoint (checkpoint.save_checkpoint) and its bytes."""
-        from agop_sweep import checkpoint as ckpt
-
-        t = self.trainer
-        name = t._checkpoint_name(1)
-
-        def write() -> None:
-            ckpt.save_checkpoint(self.run_dir, 1, name, t.model, t.optimizer.state_dict(), t.config)
-
-        seconds = median_time(write, self.device, repeats=repeats)
-        return seconds, (self.run_dir / ckpt.MODELS_DIR / name).stat().st_size
+        """Seconds of one scheduled checkpoint (Trainer.save_checkpoint) and its bytes."""
+        seconds = median_time(lambda: self.trainer.save_checkpoint(1), self.device, repeats=repeats)
+        return seconds, (self.run_dir / self.trainer.save_checkpoint(1)).stat().st_size
 
     def state_write(self, repeats: int = 3) -> tuple[float, int]:
-        """Seconds of the per-epoch resumable state (Trainer._save_state) and its bytes."""
-        from agop_sweep.results import Results
+        """Seconds of the per-epoch resumable state (Trainer.save_state) and its bytes."""
         from agop_sweep.resume import STATE_FILE
-        from agop_sweep.train import run_info
 
         t = self.trainer
-        if t.results is None:
-            data = dataset(self.x, self.y, self.bs)
-            t.results = Results.new(self.run_dir, run_info(self.cfg, data, str(self.device)), t.config)
-        seconds = median_time(lambda: t._save_state(1, None), self.device, repeats=repeats)
+        t.start(dataset(self.x, self.y, self.bs), None)  # a fresh record, as a new run has
+        seconds = median_time(lambda: t.save_state(1, None), self.device, repeats=repeats)
         return seconds, (self.run_dir / STATE_FILE).stat().st_size

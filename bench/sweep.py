@@ -8,7 +8,7 @@ Three measurements, all with the project's own code:
 2. A default-sized run: a real Trainer at width/depth/n of the defaults, one training epoch
    and one analysis (schedule.epochs=1, checkpoints=[1]); its peak RSS (and peak GPU
    memory with --device cuda) and its measured epoch, evaluation and analysis seconds.
-3. Per optimizer: Trainer._train_epoch over ``--steps`` steps (scaled to the epoch), the
+3. Per optimizer: Trainer.train_epoch over ``--steps`` steps (scaled to the epoch), the
    evaluation, and the writes of a checkpoint and of the per-epoch resumable state.
 
 The schedule (conf/schedule/paper: 100 epochs, 25 analysed and checkpointed epochs) is
@@ -51,10 +51,11 @@ from common import (
 from omegaconf import DictConfig
 
 from agop_sweep.agop import jacobian_kernels
-from agop_sweep.analysis import analyse, exact_matmuls
+from agop_sweep.analysis import analyze_model, exact_matmuls
 from agop_sweep.config import validate
 from agop_sweep.data import Dataset
 from agop_sweep.device import Placement
+from agop_sweep.hooks import FiguresHook
 from agop_sweep.train import Trainer
 
 MIB = 2**20
@@ -80,38 +81,48 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+class TimedFigures(FiguresHook):
+    """The trainer's figures hook, timing each drawing: live refreshes (PNG) and the final one."""
+
+    def __init__(self, hook: FiguresHook):
+        super().__init__(hook.mode, hook.features)
+        self.live_seconds: list[float] = []  # live refreshes (PNG) after analysed epochs
+        self.final_seconds: list[float] = []  # the end of the run (PNG + PDF)
+
+    def draw(self, record: Any, run_dir: Path, formats: tuple[str, ...]) -> None:
+        t0 = time.perf_counter()
+        super().draw(record, run_dir, formats)
+        (self.final_seconds if "pdf" in formats else self.live_seconds).append(time.perf_counter() - t0)
+
+
 class ProbeTrainer(Trainer):
     """The project's Trainer, recording per epoch its RSS and the time of the epoch's
-    bookkeeping (checkpoint, state, results.json, figures), and the peaks after loading."""
+    bookkeeping (checkpoint and hooks: features, results.json, state, figures), and the
+    peaks after loading."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.probe: list[dict[str, Any]] = []
-        self.plot_seconds: list[float] = []  # live refreshes (PNG) after analysed epochs
-        self.final_plot_seconds: list[float] = []  # the end of the run (PNG + PDF)
         self.load: dict[str, float] = {}
 
-    def _build(self, data: Dataset) -> None:
+    def setup(self, data: Dataset) -> None:
         # The data is loaded: note the load's peak, then measure the run's own peak from here.
         self.load = {"rss": rss_bytes(), "peak": peak_rss_bytes(), "reset": reset_peak_rss()}
         if self.device.type == "cuda":
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        super()._build(data)
+        super().setup(data)
+        self.figures = TimedFigures(next(h for h in self.hooks if isinstance(h, FiguresHook)))
+        self.hooks = [self.figures if isinstance(h, FiguresHook) else h for h in self.hooks]
 
-    def _finish_epoch(self, record: dict[str, Any], analysed: bool, data: Dataset) -> bool:
+    def finish_epoch(self, entry: Any, analysis: Any) -> Any:
         t0 = time.perf_counter()
-        diverged = super()._finish_epoch(record, analysed, data)
+        event = super().finish_epoch(entry, analysis)
         cuda = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        self.probe.append({"epoch": record["epoch"], "rss": rss_bytes(), "cuda": cuda, "analysed": analysed,
-                           "finish": time.perf_counter() - t0, "seconds": record["seconds"],
-                           "train_seconds": record["train_seconds"]})
-        return diverged
-
-    def _refresh_plots(self, final: bool) -> None:
-        t0 = time.perf_counter()
-        super()._refresh_plots(final)
-        (self.final_plot_seconds if final else self.plot_seconds).append(time.perf_counter() - t0)
+        self.probe.append({"epoch": entry["epoch"], "rss": rss_bytes(), "cuda": cuda,
+                           "analysed": analysis is not None, "finish": time.perf_counter() - t0,
+                           "seconds": entry["seconds"], "train_seconds": entry["train_seconds"]})
+        return event
 
 
 def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTrainer, dict[str, Any]]:
@@ -120,8 +131,7 @@ def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTraine
     with TemporaryDirectory() as tmp:
         t = ProbeTrainer(cfg, Path(tmp), Placement(str(device), torch.get_num_threads()))
         t.run()
-        assert t.results is not None
-        results = t.results.data
+        results = t.record.data
     return t, results
 
 
@@ -136,7 +146,7 @@ def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, An
     settle = (len(rss) - 1) // 2
     growth = (rss[-1] - rss[settle]) / max(1, len(rss) - 1 - settle)
     return {"rss": rss, "cuda": [p["cuda"] for p in t.probe], "settle": settle, "growth": growth,
-            "plots": t.plot_seconds, "final_plots": t.final_plot_seconds}
+            "plots": t.figures.live_seconds, "final_plots": t.figures.final_seconds}
 
 
 def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def analysis_subset(h: TrainerHarness, n_sub: int, n: int) -> float:
     """An analysis at n from one at ``n_sub`` samples: the pass scales with n, the rest does not."""
     model, cfg = h.trainer.model, h.cfg
     x, y = h.x[:n_sub], h.y[:n_sub]
-    t_all = timed(lambda: analyse(model, h.trainer.init_weights, x, y, cfg.analysis, cfg.loss, 1,
+    t_all = timed(lambda: analyze_model(model, h.trainer.init_weights, x, y, cfg.analysis, cfg.loss, 1,
                                   progress=False), h.device)[0]
     with exact_matmuls():
         w = [p.detach() for p in model.hidden_weights()]
@@ -241,7 +251,7 @@ def main() -> None:
           title=f"3. Projected default schedule: {epochs} epochs, {analysed} analyses and checkpoints, "
                 f"n = {args.n:,} + {args.n_val:,} val")
     timed_steps = "/".join(str(int(p["steps"])) for p in parts.values())
-    print(f"training: Trainer._train_epoch over {timed_steps} steps (median of 3) scaled to "
+    print(f"training: Trainer.train_epoch over {timed_steps} steps (median of 3) scaled to "
           f"{n_steps} steps; evaluation: train.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
           f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
           + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "

@@ -1,13 +1,31 @@
-"""Benchmark of training (issue 7.1): one epoch per optimizer, as the project runs it.
+"""Benchmark of training: one epoch per optimizer as the project runs it, and the original loop.
 
-The config is composed as ``python -m agop_sweep optimizer=<name>`` composes it; the model
-and optimizer come from agop_sweep.model.build_model / agop_sweep.optim.build_optimizer,
-and the timed steps are Trainer._train_epoch itself, over ``--steps`` minibatches, scaled to
-the epoch's ceil(n / batch) steps. The evaluation is agop_sweep.train.evaluate over
-``--eval-n`` samples, scaled to the train and val sets. Efficiencies are relative to a plain
-fp32 matmul timed in the same process; Muon's Newton-Schulz also to a bf16 one.
+Project: the config is composed as ``python -m agop_sweep optimizer=<name>`` composes it;
+the model and optimizer come from agop_sweep.model.build_model and
+agop_sweep.optim.build_optimizer, and the timed steps are Trainer.train_epoch itself, over
+``--steps`` minibatches (median of ``--repeats``), scaled to the epoch's ceil(n / batch)
+steps. The evaluation is agop_sweep.evaluate.evaluate over ``--eval-n`` samples, scaled to
+the train and val sets.
 
-    python bench/train.py                          # width 1024, depth 5, SVHN sizes, CPU
+Original loop (the peer): the training loop of the original training_100epochs.py, written
+anew here, in the same process on the same initial model and data: a torch DataLoader
+(shuffle, batch 128, ``--peer-workers`` workers, 0 = in this process) over a list of
+per-item (image, one-hot target) tensors, nn.MSELoss, zero_grad / forward / backward /
+step / loss.item() per step, and the optimizer built with the same hyperparameters but
+torch's defaults otherwise (no fused kernels; torch.optim.Muon as the project uses it).
+
+Measured through torch.profiler (public API, in the real Trainer.train_epoch steps): the
+optimizer update, torch's ``Optimizer.step#<name>.step`` range; for Muon, the matmuls of
+its Newton-Schulz iteration (the aten mm/addmm inside that range), the rest of the
+Newton-Schulz (bf16 cast, norm, scaling) and the elementwise update (lerp, mul_, add_).
+
+Rates: training and evaluation against a plain fp32 matmul timed in the same process, with
+exact matmul FLOP counts (common.train_flops: the input gradient of the first layer is not
+computed, because the input does not require grad); the SGD and Adam updates against their
+memory-traffic floor (bytes read + written per parameter / the memory bandwidth of
+c = a + b measured in the same process); Newton-Schulz against a bf16 matmul.
+
+    python bench/train.py                          # width 1024, depth 5, SVHN sizes, CPU (~4 min)
     python bench/train.py --optimizers sgd,adam --steps 200
 """
 
@@ -15,48 +33,69 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
-import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from common import (
+    N_CLASSES,
     N_SVHN_TEST,
     Contention,
+    MatmulFlops,
     MatmulRate,
     TrainerHarness,
     base_parser,
     compose_config,
+    eval_flops,
     gflops,
     median_time,
+    ns_flops,
     setup,
     stream_rate,
     svhn_shaped,
-    sync,
     table,
+    timed,
+    train_flops,
     verdict,
     weight_shapes,
+    write_json,
 )
 from omegaconf import DictConfig
-from torch.optim import _muon
+from torch import nn
+from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
 
-TARGET_TRAIN = 0.70
+from agop_sweep.model import build_model
+from agop_sweep.optim import build_optimizer
+
+TARGET_TRAIN = 0.75  # SGD training FLOP/s / fp32 matmul FLOP/s
 TARGET_EVAL = 0.60
-TARGET_NS = 1.3
-# Bytes an update moves per float32 parameter at the least: SGD reads p and g and writes p;
-# Adam also reads and writes both moments; Muon's momentum alone is SGD's plus one array.
-UPDATE_BYTES = {"sgd": 12, "adam": 28, "muon": 20}
+TARGET_UPDATE = 1.2  # SGD and Adam update time / its memory-traffic floor
+TARGET_NS = 1.3  # Newton-Schulz time / its FLOPs at the bf16 matmul rate
+# Bytes an update reads + writes per float32 parameter. SGD (momentum 0, fused): p and g
+# read, p written. Adam (fused): p, g, m, v read, p, m, v written. Muon's elementwise part:
+# buf.lerp_(g) 12, g.lerp(buf) 12, p.mul_ 8, p.add_(bf16 update) 10 (its Newton-Schulz is
+# compute-bound and compared with the bf16 matmul rate instead).
+UPDATE_BYTES = {"sgd": 12, "adam": 28, "muon": 42}
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm"})
+UPDATE_OPS = frozenset({"aten::lerp_", "aten::lerp", "aten::mul_", "aten::add_"})
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="minibatch (default: trainer.batch_size)")
     p.add_argument("--n-val", type=int, default=N_SVHN_TEST, help="val samples evaluated per epoch")
     p.add_argument("--optimizers", default="sgd,adam,muon")
     p.add_argument("--steps", type=int, default=100, help="timed steps per repeat (scaled to the epoch)")
-    p.add_argument("--muon-steps", type=int, default=40, help="timed Muon steps per repeat")
+    p.add_argument("--muon-steps", type=int, default=20, help="timed Muon steps per repeat")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
-    return p.parse_args()
+    p.add_argument("--peer-workers", type=int, default=0,
+                   help="DataLoader workers of the original loop (0: in this process; the original "
+                        "used min(cores, 12))")
+    return p.parse_args(argv)
 
 
 def config(name: str, args: argparse.Namespace) -> DictConfig:
@@ -66,14 +105,93 @@ def config(name: str, args: argparse.Namespace) -> DictConfig:
     return compose_config(overrides)
 
 
-def ns_flops(shape: tuple[int, ...], steps: int) -> int:
-    """FLOPs of torch.optim._muon._zeropower_via_newtonschulz on a (rows, cols) gradient.
+# -- the original script's training loop -----------------------------------------------------
 
-    It works on X (m, k), m = min(rows, cols) (tall matrices are transposed); each step is
-    gram = X X^T (2 m^2 k), addmm(gram, gram, gram) (2 m^3), addmm(X, update, X) (2 m^2 k).
-    """
-    m, k = min(shape), max(shape)
-    return steps * (4 * m * m * k + 2 * m**3)
+
+def peer_optimizer(cfg: DictConfig, model: nn.Module) -> Any:
+    """The configured optimizer (same hyperparameters) with torch's default kernels: the
+    project's builder with ``fused=false``, i.e. torch.optim.SGD / Adam / Muon as a plain
+    script constructs them."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.merge(cfg, {"fused": False}) if "fused" in cfg else cfg
+    return build_optimizer(plain, model)
+
+
+class OriginalLoop:
+    """The original script's loop over ``steps`` batches: a DataLoader over per-item tensors
+    (on the host, as the original's list of (image, one-hot) pairs), nn.MSELoss, torch's
+    optimizer defaults, one loss.item() per step. Same initial model as the Trainer's."""
+
+    def __init__(self, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, steps: int,
+                 device: torch.device, workers: int = 0):
+        bs = cfg.trainer.batch_size
+        torch.manual_seed(cfg.seed)  # as Trainer.setup: the same initial weights
+        self.model = build_model(x.shape[1], cfg.model.width, cfg.model.depth, N_CLASSES, "relu").to(device)
+        self.optimizer = peer_optimizer(cfg.optimizer, self.model)
+        xs, ys = x[: steps * bs].cpu(), F.one_hot(y[: steps * bs].cpu(), N_CLASSES).float()
+        items = [(xs[i].clone(), ys[i].clone()) for i in range(xs.shape[0])]
+        self.loader = torch.utils.data.DataLoader(items, batch_size=bs, shuffle=True, num_workers=workers)
+        self.criterion = nn.MSELoss()
+        self.device = device
+
+    def epoch(self) -> float:
+        net, opt, device = self.model, self.optimizer, self.device
+        net.train()
+        total = 0.0
+        for inputs, labels in self.loader:
+            opt.zero_grad()  # OptimizerSet: set_to_none=True, as the original
+            inputs, labels = inputs.to(device), labels.to(device)
+            loss = self.criterion(net(inputs), labels)
+            loss.backward()
+            opt.step()
+            net.zero_grad(set_to_none=True)
+            total += loss.item() * len(inputs)
+        return total
+
+    def loading(self) -> None:
+        """The DataLoader alone: batches collated and moved, no compute."""
+        for inputs, labels in self.loader:
+            inputs.to(self.device), labels.to(self.device)
+
+
+# -- the update, through torch.profiler ---------------------------------------------------------
+
+
+def profiled_steps(h: TrainerHarness, steps: int) -> dict[str, float]:
+    """Seconds per step of torch's ``Optimizer.step#...`` ranges in ``steps`` real
+    Trainer.train_epoch steps, split into matmuls (Muon's Newton-Schulz), elementwise update
+    ops and the rest; CPU time on the CPU, kernel time on CUDA."""
+    cuda = h.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")
+    with profile(activities=activities) as prof:
+        h.train_steps(steps)
+
+    def total(e: Any) -> float:
+        return (e.device_time_total if cuda else e.cpu_time_total) / 1e6
+
+    def self_time(e: Any) -> float:
+        return (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6
+
+    split = {"step": 0.0, "matmul": 0.0, "update": 0.0, "other": 0.0}
+
+    def walk(e: Any) -> None:
+        if e.name in MATMUL_OPS:
+            split["matmul"] += total(e)
+        elif e.name in UPDATE_OPS:
+            split["update"] += total(e)
+        else:
+            split["other"] += self_time(e)
+            for child in e.cpu_children:
+                walk(child)
+
+    ranges = [e for e in prof.events() if e.name.startswith("Optimizer.step#")]
+    for e in ranges:
+        split["step"] += total(e)
+        walk(e)
+    # On the CPU the range's own time is Python between the ops; on CUDA it has no kernels.
+    return {k: v / steps for k, v in split.items()} | {"ranges": len(ranges)}
 
 
 def ns_matmuls(shape: tuple[int, ...], steps: int, device: torch.device) -> float:
@@ -90,160 +208,201 @@ def ns_matmuls(shape: tuple[int, ...], steps: int, device: torch.device) -> floa
     return median_time(run, device, repeats=3)
 
 
-def muon_group(h: TrainerHarness) -> dict:
-    return h.trainer.optimizer.optimizers["muon"].param_groups[0]
+def step_time(run_steps: Callable[[int], float], steps: int, repeats: int) -> float:
+    run_steps(min(3, steps))  # warm-up: optimizer state, allocator, kernels
+    return statistics.median(run_steps(steps) for _ in range(repeats)) / steps
 
 
-def newton_schulz(h: TrainerHarness, steps: int) -> tuple[float, float]:
-    """Seconds of Trainer._train_epoch over ``steps`` Muon steps, and the part of it spent in
-    torch's Newton-Schulz (timed in place: Muon.step calls it through the module global)."""
-    original = _muon._zeropower_via_newtonschulz
-    spent = 0.0
-
-    def timed_ns(*args: object, **kwargs: object) -> torch.Tensor:
-        nonlocal spent
-        sync(h.device)
-        t0 = time.perf_counter()
-        out = original(*args, **kwargs)
-        sync(h.device)
-        spent += time.perf_counter() - t0
-        return out
-
-    _muon._zeropower_via_newtonschulz = timed_ns
-    try:
-        total = h.train_steps(steps)
-    finally:
-        _muon._zeropower_via_newtonschulz = original
-    return total, spent
-
-
-def step_time(h: TrainerHarness, steps: int, repeats: int) -> float:
-    h.train_steps(min(3, steps))  # warm-up: optimizer state, allocator, kernels
-    return statistics.median(h.train_steps(steps) for _ in range(repeats)) / steps
-
-
-def main() -> None:
-    args = parse()
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, printed as tables; returns them as a dict (also --json)."""
     device = setup(args)
     contention = Contention()
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
-    mac = sum(o * i for o, i in weight_shapes(args.width, args.depth))  # sum d_in d_out
+    shapes = weight_shapes(args.width, args.depth)
     eval_n = min(args.eval_n, args.n)
     x, y = svhn_shaped(max(args.n, eval_n), device)
     rate, bf16 = MatmulRate(device), MatmulRate(device, torch.bfloat16)
     bf16_1024 = MatmulRate(device, torch.bfloat16, size=1024)  # the size of Muon's matrices
     rate.sample()
-    bandwidth = stream_rate(device)
+    bandwidth = [stream_rate(device)]
 
-    rows, eff_rows, res, variants = [], [], {}, []
+    rows, eff_rows, upd_rows, peer_rows, res, variants = [], [], [], [], {}, []
     for name in names:
-        h = TrainerHarness(config(name, args), x, y, device)
-        n_steps = math.ceil(args.n / h.bs)
+        cfg = config(name, args)
+        h = TrainerHarness(cfg, x, y, device)
+        bs = h.bs
+        n_steps = math.ceil(args.n / bs)
         steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
-        if name == "muon":  # the Newton-Schulz share is timed inside the same steps
-            h.train_steps(min(3, steps))
-            runs = [newton_schulz(h, steps) for _ in range(args.repeats)]
-            step_s = statistics.median(t for t, _ in runs) / steps
-            ns_s = statistics.median(ns for _, ns in runs) / steps
-        else:
-            step_s = step_time(h, steps, args.repeats)
+        step_s = step_time(h.train_steps, steps, args.repeats)
+        prof = profiled_steps(h, steps)
         grad_s = h.gradient(steps) / steps
         eval_s = h.evaluation(eval_n) / eval_n  # per sample
+        with MatmulFlops() as counter:
+            h.train_steps(1)
         rate.sample()
-        r = res[name] = {"step": step_s, "grad": grad_s, "bs": h.bs, "n_steps": n_steps, "steps": steps}
-        r["train_eff"] = gflops(6 * h.bs * mac, step_s) / (rate.rate / 1e9)
-        r["eval_eff"] = gflops(2 * mac, eval_s) / (rate.rate / 1e9)
-        epoch_train, epoch_eval = step_s * n_steps, eval_s * (args.n + args.n_val)
-        rows.append([name, h.bs, steps, f"{step_s * 1e3:.1f}", f"{grad_s * 1e3:.1f}",
-                     f"{(step_s - grad_s) * 1e3:.1f}", f"{epoch_train:.1f}", f"{epoch_eval:.1f}",
-                     f"{epoch_train + epoch_eval:.1f}"])
+        bandwidth.append(stream_rate(device))
         params = sum(p.numel() for p in h.trainer.model.parameters())
-        r["floor"] = UPDATE_BYTES[name] * params / bandwidth
-        eff_rows.append([name, f"{gflops(6 * h.bs * mac, step_s):.0f}", f"{r['train_eff']:.0%}",
-                         f"{gflops(2 * mac, eval_s):.0f}", f"{r['eval_eff']:.0%}"])
+        fl = train_flops(shapes, bs)
+        r: dict[str, Any] = {"step_s": step_s, "grad_s": grad_s, "batch": bs, "epoch_steps": n_steps,
+                             "timed_steps": steps, "params": params, "train_flops_step": fl["total"],
+                             "train_flops_step_naive_6x": fl["naive_6x"], "eval_s_per_sample": eval_s,
+                             "update_s": prof["step"], "profile": prof, "counted_flops_step": counter.total}
+        r["train_efficiency"] = gflops(fl["total"], step_s) / (rate.rate / 1e9)
+        r["eval_efficiency"] = gflops(eval_flops(shapes, 1), eval_s) / (rate.rate / 1e9)
+        r["epoch_train_s"], r["epoch_eval_s"] = step_s * n_steps, eval_s * (args.n + args.n_val)
+        r["update_bytes"] = UPDATE_BYTES[name] * params
+        res[name] = r
+
+        # the same steps with torch's default optimizer kernels, and the original loop
         if name in ("sgd", "adam"):  # what-if: optimizer.fused=false, torch's default
             opt = h.trainer.optimizer.optimizers[name]
             h.trainer.optimizer.optimizers[name] = type(opt)(
                 opt.param_groups[0]["params"], **{**opt.defaults, "fused": None})
-            variants.append([f"{name} fused={bool(opt.defaults['fused'])} (as configured)",
-                             f"{step_s * 1e3:.1f}"])
-            variants.append([f"{name} fused=None (torch's default: loop on CPU, foreach on CUDA)",
-                             f"{step_time(h, steps, args.repeats) * 1e3:.1f}"])
+            r["step_s_default_kernels"] = step_time(h.train_steps, steps, args.repeats)
+            variants.append([name, f"{step_s * 1e3:.1f}", f"{r['step_s_default_kernels'] * 1e3:.1f}"])
             h.trainer.optimizer.optimizers[name] = opt
+        peer = OriginalLoop(cfg, x, y, steps, device, args.peer_workers)
+        r["peer_step_s"] = step_time(lambda k, p=peer: timed(p.epoch, device)[0], steps, args.repeats)
+        r["peer_loading_s"] = median_time(peer.loading, device, repeats=args.repeats) / steps
+        r["peer_ratio"] = r["peer_step_s"] / step_s
+        del peer
         if name == "muon":
-            shapes = [tuple(p.shape) for p in muon_group(h)["params"]]
-            ns_steps = muon_group(h)["ns_steps"]
+            group = h.trainer.optimizer.optimizers["muon"].param_groups[0]
+            mshapes, ns_steps = [tuple(p.shape) for p in group["params"]], group["ns_steps"]
             for _ in range(2):  # bf16 rates vary most: sample them around the Newton-Schulz timings
                 bf16.sample()
                 bf16_1024.sample()
-            r["ns"] = ns_s
-            r["ns_flops"] = sum(ns_flops(s, ns_steps) for s in shapes)
-            r["ns_mm"] = sum(ns_matmuls(s, ns_steps, device) for s in shapes)
+            r["ns_s"] = prof["matmul"] + prof["other"]
+            r["ns_flops"] = sum(ns_flops(s, ns_steps) for s in mshapes)
+            r["ns_matmuls_alone_s"] = sum(ns_matmuls(s, ns_steps, device) for s in mshapes)
             for _ in range(2):
                 bf16.sample()
                 bf16_1024.sample()
         h.close()
 
-    n_steps = next(iter(res.values()))["n_steps"]
+    bw = statistics.median(bandwidth)
+    for name, r in res.items():
+        r["update_floor_s"] = r["update_bytes"] / bw
+        elementwise = r["profile"]["update"] if name == "muon" else r["update_s"]
+        r["update_vs_floor"] = elementwise / r["update_floor_s"]
+        rows.append([name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}", f"{r['grad_s'] * 1e3:.1f}",
+                     f"{r['update_s'] * 1e3:.2f}", f"{r['epoch_train_s']:.1f}", f"{r['epoch_eval_s']:.1f}",
+                     f"{r['epoch_train_s'] + r['epoch_eval_s']:.1f}"])
+        eff_rows.append([name, f"{r['train_flops_step'] / 1e9:.1f}",
+                         f"{gflops(r['train_flops_step'], r['step_s']):.0f}", f"{r['train_efficiency']:.0%}",
+                         f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}", f"{r['eval_efficiency']:.0%}"])
+        what = "elementwise part (lerp_, lerp, mul_, add_)" if name == "muon" else "Optimizer.step range"
+        upd_rows.append([name, what, f"{elementwise * 1e3:.2f}", UPDATE_BYTES[name],
+                         f"{r['update_bytes'] / 1e6:.0f}", f"{r['update_floor_s'] * 1e3:.2f}",
+                         f"{r['update_vs_floor']:.2f}x"])
+        peer_rows.append([name, f"{r['step_s'] * 1e3:.1f}", f"{r['peer_step_s'] * 1e3:.1f}",
+                          f"{r['peer_loading_s'] * 1e3:.2f}", f"{r['peer_ratio']:.2f}x"])
+
+    some = next(iter(res.values()))
+    n_steps = some["epoch_steps"]
     table(["optimizer", "batch", "timed steps", "step ms", "fwd+bwd ms", "update ms", "train s/epoch",
            "eval s/epoch", "epoch s"], rows,
           title=f"One epoch: {args.n:,} train samples ({n_steps} steps) + evaluation of {args.n:,} "
                 f"train and {args.n_val:,} val samples")
-    print(f"steps: Trainer._train_epoch over the timed steps, median of {args.repeats}, scaled to the "
-          f"epoch's {n_steps} steps; evaluation: train.evaluate over {eval_n:,} samples, "
-          f"scaled to {args.n + args.n_val:,}. update = step - (forward + backward).")
-    table(["optimizer", "train GFLOP/s", "of matmul", "eval GFLOP/s", "of matmul", "update floor ms"],
-          [[*row, f"{res[row[0]]['floor'] * 1e3:.1f}"] for row in eff_rows],
-          title="Achieved FLOP/s (train: 6 x batch x sum(d_in d_out) a step; eval: 2 x n x sum(d_in d_out))")
-    print(f"update floor: the bytes an update must move (sgd 12, adam 28, muon >= 20 per parameter) at "
-          f"the measured memory bandwidth, {bandwidth / 1e9:.1f} GB/s (c = a + b, 64 MiB arrays)")
+    print(f"step: Trainer.train_epoch over the timed steps, median of {args.repeats}, scaled to the "
+          f"epoch's {n_steps} steps; fwd+bwd: forward, loss and backward alone; update: torch's "
+          f"Optimizer.step range in profiled steps; evaluation: evaluate.evaluate over {eval_n:,} samples, "
+          f"scaled to {args.n + args.n_val:,}.")
+    fl = train_flops(shapes, some["batch"])
+    table(["optimizer", "GFLOP/step", "train GFLOP/s", "of matmul", "eval GFLOP/s", "of matmul"], eff_rows,
+          title="Achieved FLOP/s, exact matmul FLOPs (common.train_flops, common.eval_flops)")
+    print(f"a step at batch {some['batch']}: forward {fl['forward'] / 1e9:.2f} + weight gradients "
+          f"{fl['weight_grads'] / 1e9:.2f} + input gradients {fl['input_grads'] / 1e9:.2f} (none for the first "
+          f"layer: the input does not require grad) = {fl['total'] / 1e9:.2f} GFLOP; 6 x batch x params would "
+          f"say {fl['naive_6x'] / 1e9:.2f} ({fl['naive_6x'] / fl['total'] - 1:+.0%}). Matmuls dispatched in one "
+          f"step: " + ", ".join(f"{k} {r['counted_flops_step'] / 1e9:.2f}" for k, r in res.items()) + " GFLOP.")
     print(rate.describe())
-    print(bf16.describe())
-    print(bf16_1024.describe())
+    table(["optimizer", "measured", "ms", "B/param", "MB moved", "floor ms", "of floor"], upd_rows,
+          title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
+    print(f"bandwidth: c = a + b on 64 MiB float32 arrays, 12 bytes per element, median of "
+          f"{len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s "
+          f"(range {min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f})")
     if variants:
-        table(["variant", "step ms"], variants,
-              title="The same step with torch's fused and default optimizer kernels (optimizer.fused)")
+        table(["optimizer", "fused (configured) step ms", "torch's default step ms"], variants,
+              title="The project's step with torch's fused and its default optimizer kernels (optimizer.fused)")
+    table(["optimizer", "project step ms", "original loop step ms", "of which loading ms", "original / project"],
+          peer_rows, title="The original script's loop against Trainer.train_epoch, same model, data and process")
+    print(f"original loop: DataLoader over per-item tensors (batch {some['batch']}, shuffle, "
+          f"{args.peer_workers} workers), nn.MSELoss on one-hot targets, torch's optimizer defaults "
+          f"(sgd/adam unfused), loss.item() every step; loading = iterating its DataLoader alone.")
 
     if "muon" in res:
         r = res["muon"]
+        print(bf16.describe())
+        print(bf16_1024.describe())
         at_bf16, at_fp32 = r["ns_flops"] / bf16.rate, r["ns_flops"] / rate.rate
         at_1024 = r["ns_flops"] / bf16_1024.rate
+        p = r["profile"]
         table(["part", "ms / step"], [
-            ["step (Trainer._train_epoch)", f"{r['step'] * 1e3:.1f}"],
-            ["  gradient (forward + backward)", f"{r['grad'] * 1e3:.1f}"],
-            ["  Newton-Schulz (torch's, every matrix, timed in the step)", f"{r['ns'] * 1e3:.1f}"],
-            ["  rest of the update (step - gradient - NS)",
-             f"{(r['step'] - r['grad'] - r['ns']) * 1e3:.1f}"],
-            ["NS matmuls alone, bf16, the same shapes", f"{r['ns_mm'] * 1e3:.1f}"],
-            [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 4096 matmul rate",
-             f"{at_bf16 * 1e3:.1f}"],
+            ["step (Trainer.train_epoch)", f"{r['step_s'] * 1e3:.1f}"],
+            ["  gradient (forward + backward)", f"{r['grad_s'] * 1e3:.1f}"],
+            ["  Muon.step (profiler range)", f"{p['step'] * 1e3:.1f}"],
+            ["    Newton-Schulz matmuls (aten mm/addmm in the range)", f"{p['matmul'] * 1e3:.1f}"],
+            ["    Newton-Schulz rest (bf16 cast, norm, scaling) + Python", f"{p['other'] * 1e3:.1f}"],
+            ["    elementwise update (lerp_, lerp, mul_, add_)", f"{p['update'] * 1e3:.1f}"],
+            ["NS matmuls alone, bf16, the same shapes", f"{r['ns_matmuls_alone_s'] * 1e3:.1f}"],
+            [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 4096 matmul rate", f"{at_bf16 * 1e3:.1f}"],
             ["NS FLOPs at the bf16 1024 matmul rate", f"{at_1024 * 1e3:.1f}"],
             ["NS FLOPs at the fp32 4096 matmul rate", f"{at_fp32 * 1e3:.1f}"],
-        ], title="Muon step split")
+        ], title="Muon step split (torch.profiler over the real steps)")
         print("NS FLOPs of a (rows, cols) matrix, m = min, k = max: ns_steps x (4 m^2 k + 2 m^3), "
               "from torch/optim/_muon.py (X X^T, gram @ gram, update @ X).")
+        r["ns_vs_bf16"] = r["ns_s"] / at_bf16
+        r["ns_vs_bf16_1024"] = r["ns_s"] / at_1024
+        r["ns_vs_alone"] = r["ns_s"] / r["ns_matmuls_alone_s"]
 
+    share = contention.share()
     print("\nKey ratios")
-    for name in ("sgd", "adam"):
-        if name in res:
-            e = res[name]["train_eff"]
-            print(f"  {name} training FLOP/s / matmul: {e:.0%} "
-                  f"(target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})")
     for name, r in res.items():
-        print(f"  {name} evaluation FLOP/s / matmul: {r['eval_eff']:.0%} "
-              f"(target >= {TARGET_EVAL:.0%}: {verdict(r['eval_eff'], TARGET_EVAL)})")
+        if name == "sgd":
+            e = r["train_efficiency"]
+            print(f"  sgd training FLOP/s / matmul: {e:.0%} (target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})")
+        elif name in ("adam", "muon"):
+            print(f"  {name} training FLOP/s / matmul: {r['train_efficiency']:.0%}")
+    for name, r in res.items():
+        if name in ("sgd", "adam"):
+            v = r["update_vs_floor"]
+            print(f"  {name} update / its memory-traffic floor: {v:.2f}x "
+                  f"(target <= {TARGET_UPDATE}x: {verdict(v, TARGET_UPDATE, higher_is_better=False)})")
+    for name, r in res.items():
+        print(f"  {name} evaluation FLOP/s / matmul: {r['eval_efficiency']:.0%} "
+              f"(target >= {TARGET_EVAL:.0%}: {verdict(r['eval_efficiency'], TARGET_EVAL)})")
+    for name, r in res.items():
+        print(f"  {name} original loop / project step: {r['peer_ratio']:.2f}x "
+              f"({r['peer_step_s'] * 1e3:.1f} vs {r['step_s'] * 1e3:.1f} ms)")
     if "muon" in res:
         r = res["muon"]
-        ratio = r["ns"] / (r["ns_flops"] / bf16.rate)
-        print(f"  muon Newton-Schulz / its FLOPs at the bf16 matmul rate: {ratio:.2f}x "
-              f"(target <= {TARGET_NS}x: {verdict(ratio, TARGET_NS, higher_is_better=False)}); "
-              f"at the bf16 1024 rate {r['ns'] / (r['ns_flops'] / bf16_1024.rate):.2f}x; "
-              f"at the fp32 rate {r['ns'] / (r['ns_flops'] / rate.rate):.2f}x; "
-              f"over its own matmuls timed alone {r['ns'] / r['ns_mm']:.2f}x")
+        print(f"  muon Newton-Schulz / its FLOPs at the bf16 matmul rate: {r['ns_vs_bf16']:.2f}x "
+              f"(target <= {TARGET_NS}x: {verdict(r['ns_vs_bf16'], TARGET_NS, higher_is_better=False)}); "
+              f"at the bf16 1024 rate {r['ns_vs_bf16_1024']:.2f}x; "
+              f"over its own matmuls timed alone {r['ns_vs_alone']:.2f}x")
         if "sgd" in res:
-            print(f"  muon step / sgd step: {r['step'] / res['sgd']['step']:.1f}x")
-
+            print(f"  muon step / sgd step: {r['step_s'] / res['sgd']['step_s']:.1f}x")
     print(contention.report())
+    return {
+        "script": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "args": vars(args), "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
+        "matmul_bf16_flops": bf16.rate if bf16.samples else None,
+        "matmul_bf16_1024_flops": bf16_1024.rate if bf16_1024.samples else None,
+        "bandwidth_bytes_per_s": bw, "bandwidth_samples": bandwidth, "optimizers": res,
+        "targets": {"sgd_train_efficiency": TARGET_TRAIN, "eval_efficiency": TARGET_EVAL,
+                    "update_vs_floor": TARGET_UPDATE, "ns_vs_bf16": TARGET_NS},
+        "contention": share,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    results = run(args)
+    if args.json:
+        write_json(args.json, results)
+    return results
+
 
 if __name__ == "__main__":
     main()

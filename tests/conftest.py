@@ -185,3 +185,44 @@ def file_server() -> Iterator[FileServer]:
     server = FileServer()
     yield server
     server.close()
+
+
+# -- integrity checks ---------------------------------------------------------------------------
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file below ``root`` by relative path: what "unchanged" means."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single line a refused command prints (exit 1, no traceback); fails otherwise."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """``read_only(path)``: make a directory unwritable, for root too (``chattr +i``, since
+    permission bits do not stop root); undone at teardown so that tmp_path can be removed."""
+    done: list[Path] = []
+
+    def make(path: Path) -> None:
+        path.chmod(0o555)
+        done.append(path)
+        if os.geteuid() == 0:
+            proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot make a directory read-only for root here: {proc.stderr.strip()}")
+
+    yield make
+    for path in reversed(done):
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)

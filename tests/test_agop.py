@@ -14,7 +14,7 @@ from agop_sweep.nfa import agop_from_kernel
 
 def _net(d_in: int, width: int, depth: int, act: str, classes: int = 10, seed: int = 0) -> MLP:
     torch.manual_seed(seed)
-    model = build_model(d_in, classes, width, depth, act).double()
+    model = build_model(d_in, width, depth, classes, act).double()
     # Larger weights than the default init so that deep nets' Jacobians are not vanishing.
     with torch.no_grad():
         for p in model.parameters():

@@ -19,10 +19,10 @@ from conftest import TINY, error_lines, make_svhn_files, run_cli, run_cli_many, 
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
-from agop_sweep import plots
+from agop_sweep.figures import run as figures_run
 from agop_sweep.data import load_dataset
 from agop_sweep.device import Placement
-from agop_sweep.nfa import VARIANTS
+from agop_sweep.nfa import METRICS, VARIANTS
 from agop_sweep.train import Trainer
 
 RUN_KEYS = {"optimizer", "lr", "seed", "dataset", "width", "depth", "act", "n_train", "n_val", "device",
@@ -145,8 +145,11 @@ def check_run(run_dir: Path, optimizer: str, n_features: int, check_metrics_at: 
         assert epoch["train_acc"] == pytest.approx(acc)
         if e == 0:
             w0 = weights
+        entry = next(a for a in res["analysis"] if a["epoch"] == e)
+        for layer, (w, w_init) in enumerate(zip(weights[:-1], w0 or [], strict=False)):
+            change = float(torch.linalg.norm(w - w_init) / torch.linalg.norm(w_init))
+            assert entry["layers"][layer]["weight_change"] == pytest.approx(change, rel=1e-9, abs=1e-15)
         if e in check_metrics_at:
-            entry = next(a for a in res["analysis"] if a["epoch"] == e)
             for l, agop in enumerate(_per_sample_agops(weights, x_tr)):
                 expected = _reference_metrics(weights[l].numpy(), w0[l].numpy(), agop)
                 got = entry["layers"][l]["metrics"]
@@ -164,8 +167,15 @@ def check_run(run_dir: Path, optimizer: str, n_features: int, check_metrics_at: 
         assert [entry["layer"] for entry in a["layers"]] == list(range(depth))
         for l, entry in enumerate(a["layers"]):
             assert entry["shape"] == list(shapes[l])
-            assert set(entry["metrics"]) == set(VARIANTS)
+            assert set(entry["metrics"]) == set(METRICS) and set(VARIANTS) < set(METRICS)
             assert entry["corr"] == entry["metrics"][cfg["analysis"]["primary"]]
+            if a["epoch"] == 0:
+                assert entry["weight_change"] == 0.0
+                assert entry["alpha_star"] is None and entry["alpha_corr"] is None  # delta primary
+            else:
+                assert _finite(entry["weight_change"]) and entry["weight_change"] > 0
+                assert 0 <= entry["alpha_star"] <= 2 and round(entry["alpha_star"] * 100) % 1 == 0
+                assert entry["alpha_corr"] >= entry["corr"] - 1e-12  # a = 1 is on the grid
             for name, value in entry["metrics"].items():
                 if a["epoch"] == 0 and name.startswith("delta"):
                     assert value is None, name  # undefined, written as null
@@ -194,7 +204,7 @@ def trainer_run(tmp_path_factory: pytest.TempPathFactory):
     register_configs()
     GlobalHydra.instance().clear()
     with pytest.MonkeyPatch.context() as mp, initialize_config_module("agop_sweep.conf", version_base="1.3"):
-        mp.setattr(plots, "save_run_figures", lambda *args, **kwargs: [])
+        mp.setattr(figures_run, "save_run_figures", lambda *args, **kwargs: [])
 
         def run(name: str, *overrides: str) -> Path:
             run_dir = root / name
@@ -218,7 +228,7 @@ def test_epoch_zero_checkpoint_is_the_seeded_init(trainer_run) -> None:
     run_dir = trainer_run("init", "seed=11")
     ck = _load(run_dir / "models" / ckpt_name(0, "synthetic", 16, 2, "relu"))
     torch.manual_seed(11)
-    fresh = build_model(64, 10, 16, 2, "relu").state_dict()
+    fresh = build_model(64, 16, 2, 10, "relu").state_dict()
     assert list(ck["state_dict"]) == list(fresh)
     for key in fresh:
         assert torch.equal(ck["state_dict"][key], fresh[key]), key

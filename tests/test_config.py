@@ -1,63 +1,82 @@
-"""Config composition (every group and option, and a sweep), the SPEC defaults, and start-up
-errors: Hydra's for wrong types and unknown keys, validate's one line for wrong values."""
+"""Config composition (every group and option, and a sweep), the SPEC defaults, one schema per
+option, and the errors in-process: composition's for wrong types, enum values and another
+option's keys, validate's one line for keys added with ``+`` and for wrong values.
+tests/test_config_cli.py meets the same errors through the CLI."""
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
+import dataclasses
 
 import pytest
-import yaml
-from conftest import error_lines, run_cli_many
+from config_cases import BAD_VALUES, COMPOSITION_ERRORS, config_options, option_yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from agop_sweep.config import ConfigError, validate
+from agop_sweep.config import (
+    DATASETS,
+    OPTIMIZERS,
+    ConfigError,
+    MuonScope,
+    OptimizerName,
+    to_container,
+    validate,
+)
+from agop_sweep.config.schema import GROUP_SCHEMAS
 from agop_sweep.device import choose_device
 from agop_sweep.errors import UserError
+from agop_sweep.nfa import DEFAULT_METRIC
 
-CONF = resources.files("agop_sweep") / "conf"
-GLOBAL_GROUPS = ("hparams_search", "cluster")  # `# @package _global_` presets
-
-
-def _options() -> dict[str, list[str]]:
-    """Every config group under conf/ and its options, read from the package's files."""
-    return {
-        group.name: sorted(f.name.removesuffix(".yaml") for f in group.iterdir() if f.name.endswith(".yaml"))
-        for group in CONF.iterdir()
-        if group.is_dir() and any(f.name.endswith(".yaml") for f in group.iterdir())
-    }
-
-
-def _yaml(group: str, option: str) -> dict:
-    return yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
+GLOBAL_GROUPS = ("hparams_search", "cluster", "experiment")  # `# @package _global_` presets
+OPTION_SCHEMAS = {"optimizer": OPTIMIZERS, "data": DATASETS}
 
 
 def test_the_groups_are_those_of_the_spec() -> None:
-    options = _options()
-    assert {"optimizer", "model", "schedule", "analysis", "data"} <= set(options)
-    assert options["optimizer"] == ["adam", "muon", "sgd"]
+    options = config_options()
+    assert {"optimizer", "model", "schedule", "analysis", "data", "experiment"} <= set(options)
+    assert options["optimizer"] == ["adam", "muon", "muon_seed", "sgd"]
     assert options["data"] == ["digits", "svhn", "synthetic"]
+    assert options["experiment"] == ["seed"]
     assert "paper" in options["schedule"]
+    assert sorted(OPTIMIZERS) == options["optimizer"] and sorted(DATASETS) == options["data"]
 
 
 def _plain_cases() -> list[tuple[str, str]]:
-    return [(g, o) for g, opts in _options().items() if g not in GLOBAL_GROUPS for o in opts]
+    return [(g, o) for g, opts in config_options().items() if g not in GLOBAL_GROUPS for o in opts]
+
+
+def _schema(group: str, option: str) -> type:
+    return OPTION_SCHEMAS[group][option] if group in OPTION_SCHEMAS else GROUP_SCHEMAS[group]
 
 
 @pytest.mark.parametrize(("group", "option"), _plain_cases())
 def test_every_option_composes_validates_and_keeps_its_values(compose_config, group: str,
                                                                option: str) -> None:
+    """An option = its schema's defaults + what its YAML sets, and the YAML names the schema."""
     cfg = compose_config(f"{group}={option}")
     validate(cfg)
-    node = OmegaConf.to_container(cfg[group], resolve=True)
-    for key, value in _yaml(group, option).items():
-        assert node[key] == value, (group, option, key)
+    schema = _schema(group, option)
+    assert OmegaConf.get_type(cfg[group]) is schema
+    own = option_yaml(group, option)
+    schema_name = f"/{group}_{option}_schema@_here_" if group in OPTION_SCHEMAS else f"/{group}_schema@_here_"
+    assert own.pop("defaults") == [schema_name, "_self_"]
+    expected = to_container(OmegaConf.merge(OmegaConf.structured(schema), own))
+    assert to_container(cfg[group]) == expected
 
 
-@pytest.mark.parametrize("option", _options()["hparams_search"])
+@pytest.mark.parametrize(("group", "option"), _plain_cases())
+def test_every_default_lives_in_one_place(group: str, option: str) -> None:
+    """A YAML sets only what its schema leaves open or changes, never a schema default."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(_schema(group, option))}
+    own = option_yaml(group, option)
+    own.pop("defaults")
+    for key, value in own.items():
+        assert defaults[key] == MISSING or defaults[key] != value, (group, option, key)
+
+
+@pytest.mark.parametrize("option", config_options()["hparams_search"])
 def test_lr_search_presets_compose(compose_config, option: str) -> None:
     cfg = compose_config(f"hparams_search={option}", return_hydra_config=True)
     assert cfg.optimizer.name == option
@@ -66,7 +85,7 @@ def test_lr_search_presets_compose(compose_config, option: str) -> None:
     validate(compose_config(f"hparams_search={option}"))
 
 
-@pytest.mark.parametrize("option", _options()["cluster"])
+@pytest.mark.parametrize("option", config_options()["cluster"])
 def test_cluster_presets_compose(compose_config, option: str) -> None:
     cfg = compose_config(f"cluster={option}", return_hydra_config=True)
     target = cfg.hydra.launcher._target_
@@ -75,72 +94,84 @@ def test_cluster_presets_compose(compose_config, option: str) -> None:
     validate(compose_config(f"cluster={option}"))
 
 
+def test_the_seed_experiment_preset(compose_config) -> None:
+    """experiment=seed: the original script's Muon, shared middle init, 80/20 split, fp16 (CUDA)."""
+    cfg = compose_config("experiment=seed", "device=cuda")
+    validate(cfg)
+    seed = OmegaConf.structured(OPTIMIZERS["muon_seed"])
+    assert to_container(cfg.optimizer) == to_container(seed)
+    assert (cfg.model.init, cfg.data.name, cfg.data.split, cfg.trainer.precision) == (
+        "shared_middle", "svhn", "seed", "fp16")
+    default = compose_config("device=cuda")
+    differs = {k for k in ("model", "data", "trainer", "schedule", "analysis", "eval", "loss", "seed")
+               if to_container(default)[k] != to_container(cfg)[k]}
+    assert differs == {"model", "data", "trainer"}  # and only in init, split, precision:
+    assert {**to_container(cfg.model), "init": "default"} == to_container(default.model)
+    assert {**to_container(cfg.data), "split": "default"} == to_container(default.data)
+    assert {**to_container(cfg.trainer), "precision": "tf32"} == to_container(default.trainer)
+    validate(compose_config("experiment=seed", "device=cpu", "trainer.precision=fp32"))  # CPU: fp32
+
+
 def test_defaults_are_the_reference_setup(compose_config) -> None:
     cfg = compose_config()
     validate(cfg)
+    assert cfg.analysis.primary == DEFAULT_METRIC
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
         "sgd", 0.1, 0.0, 0.0)
-    assert (cfg.model.width, cfg.model.depth, cfg.model.act) == (1024, 5, "relu")
+    assert (cfg.model.width, cfg.model.depth, cfg.model.act, cfg.model.init) == (1024, 5, "relu", "default")
     assert cfg.schedule.epochs == 100
     assert list(cfg.schedule.checkpoints) == [*range(21), 40, 60, 80, 100]
-    assert (cfg.data.name, list(cfg.data.image_shape), cfg.data.val_fraction) == ("svhn", [3, 32, 32], 0.0)
-    assert (cfg.loss, cfg.seed, cfg.trainer.batch_size) == ("mse", 1717, 128)
+    assert (cfg.data.name, list(cfg.data.image_shape), cfg.data.val_fraction, cfg.data.split) == (
+        "svhn", [3, 32, 32], 0.0, "default")
+    assert (cfg.loss, cfg.seed, cfg.trainer.batch_size, cfg.trainer.precision) == ("mse", 1717, 128, "tf32")
     assert cfg.analysis.primary == "delta_cos_agop"
     assert compose_config("optimizer=adam").optimizer.lr == 0.001
     muon = compose_config("optimizer=muon").optimizer
-    assert (muon.lr, muon.weight_decay, muon.muon_momentum, muon.nesterov, muon.ns_steps, muon.adjust_lr_fn,
-            muon.scope) == (0.01, 0.0, 0.95, True, 5, "original", "all")
+    assert (muon.lr, muon.weight_decay, muon.momentum, muon.nesterov, muon.ns_steps, muon.adjust_lr_fn,
+            muon.scope, muon.aux_lr) == (0.01, 0.0, 0.95, True, 5, "original", "all", 0.001)
+    seed = compose_config("optimizer=muon_seed").optimizer
+    assert (seed.lr, seed.momentum, seed.nesterov, seed.ns_steps, seed.eps, seed.renormalize) == (
+        0.01, 0.6, True, 3, 1e-7, True)
+
+
+def test_enums_read_as_strings_and_write_plain_strings(compose_config) -> None:
+    cfg = compose_config("optimizer=muon", "optimizer.scope=hidden", "model.act=gelu", "loss=ce")
+    assert cfg.optimizer.scope is MuonScope.middle  # hidden: the earlier name of middle
+    assert cfg.optimizer.name == "muon" and cfg.model.act == "gelu" and cfg.loss == "ce"
+    assert f"{cfg.model.act}:{cfg.optimizer.name}" == "gelu:muon"  # checkpoint names unchanged
+    plain = to_container(cfg)
+    assert (plain["optimizer"]["scope"], plain["model"]["act"], plain["loss"]) == ("middle", "gelu", "ce")
+    assert type(plain["optimizer"]["name"]) is str and type(plain["analysis"]["primary"]) is str
+    assert plain["optimizer"]["name"] == OptimizerName.muon.value
 
 
 def test_a_sweep_composes_job_by_job(compose_config) -> None:
     overrides = OverridesParser.create().parse_overrides(
-        ["optimizer=sgd,adam,muon", "seed=1,2", "model.width=64"])
+        ["optimizer=sgd,adam,muon,muon_seed", "seed=1,2", "model.width=64"])
     (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    assert len(jobs) == 6
+    assert len(jobs) == 8
     seen = set()
     for job in jobs:
         cfg = compose_config(*job)
         validate(cfg)
         seen.add((cfg.optimizer.name, cfg.optimizer.lr, cfg.seed, cfg.model.width))
-    lrs = {"sgd": 0.1, "adam": 0.001, "muon": 0.01}
+    lrs = {"sgd": 0.1, "adam": 0.001, "muon": 0.01, "muon_seed": 0.01}
     assert seen == {(o, lr, s, 64) for o, lr in lrs.items() for s in (1, 2)}
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ("model.width=abc", ["model.width=abc"]),
-    ("optimizer.foo=1", ["optimizer.foo"]),
-    ("schedule.checkpoints=three", ["schedule.checkpoints"]),
-])
-def test_wrong_types_and_unknown_keys_fail_composition(compose_config, override: str,
-                                                       words: list[str]) -> None:
+
+
+@pytest.mark.parametrize(("overrides", "words"), COMPOSITION_ERRORS,
+                         ids=[" ".join(o) for o, _ in COMPOSITION_ERRORS])
+def test_wrong_types_values_and_keys_fail_composition(compose_config, overrides: list[str],
+                                                      words: list[str]) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        compose_config(override)
+        compose_config(*overrides)
+    report = f"{err.value}\n{err.value.__cause__}"
     for word in words:
-        assert word in str(err.value)
+        assert word in report
 
 
-# Legal types, wrong values: (overrides, key that the one-line message names).
-BAD_VALUES = [
-    (["optimizer.lr=0"], "optimizer.lr"),
-    (["optimizer.lr=-1"], "optimizer.lr"),
-    (["optimizer=adam", "optimizer.lr=nan"], "optimizer.lr"),
-    (["model.width=0"], "model.width"),
-    (["model.depth=0"], "model.depth"),
-    (["schedule.epochs=3", "schedule.checkpoints=[0,5]"], "schedule.checkpoints"),
-    (["schedule.checkpoints=[0,1,1]", "schedule.epochs=3"], "schedule.checkpoints"),
-    (["model.act=swish"], "model.act"),
-    (["loss=hinge"], "loss"),
-    (["schedule.checkpoints=[]"], "schedule.checkpoints"),
-    (["schedule.epochs=0", "schedule.checkpoints=[0]"], "schedule.epochs"),
-    (["data.val_fraction=1.5"], "data.val_fraction"),
-    (["device=tpu"], "device"),
-    (["optimizer=muon", "optimizer.scope=hidden", "model.depth=1"], "optimizer.scope"),
-    (["optimizer=muon", "optimizer.scope=some"], "optimizer.scope"),
-    (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum"),
-    (["analysis.primary=raw_cos_nfm"], "analysis.primary"),
-    (["data=synthetic", "data.n_classes=1"], "data.n_classes"),
-    (["trainer.plots=sometimes"], "trainer.plots"),
-]
 
 
 @pytest.mark.parametrize(("overrides", "key"), BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
@@ -154,9 +185,20 @@ def test_validate_names_the_key_in_one_line(compose_config, overrides: list[str]
     assert isinstance(err.value, UserError)
 
 
-def test_muon_hidden_scope_with_two_layers_is_valid(compose_config) -> None:
+def test_an_added_key_is_named_with_the_keys_that_exist(compose_config) -> None:
+    with pytest.raises(ConfigError, match=r"^Invalid config: optimizer.betas=\[0.8, 0.9\]: no such key for "
+                       r"optimizer=sgd \(it has name, lr, weight_decay, fused, momentum\)$"):
+        validate(compose_config("+optimizer.betas=[0.8,0.9]"))
+    with pytest.raises(ConfigError, match=r"^Invalid config: model.widht=64: no such key for model "
+                       r"\(it has width, depth, act, init\)$"):
+        validate(compose_config("+model.widht=64"))
+
+
+def test_muon_middle_scope_with_two_layers_is_valid(compose_config) -> None:
+    validate(compose_config("optimizer=muon", "optimizer.scope=middle", "model.depth=2"))
     validate(compose_config("optimizer=muon", "optimizer.scope=hidden", "model.depth=2"))
-    validate(compose_config("optimizer=sgd", "optimizer.scope=hidden", "model.depth=1"))  # not Muon: unused
+    validate(compose_config("model.init=shared_middle", "model.depth=2"))
+    validate(compose_config("data.split=seed", "data.val_fraction=0.2"))  # the same 20%
 
 
 def test_cuda_without_a_gpu_is_a_user_error() -> None:
@@ -164,72 +206,3 @@ def test_cuda_without_a_gpu_is_a_user_error() -> None:
         choose_device("cuda", n_gpus=0)
     with pytest.raises(UserError, match="device='cuda:2'"):
         choose_device("cuda:2", n_gpus=2)
-
-
-# -- the same at start-up, as a user meets them ---------------------------------------------
-
-
-def _bad_commands(tmp_path: Path, cases: list[tuple[list[str], str]]) -> dict[str, list[str]]:
-    return {f"case{i}": [*over, f"hydra.run.dir={tmp_path / f'case{i}'}"]
-            for i, (over, _) in enumerate(cases)}
-
-
-def _assert_one_line_error(proc, key: str, run_dir: Path) -> None:
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith(f"Invalid config: {key}="), proc.stderr
-    assert not (run_dir / "results.json").exists()
-
-
-@pytest.fixture(scope="module")
-def startup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Two start-up failures and --help, side by side (each one is mostly the start-up of
-    Python and Hydra); test_every_wrong_value_at_startup covers every other case the same way."""
-    root = tmp_path_factory.mktemp("startup")
-    commands = {
-        "type": ["model.width=abc", f"hydra.run.dir={root / 'type'}"],
-        "scope": ["optimizer=muon", "optimizer.scope=hidden", "model.depth=1",
-                  f"hydra.run.dir={root / 'scope'}"],
-        "help": ["--help"],
-    }
-    return root, run_cli_many(commands, cwd=root, parallel=3)
-
-
-def test_wrong_type_at_startup(startup) -> None:
-    root, procs = startup
-    proc = procs["type"]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "model.width=abc" in proc.stderr and "could not be converted to Integer" in proc.stderr
-    assert not (root / "type").exists()  # composition fails before the run dir is made
-
-
-def test_wrong_value_at_startup(startup) -> None:
-    root, procs = startup
-    _assert_one_line_error(procs["scope"], "optimizer.scope", root / "scope")
-
-
-def test_help_lists_every_group_and_option(startup) -> None:
-    _, procs = startup
-    proc = procs["help"]
-    assert proc.returncode == 0, proc.stderr
-    listed = {}
-    section = proc.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
-    for line in section.splitlines():
-        group, sep, opts = line.partition(": ")
-        if sep and not group.startswith(" "):
-            listed[group] = sorted(o.strip() for o in opts.split(","))
-    assert listed == _options()
-    assert "python -m agop_sweep -m optimizer=sgd,adam,muon" in proc.stdout
-
-
-def test_every_wrong_value_at_startup(tmp_path: Path) -> None:
-    commands = _bad_commands(tmp_path, BAD_VALUES)
-    commands["unknown"] = ["optimizer.foo=1", f"hydra.run.dir={tmp_path / 'unknown'}"]
-    procs = run_cli_many(commands, cwd=tmp_path)
-    for i, (_, key) in enumerate(BAD_VALUES):
-        _assert_one_line_error(procs[f"case{i}"], key, tmp_path / f"case{i}")
-    proc = procs["unknown"]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "Key 'foo' not in 'OptimizerConfig'" in proc.stderr and "+optimizer.foo=1" in proc.stderr
-    assert not (tmp_path / "unknown").exists()

@@ -1,15 +1,18 @@
-"""The offline datasets (digits, synthetic): shapes, range, seeding; and load_dataset's checks."""
+"""The offline datasets (digits, synthetic): shapes, range, seeding; the original script's
+80/20 split (data.split=seed); and load_dataset's checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from agop_sweep import data as data_mod
-from agop_sweep.data import load_dataset
-from agop_sweep.errors import DataError
+from agop_sweep.data import load_dataset, seed_split
+from agop_sweep.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
 
@@ -116,3 +119,79 @@ def test_empty_training_set(compose_config, monkeypatch) -> None:
                         lambda cfg: (empty, np.zeros(0, np.int64), empty, np.zeros(0, np.int64)))
     with pytest.raises(DataError, match="training set is empty"):
         load_dataset(compose_config("data=digits").data, CPU)
+
+
+# -- data.split=seed: the original script's 80/20 split ---------------------------------------
+
+
+def _with_split(cfg, split: str):
+    """``cfg`` (the data group) with data.split set, whether or not the schema has the key."""
+    with open_dict(cfg):
+        cfg.split = split
+    return cfg
+
+
+def _global_seed_draw(x: np.ndarray, y: np.ndarray, seed: int) -> list[np.ndarray]:
+    """What the original script did: seed NumPy's global generator, then split with sklearn
+    without a random_state. Restores the global state afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return train_test_split(x, y, train_size=0.8)
+    finally:
+        np.random.set_state(state)
+
+
+@pytest.mark.parametrize("n", [2, 5, 10, 1797, 73257])
+@pytest.mark.parametrize("seed", [1717, 0])
+def test_seed_split_is_the_global_seed_draw_and_leaves_the_global_rng(n: int, seed: int) -> None:
+    x = np.arange(n) * 3 + 1  # values that are not their own indices
+    y = np.arange(n) % 10
+    x_tr, x_va, y_tr, y_va = _global_seed_draw(x, y, seed)
+    np.random.seed(12345)
+    before = np.random.get_state()
+    train, val = seed_split(n, seed)
+    after = np.random.get_state()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
+    assert np.array_equal(x[train], x_tr) and np.array_equal(x[val], x_va)
+    assert np.array_equal(y[train], y_tr) and np.array_equal(y[val], y_va)
+    assert len(train) == int(0.8 * n) and len(train) + len(val) == n
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(n))
+
+
+def test_digits_seed_split(compose_config) -> None:
+    """The original's seed, 1717, whatever data.seed is (it seeds the default split)."""
+    data = load_dataset(_with_split(compose_config("data=digits", "data.seed=5").data, "seed"), CPU)
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    x_tr, x_va, y_tr, y_va = _global_seed_draw(x, bunch.target, 1717)
+    assert (data.n_train, data.n_val) == (1437, 360)
+    np.testing.assert_array_equal(data.x_train.numpy(), x_tr)
+    np.testing.assert_array_equal(data.x_val.numpy(), x_va)
+    assert data.y_train.tolist() == y_tr.tolist() and data.y_val.tolist() == y_va.tolist()
+    default = load_dataset(compose_config("data=digits", "data.seed=1717").data, CPU)
+    assert not torch.equal(default.x_train, data.x_train)  # not the val_fraction draw
+    explicit = load_dataset(_with_split(compose_config("data=digits", "data.seed=1717").data, "default"),
+                            CPU)
+    assert torch.equal(default.x_train, explicit.x_train)
+
+
+def test_synthetic_seed_split_splits_the_training_samples(compose_config) -> None:
+    default = load_dataset(compose_config(*SYNTH).data, CPU)
+    data = load_dataset(_with_split(compose_config(*SYNTH).data, "seed"), CPU)
+    x_tr, x_va, y_tr, y_va = _global_seed_draw(default.x_train.numpy(), default.y_train.numpy(), 1717)
+    assert (data.n_train, data.n_val) == (240, 60)
+    np.testing.assert_array_equal(data.x_train.numpy(), x_tr)
+    np.testing.assert_array_equal(data.x_val.numpy(), x_va)
+    assert data.y_train.tolist() == y_tr.tolist() and data.y_val.tolist() == y_va.tolist()
+
+
+def test_split_values_are_checked(compose_config) -> None:
+    with pytest.raises(ConfigError, match=r"data\.split='random' is not one of default, seed"):
+        load_dataset(_with_split(compose_config("data=digits").data, "random"), CPU)
+    cfg = _with_split(compose_config("data=digits", "data.val_fraction=0.3").data, "seed")
+    with pytest.raises(ConfigError, match=r"data\.val_fraction=0\.3"):
+        load_dataset(cfg, CPU)
+    one = _with_split(compose_config(*SYNTH, "data.n_train=1").data, "seed")
+    with pytest.raises(DataError, match="at least 2 training samples, got 1"):
+        load_dataset(one, CPU)

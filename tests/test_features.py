@@ -133,10 +133,10 @@ def test_empty_log_writes_nothing(tmp_path: Path) -> None:
 # -- the numbers of a real run ---------------------------------------------------------------------
 @pytest.fixture
 def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, object]]:
-    from agop_sweep import plots
+    from agop_sweep.figures import run as figures_run
     from agop_sweep.train import Trainer
 
-    monkeypatch.setattr(plots, "save_run_figures", lambda *a, **k: None)  # figures: test_plots
+    monkeypatch.setattr(figures_run, "save_run_figures", lambda *a, **k: None)  # figures: test_plots
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("agop_sweep.conf", version_base="1.3"):
@@ -146,7 +146,7 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
             "schedule=smoke", "trainer.precision=fp32", "trainer.plots=end",
         ])
     GlobalHydra.instance().clear()
-    Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads())).run()
+    Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads())).run()  # a fresh dir: no claim needed
     yield tmp_path, cfg
 
 
@@ -168,7 +168,7 @@ def test_saved_features_match_autograd(tiny_run) -> None:
         states[state["epoch"]] = state["state_dict"]
     w0 = states[0]["first.weight"].double()
     for i, epoch in enumerate(z["epochs"]):
-        model = build_model(48, 10, 12, 2, "relu").double().requires_grad_(False)
+        model = build_model(48, 12, 2, 10, "relu").double().requires_grad_(False)
         model.load_state_dict({k: v.double() for k, v in states[int(epoch)].items()})
 
         def f(xi: torch.Tensor, model: torch.nn.Module = model) -> torch.Tensor:

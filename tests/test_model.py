@@ -17,7 +17,7 @@ REFERENCE_ACTS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda z: F.ge
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
 def test_depth_plus_one_bias_free_matrices_in_forward_order(depth: int, act: str) -> None:
     torch.manual_seed(0)
-    model = build_model(12, 10, width=8, depth=depth, act=act)
+    model = build_model(12, width=8, depth=depth, n_classes=10, act=act)
     state = model.state_dict()
     weights = list(state.values())
     assert len(weights) == depth + 1 and len(list(model.parameters())) == depth + 1
@@ -34,9 +34,9 @@ def test_depth_plus_one_bias_free_matrices_in_forward_order(depth: int, act: str
 
 def test_init_is_pytorch_default_and_seeded() -> None:
     torch.manual_seed(3)
-    a = build_model(20, 10, width=16, depth=3, act="relu")
+    a = build_model(20, width=16, depth=3, n_classes=10, act="relu")
     torch.manual_seed(3)
-    b = build_model(20, 10, width=16, depth=3, act="relu")
+    b = build_model(20, width=16, depth=3, n_classes=10, act="relu")
     for wa, wb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(wa, wb)
         bound = 1 / np.sqrt(wa.shape[1])  # Kaiming-uniform(a=sqrt 5) = U(-1/sqrt(fan_in), ..)
@@ -87,7 +87,7 @@ def test_sum_over_chunks_divided_by_n_is_the_mean(name: str) -> None:
 
 def _model(depth: int = 3) -> MLP:
     torch.manual_seed(0)
-    return build_model(16, 10, width=8, depth=depth, act="relu")
+    return build_model(16, width=8, depth=depth, n_classes=10, act="relu")
 
 
 def _ids(params) -> set[int]:

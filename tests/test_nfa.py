@@ -1,8 +1,10 @@
 """NFA mathematics: AGOP from its kernel, PSD square roots and spectra, effective rank,
-correlations, and the eight metric variants of one layer."""
+correlations, the eight metric variants of one layer, the centered NFA, weight change and
+the best AGOP exponent alpha_star."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -13,6 +15,9 @@ import torch
 from torch.func import jacrev, vmap
 
 from agop_sweep.nfa import (
+    ALPHAS,
+    CENTERED_VARIANTS,
+    METRICS,
     VARIANTS,
     Spectrum,
     agop_from_kernel,
@@ -20,11 +25,12 @@ from agop_sweep.nfa import (
     correlation,
     denoise_psd_eigenvalues,
     effective_rank,
+    metric_kinds,
     psd_factor,
     spectrum_of_gram,
     top_eigvec_cosine,
 )
-from agop_sweep.results import finite_or_none
+from agop_sweep.record import finite_or_none
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -153,7 +159,8 @@ def _layer(d_out: int, d_in: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 def test_compare_layer_all_eight_variants(d_out: int, d_in: int) -> None:
     w, w0, k = _layer(d_out, d_in, seed=d_in)
     cmp = compare_layer(w, w0, k)
-    assert set(cmp.metrics) == set(VARIANTS) and len(VARIANTS) == 8
+    assert len(VARIANTS) == 8 and CENTERED_VARIANTS == ("delta_cos_cagop", "delta_pearson_cagop")
+    assert METRICS == VARIANTS + CENTERED_VARIANTS and set(cmp.metrics) == set(METRICS)
     wn, dn, kn = w.numpy(), (w - w0).numpy(), k.numpy()
     agop = wn.T @ kn @ wn
     targets = {"agop": agop, "sqrt": _sqrt_by_eigh(agop)}
@@ -218,5 +225,147 @@ def test_float32_kernel_noise_does_not_move_the_sqrt_variants(d_out: int, d_in: 
     w, w0 = w.float().double(), w0.float().double()  # float32 weights, as trained
     exact = compare_layer(w, w0, k64).metrics
     noisy = compare_layer(w, w0, k32).metrics
-    for name in VARIANTS:
+    for name in METRICS:
         assert noisy[name] == pytest.approx(exact[name], abs=2e-6), name
+
+
+# -- centered NFA, weight change, alpha_star: against explicit float64 matrices -------------------
+
+
+def _relu_net(v: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """relu(W_{L-1} ... relu(W_0 v)) then the readout, weights[-1]: a bias-free ReLU MLP."""
+    for w in weights[:-1]:
+        v = torch.relu(w @ v)
+    return weights[-1] @ v
+
+
+@pytest.fixture(scope="module")
+def tiny_net() -> list[dict[str, np.ndarray]]:
+    """A trained-looking bias-free ReLU MLP 8 -> 6 -> 9 -> 9 -> 3 (hidden layers wide, narrow
+    and square) on 40 samples, and per hidden layer, by per-sample autograd (torch.func):
+    W, W0, K = mean G_i^T G_i (G_i = df/dz_i), AGOP = mean J_i^T J_i (J_i = df/dh_i) and
+    CAGOP = mean (G_i D)^T (G_i D), D = W - W0."""
+    dims = [8, 6, 9, 9, 3]
+    init = [torch.randn(o, i, dtype=torch.float64, generator=_gen(20 + l)) / math.sqrt(i)
+            for l, (i, o) in enumerate(itertools.pairwise(dims))]
+    steps = [torch.randn(w0.shape, dtype=torch.float64, generator=_gen(30 + l)) for l, w0 in enumerate(init)]
+    weights = [w0 + 0.4 * s / math.sqrt(w0.shape[1]) for w0, s in zip(init, steps, strict=True)]
+    x = torch.randn(40, dims[0], dtype=torch.float64, generator=_gen(40))
+    layers, h = [], x
+    for l in range(len(weights) - 1):
+        w, w0 = weights[l], init[l]
+        z = h @ w.T
+
+        def from_z(v: torch.Tensor, l: int = l) -> torch.Tensor:
+            return _relu_net(torch.relu(v), [torch.eye(len(v), dtype=v.dtype), *weights[l + 1:]])
+
+        def from_h(v: torch.Tensor, l: int = l) -> torch.Tensor:
+            return _relu_net(v, weights[l:])
+
+        g = vmap(jacrev(from_z))(z)  # (n, c, d_out)
+        j = vmap(jacrev(from_h))(h)  # (n, c, d_in)
+        jc = g @ (w - w0)  # the per-sample Jacobians with W replaced by W - W0
+        layers.append({
+            "w": w.numpy(), "w0": w0.numpy(),
+            "k": torch.einsum("nci,ncj->ij", g, g).numpy() / len(x),
+            "agop": torch.einsum("nci,ncj->ij", j, j).numpy() / len(x),
+            "cagop": torch.einsum("nci,ncj->ij", jc, jc).numpy() / len(x),
+        })
+        h = torch.relu(z)
+    return layers
+
+
+def _corr(a: np.ndarray, b: np.ndarray, kind: str) -> float:
+    return _cos(a, b) if kind == "cos" else _pearson(a, b)
+
+
+def _brute_force_alpha(nfm: np.ndarray, agop: np.ndarray, kind: str) -> tuple[float, float]:
+    """max over a = 0, 0.01, .., 2 of corr(NFM, AGOP^a), AGOP^a formed from scipy's eigh with
+    eigenvalues below 1e-6 x the largest set to 0."""
+    vals, vecs = scipy.linalg.eigh(agop)
+    keep = vals >= 1e-6 * vals.max()
+    best = (-math.inf, math.nan)
+    for i in range(201):
+        a = i / 100
+        power = (vecs * np.where(keep, np.abs(vals) ** a, 0.0)) @ vecs.T
+        best = max(best, (_corr(nfm, power, kind), -a))  # the smallest a on a tie
+    return -best[1], best[0]
+
+
+def test_tiny_net_kernels_are_the_closed_form(tiny_net) -> None:
+    """The fixture's autograd AGOP is W^T K W, and its CAGOP D^T K D: the definitions agree."""
+    for layer in tiny_net:
+        w, d, k = layer["w"], layer["w"] - layer["w0"], layer["k"]
+        np.testing.assert_allclose(layer["agop"], w.T @ k @ w, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(layer["cagop"], d.T @ k @ d, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("l", [0, 1, 2])  # (6, 8) wide, (9, 6) tall, (9, 9) square
+def test_centered_nfa_and_weight_change(tiny_net, l: int) -> None:
+    layer = tiny_net[l]
+    w, w0 = layer["w"], layer["w0"]
+    d = w - w0
+    cmp = compare_layer(torch.from_numpy(w), torch.from_numpy(w0), torch.from_numpy(layer["k"]))
+    for kind in ("cos", "pearson"):
+        expected = _corr(d.T @ d, layer["cagop"], kind)
+        assert cmp.metrics[f"delta_{kind}_cagop"] == pytest.approx(expected, abs=1e-10), kind
+    assert cmp.weight_change == pytest.approx(np.linalg.norm(d) / np.linalg.norm(w0), rel=1e-12)
+
+
+@pytest.mark.parametrize("l", [0, 1, 2])
+@pytest.mark.parametrize("primary", ["raw_cos_agop", "raw_pearson_sqrt", "delta_cos_agop",
+                                     "delta_pearson_sqrt", "delta_pearson_cagop"])
+def test_alpha_star_against_a_brute_force_grid(tiny_net, l: int, primary: str) -> None:
+    layer = tiny_net[l]
+    w, w0 = layer["w"], layer["w0"]
+    nfm_kind, corr_kind = metric_kinds(primary)
+    x = w if nfm_kind == "raw" else w - w0
+    expected_a, expected_corr = _brute_force_alpha(x.T @ x, layer["agop"], corr_kind)
+    cmp = compare_layer(torch.from_numpy(w), torch.from_numpy(w0), torch.from_numpy(layer["k"]),
+                        primary=primary)
+    assert cmp.alpha_star == expected_a
+    assert cmp.alpha_corr == pytest.approx(expected_corr, abs=1e-8)
+    # The target metric does not matter, only the NFM and correlation kinds.
+    same = compare_layer(torch.from_numpy(w), torch.from_numpy(w0), torch.from_numpy(layer["k"]),
+                         with_spectra=False, primary=f"{nfm_kind}_{corr_kind}_agop")
+    assert (same.alpha_star, same.alpha_corr) == pytest.approx((cmp.alpha_star, cmp.alpha_corr), abs=1e-12)
+
+
+def test_metric_kinds() -> None:
+    assert metric_kinds("raw_pearson_sqrt") == ("raw", "pearson")
+    assert metric_kinds("delta_cos_cagop") == ("delta", "cos")
+    assert [metric_kinds(m) for m in METRICS]  # every metric name parses
+    with pytest.raises(ValueError, match="raw_cos_foo"):
+        metric_kinds("raw_cos_foo")
+    w, w0, k = _layer(4, 3, seed=3)
+    with pytest.raises(ValueError, match="spearman"):
+        compare_layer(w, w0, k, primary="raw_spearman_agop")
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(7, 7), (3, 8), (8, 5)])
+@pytest.mark.parametrize("kind", ["cos", "pearson"])
+def test_alpha_star_is_one_half_when_the_nfm_is_the_agop_root(d_out: int, d_in: int, kind: str) -> None:
+    """With K = W W^T, AGOP = W^T W W^T W = NFM^2 exactly, so NFM = AGOP^(1/2): the ansatz."""
+    w = torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(d_out + d_in))
+    cmp = compare_layer(w, torch.zeros_like(w), w @ w.T, primary=f"raw_{kind}_agop")
+    assert cmp.alpha_star == 0.5
+    assert cmp.alpha_corr == pytest.approx(1.0, abs=1e-12)
+    assert cmp.metrics[f"raw_{kind}_sqrt"] == pytest.approx(1.0, abs=1e-12)
+    assert ALPHAS[50] == 0.5 and len(ALPHAS) == 201 and ALPHAS[-1] == 2.0
+
+
+def test_new_values_at_epoch_zero_and_for_degenerate_layers() -> None:
+    w, _, k = _layer(5, 4, seed=9)
+    start = compare_layer(w, w.clone(), k)  # epoch 0: the default primary is delta_cos_agop
+    assert start.weight_change == 0.0
+    assert start.alpha_star is None and start.alpha_corr is None
+    assert all(start.metrics[m] is None for m in CENTERED_VARIANTS)
+    raw = compare_layer(w, w.clone(), k, primary="raw_cos_agop")  # the raw NFM is defined
+    assert raw.alpha_star is not None and 0 <= raw.alpha_star <= 2 and -1 <= raw.alpha_corr <= 1
+    zero_agop = compare_layer(w, w + 1, torch.zeros(5, 5, dtype=torch.float64), primary="raw_cos_agop")
+    assert zero_agop.alpha_star is None and zero_agop.alpha_corr is None
+    assert all(zero_agop.metrics[m] is None for m in CENTERED_VARIANTS)
+    from_zero = compare_layer(w, torch.zeros_like(w), k)  # |W0| = 0: the relative change is undefined
+    assert from_zero.weight_change is None
+    doc = json.loads(json.dumps(finite_or_none(vars(start) | {"spectra": None}), allow_nan=False))
+    assert doc["alpha_star"] is None and doc["weight_change"] == 0.0

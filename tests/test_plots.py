@@ -4,6 +4,8 @@ as files (valid PNG and PDF of the expected size, written atomically)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,49 +14,44 @@ import pytest
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from agop_sweep import plots
 from agop_sweep.features import FeatureLog
+from agop_sweep.figures import style
+from agop_sweep.figures.__main__ import main as figures_main
+from agop_sweep.figures.run import features_figure, save_run_figures, training_analysis_figure
+from agop_sweep.figures.style import SWITCH_GID, grid_shape, schedule_switch
 from agop_sweep.nfa import VARIANTS
-from agop_sweep.plots import (
-    SWITCH_GID,
-    features_figure,
-    grid_shape,
-    save_run_figures,
-    schedule_switch,
-    training_analysis_figure,
-)
+from agop_sweep.record import RunRecord
 
 PAPER = [*range(21), 40, 60, 80, 100]
 
 
 def fake_results(
     depth: int = 5, checkpoints: list[int] = PAPER, epochs: int = 100, status: str = "completed",
-    last_epoch: int | None = None, val: bool = True,
-) -> dict[str, Any]:
-    """A results.json document shaped as SPEC says, with made-up but plausible numbers."""
+    last_epoch: int | None = None, val: bool = True, analysed: bool = True,
+) -> RunRecord:
+    """A run's record shaped as SPEC says, with made-up but plausible numbers, up to
+    ``last_epoch`` (-1: none yet); ``analysed=False``: no analysis (analysis=off)."""
     last = epochs if last_epoch is None else last_epoch
     rng = np.random.default_rng(0)
-    recs = []
+    record = RunRecord.new(
+        {"optimizer": "muon", "lr": 0.01, "seed": 3, "dataset": "digits", "width": 16, "depth": depth},
+        {"schedule": {"epochs": epochs, "checkpoints": checkpoints},
+         "analysis": {"primary": "delta_cos_agop"}, "data": {"image_shape": [1, 8, 8]}})
     for e in range(last + 1):
         loss = 0.1 * math.exp(-e / 30)
-        recs.append({"epoch": e, "train_loss": loss, "val_loss": 1.1 * loss if val else None,
-                     "train_acc": 1 - loss, "val_acc": (1 - 1.1 * loss) if val else None, "seconds": 1.0})
-    analysis = []
-    for e in (c for c in checkpoints if c <= last):
+        record.add_epoch({"epoch": e, "train_loss": loss, "val_loss": 1.1 * loss if val else None,
+                          "train_acc": 1 - loss, "val_acc": (1 - 1.1 * loss) if val else None,
+                          "seconds": 1.0})
+    for e in (c for c in checkpoints if c <= last and analysed):
         layers = []
         for l in range(depth):
             value = None if e == 0 else min(1.0, 0.3 + 0.1 * l + e / 200)
             metrics = {v: (value if v.startswith("delta") else float(rng.random())) for v in VARIANTS}
             shape = [16, 64 if l == 0 else 16]
             layers.append({"layer": l, "shape": shape, "corr": value, "metrics": metrics})
-        analysis.append({"epoch": e, "n_samples": 100, "seconds": 0.1, "layers": layers})
-    return {
-        "schema_version": 1, "status": status,
-        "run": {"optimizer": "muon", "lr": 0.01, "seed": 3, "dataset": "digits", "width": 16, "depth": depth},
-        "config": {"schedule": {"epochs": epochs, "checkpoints": checkpoints},
-                   "analysis": {"primary": "delta_cos_agop"}, "data": {"image_shape": [1, 8, 8]}},
-        "epochs": recs, "analysis": analysis, "checkpoints": {}, "timing": {},
-    }
+        record.add_analysis({"epoch": e, "n_samples": 100, "seconds": 0.1, "layers": layers})
+    record.set_status(status)
+    return record
 
 
 def fake_features(epochs: list[int], shape: tuple[int, int, int], n_layers: int = 5) -> dict[str, np.ndarray]:
@@ -120,7 +117,7 @@ def test_training_analysis_panels_and_switch_line() -> None:
     assert [ln.get_label() for ln in curves] == [f"layer {l}" for l in range(5)]
     assert sixth[0].get_legend() is not None
     for l, ln in enumerate(curves):
-        expected = [a["layers"][l]["corr"] for a in res["analysis"]]
+        expected = [a["layers"][l]["corr"] for a in res.analysis]
         np.testing.assert_allclose(ln.get_ydata(), [np.nan if v is None else v for v in expected])
     # The dashed line at the end of the every-epoch stretch (epoch 20), in every panel.
     for ax in [*layer_axes, *sixth]:
@@ -136,7 +133,7 @@ def test_training_analysis_axes_content() -> None:
     fig = training_analysis_figure(res)
     layer0 = next(ax for ax in fig.axes if ax.get_title().startswith("layer 0"))
     train = next(ln for ln in layer0.get_lines() if ln.get_label() == "train loss")
-    np.testing.assert_allclose(train.get_ydata(), [e["train_loss"] for e in res["epochs"]])
+    np.testing.assert_allclose(train.get_ydata(), [e["train_loss"] for e in res.epochs])
     assert len(train.get_xdata()) == 101  # every epoch
     assert layer0.get_yscale() == "log"  # the loss spans a factor > 4
     right = next(ax for ax in fig.axes if ax is not layer0 and ax.bbox.bounds == layer0.bbox.bounds)
@@ -164,8 +161,8 @@ def test_uniform_schedule_has_no_switch_line_and_grid_adapts() -> None:
 def test_partial_runs_are_drawn_as_far_as_they_go(status: str, tmp_path: Path) -> None:
     res = fake_results(status=status, last_epoch=7, val=False)
     if status == "diverged":
-        res["epochs"][-1].update(train_loss=None, train_acc=None)
-        res["diverged_epoch"] = 7
+        res.add_epoch({**res.epochs[-1], "train_loss": None, "train_acc": None})
+        res.set_status(status, diverged_epoch=7)
     fig = training_analysis_figure(res)
     layer0 = next(ax for ax in fig.axes if ax.get_title().startswith("layer 0"))
     labels = [ln.get_label() for ln in layer0.get_lines()]
@@ -180,9 +177,7 @@ def test_partial_runs_are_drawn_as_far_as_they_go(status: str, tmp_path: Path) -
 
 def test_run_without_analysis_draws_the_losses() -> None:
     """analysis=off (or a run that has not analysed yet): layer panels with losses only."""
-    res = fake_results()
-    res["analysis"] = []
-    fig = training_analysis_figure(res)
+    fig = training_analysis_figure(fake_results(analysed=False))
     layer_axes = [ax for ax in fig.axes if ax.get_title().startswith("layer ")]
     assert len(layer_axes) == 5
     labels = [ln.get_label() for ln in layer_axes[0].get_lines() if not ln.get_gid()]
@@ -190,8 +185,7 @@ def test_run_without_analysis_draws_the_losses() -> None:
     left = layer_axes[0]
     right = next(ax for ax in fig.axes if ax is not left and ax.bbox.bounds == left.bbox.bounds)
     assert all(len(ln.get_xdata()) == 0 for ln in right.get_lines())  # no correlation points
-    res["epochs"] = []
-    assert training_analysis_figure(res).get_suptitle()  # a run that has just started
+    assert training_analysis_figure(fake_results(last_epoch=-1)).get_suptitle()  # a run that has just started
 
 
 # -- features ------------------------------------------------------------------------------------------
@@ -265,7 +259,7 @@ def test_save_run_figures_writes_valid_files(tmp_path: Path) -> None:
     assert names == ["features.pdf", "features.png", "training_analysis.pdf", "training_analysis.png"]
     for stem, builder in (("training_analysis", lambda: training_analysis_figure(res)),):
         fig = builder()
-        w, h = fig.get_size_inches() * plots.DPI
+        w, h = fig.get_size_inches() * style.DPI
         with Image.open(tmp_path / "plots" / f"{stem}.png") as img:
             img.verify()
         with Image.open(tmp_path / "plots" / f"{stem}.png") as img:
@@ -289,13 +283,41 @@ def test_save_run_figures_reads_features_npz_and_skips_without(tmp_path: Path) -
     assert "features.png" in [p.name for p in save_run_figures(res, tmp_path)]
 
 
-def test_plots_cli_redraws_a_run(tmp_path: Path, capsys) -> None:
-    import json
-
-    (tmp_path / "results.json").write_text(json.dumps(fake_results(depth=2, checkpoints=[0, 1], epochs=1)))
-    plots.main([str(tmp_path)])
+def test_figures_cli_redraws_a_run(tmp_path: Path, capsys) -> None:
+    fake_results(depth=2, checkpoints=[0, 1], epochs=1).save(tmp_path / "results.json")
+    figures_main([str(tmp_path)])
     assert (tmp_path / "plots" / "training_analysis.png").exists()
     with pytest.raises(SystemExit) as e:
-        plots.main([str(tmp_path / "missing")])
+        figures_main([str(tmp_path / "missing")])
     assert e.value.code == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ('{"schema_version": 1, "status": "runn', "not valid JSON"),
+    ('{"schema_version": 7, "status": "completed"}', "schema_version 7"),
+    ('{"accuracy": 0.9}', "schema_version None"),
+])
+def test_figures_cli_bad_results_one_line_by_subprocess(tmp_path: Path, content: str, reason: str) -> None:
+    """``python -m agop_sweep.figures`` on a results.json it cannot read: one line naming the
+    file and the reason, exit 1, nothing drawn."""
+    (tmp_path / "results.json").write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "agop_sweep.figures", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("python -m agop_sweep.figures: error: ")
+    assert str(tmp_path / "results.json") in proc.stderr and reason in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "plots").exists()
+
+
+def test_layer_grid_hides_the_panels_it_does_not_need() -> None:
+    fig, layers, extra = style.layer_grid(5, row_height=3.4, extra_height=0.6)
+    assert len(layers) == 5 and extra not in layers
+    assert extra.get_subplotspec().get_geometry()[:2] == (2, 3)
+    assert [ax for ax in fig.axes if ax.get_visible()] == [*layers, extra]
+    fig, layers, extra = style.layer_grid(4, row_height=3.4, extra_height=0.6)
+    assert extra.get_subplotspec().get_geometry()[:2] == (2, 3)
+    assert len([ax for ax in fig.axes if not ax.get_visible()]) == 1
+    assert tuple(fig.get_size_inches()) == pytest.approx((3 * style.PANEL_WIDTH, 2 * 3.4 + 0.6))

@@ -12,6 +12,8 @@ import pytest
 import scipy.io
 import torch
 from conftest import FileServer, Served, SvhnFiles, make_svhn_files
+from omegaconf import open_dict
+from sklearn.model_selection import train_test_split
 
 from agop_sweep import svhn
 from agop_sweep.data import load_dataset
@@ -128,12 +130,56 @@ def _broken_files(root: Path) -> dict[str, Path]:
         "label_count": {"X": x, "y": np.ones((3, 1), np.uint8)},
         "float_pixels": {"X": x.astype(np.float64), "y": np.ones((2, 1), np.uint8)},
         "label_11": {"X": x, "y": np.array([[1], [11]], np.uint8)},
+        "label_0": {"X": x, "y": np.array([[0], [1]], np.uint8)},
+        "label_fraction": {"X": x, "y": np.array([[1.5], [1.0]])},
         "no_y": {"X": x},
     }
     for name, arrays_ in arrays.items():
         out[name] = root / f"{name}.mat"
         scipy.io.savemat(out[name], arrays_)
     return out
+
+
+def _with_split(cfg, split: str):
+    """``cfg`` (the data group) with data.split set, whether or not the schema has the key."""
+    with open_dict(cfg):
+        cfg.split = split
+    return cfg
+
+
+def test_seed_split_is_the_original_scripts_draw(svhn_files: SvhnFiles, compose_config) -> None:
+    """data.split=seed: the train file split 80/20 as np.random.seed(1717) + sklearn's
+    train_test_split(X, y, train_size=0.8) split it; the test file is not read."""
+    svhn_files.path("test").unlink()
+    cfg = _with_split(_svhn_cfg(compose_config, svhn_files.root, "data.verify=false",
+                                "data.download=false"), "seed")
+    data = load_dataset(cfg, torch.device("cpu"))
+    images = svhn_files.images["train"].reshape(40, -1)
+    state = np.random.get_state()
+    np.random.seed(1717)
+    x_tr, x_va, y_tr, y_va = train_test_split(images, svhn_files.digits["train"], train_size=0.8)
+    np.random.set_state(state)
+    assert (data.n_train, data.n_val) == (32, 8)
+    np.testing.assert_array_equal(data.x_train.numpy(), x_tr / np.float32(255))
+    np.testing.assert_array_equal(data.x_val.numpy(), x_va / np.float32(255))
+    assert data.y_train.tolist() == y_tr.tolist() and data.y_val.tolist() == y_va.tolist()
+
+
+@pytest.mark.parametrize("y", [np.arange(10), np.array([10, 1, 2, 3, 0, 5, 6, 7, 8, 9])])
+def test_label_zero_is_refused_with_file_and_label(tmp_path: Path, compose_config, y: np.ndarray) -> None:
+    """SVHN's y is 1..10 (10 = digit 0): a file with a 0 in y, labelled 0..9 throughout or
+    with one stray 0, must not train with its digits silently mislabelled."""
+    root = tmp_path / "svhn"
+    make_svhn_files(root)
+    x = np.zeros((32, 32, 3, len(y)), np.uint8)
+    scipy.io.savemat(root / "train_32x32.mat", {"X": x, "y": y.astype(np.uint8).reshape(-1, 1)})
+    cfg = _svhn_cfg(compose_config, root, "data.verify=false", "data.download=false")
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg, torch.device("cpu"))
+    msg = _one_line(err)
+    assert str(root / "train_32x32.mat") in msg
+    assert "label 0 in y (1 of 10 labels outside SVHN's 1..10" in msg
+    assert "label digit 0 as 10" in msg
 
 
 def test_unreadable_files_give_one_line_data_errors(tmp_path: Path) -> None:

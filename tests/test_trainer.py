@@ -16,11 +16,13 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from agop_sweep.config import register_configs, upgrade_saved_config
+from agop_sweep.config import register_configs, to_container, upgrade_saved_config
 from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
 from agop_sweep.resume import check_same_experiment, config_differences
-from agop_sweep.train import Trainer, _objective
+from agop_sweep.record import RunRecord
+from agop_sweep.rundir import claim
+from agop_sweep.train import Trainer
 
 TINY = [
     "data=synthetic", "data.n_train=512", "data.n_val=64", "data.n_features=64",
@@ -39,7 +41,9 @@ def make_cfg() -> Iterator:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads())).run()
+    """Train in ``run_dir`` as the app does: claim it (resume=true continues it), then run."""
+    with claim(run_dir, to_container(cfg), cfg.resume) as claimed:
+        Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads())).run(claimed.state)
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -58,10 +62,10 @@ def test_precisions_train(make_cfg, tmp_path: Path, precision: str) -> None:
     ("off", []),
 ])
 def test_plot_modes(make_cfg, tmp_path: Path, monkeypatch, mode: str, calls: list) -> None:
-    from agop_sweep import plots
+    from agop_sweep.figures import run as figures_run
 
     seen = []
-    monkeypatch.setattr(plots, "save_run_figures",
+    monkeypatch.setattr(figures_run, "save_run_figures",
                         lambda results, run_dir, features, formats: seen.append(tuple(formats)))
     run(make_cfg(f"trainer.plots={mode}"), tmp_path)
     assert seen == calls
@@ -146,10 +150,20 @@ def test_configs_saved_by_earlier_versions_are_upgraded() -> None:
     check_same_experiment(up, {**now, "optimizer": {**now["optimizer"], "fused": False}})
 
 
+def _objective(status: str, val_loss: float | None, train_loss: float | None = None) -> float:
+    record = RunRecord.new({}, {})
+    record.add_epoch({"epoch": 1, "train_loss": train_loss, "val_loss": val_loss, "train_acc": None,
+                      "val_acc": None})
+    record.set_status(status)
+    return record.objective()
+
+
 def test_objective() -> None:
-    assert _objective({"status": "diverged", "epochs": [{"val_loss": 0.1}]}) == math.inf
-    assert _objective({"status": "completed", "epochs": [{"val_loss": 0.25, "train_loss": 0.2}]}) == 0.25
-    assert _objective({"status": "completed", "epochs": [{"val_loss": None, "train_loss": 0.2}]}) == 0.2
+    assert _objective("diverged", 0.1) == math.inf
+    assert _objective("completed", 0.25, 0.2) == 0.25
+    assert _objective("completed", None, 0.2) == 0.2
+    assert _objective("completed", None, None) == math.inf
+    assert RunRecord.new({}, {}).objective() == math.inf
 
 
 def test_validation_rejects_before_data(make_cfg, tmp_path: Path) -> None:

@@ -1,0 +1,238 @@
+"""The aggregate command: :func:`aggregate` (also called by the multirun callback) and its
+command line, :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from agop_sweep.aggregate.discover import (
+    DEFAULT_STALE_HOURS,
+    RUN_COLUMNS,
+    AggregateError,
+    Run,
+    experiment_columns,
+    find_runs,
+    override_columns,
+)
+from agop_sweep.aggregate.figures import (
+    comparison_figure,
+    effective_rank_figure,
+    features_comparison_figure,
+    final_correlation_figure,
+    layers_of,
+    losses_figure,
+)
+from agop_sweep.aggregate.groups import Groups, make_groups
+from agop_sweep.aggregate.report import ReportInput, report, status_counts
+from agop_sweep.aggregate.tables import runs_table, tidy_table
+from agop_sweep.atomic import write_atomic
+from agop_sweep.errors import UserError
+from agop_sweep.figures.style import save_figure, schedule_switch, style
+from agop_sweep.nfa import DEFAULT_METRIC, VARIANTS
+
+log = logging.getLogger(__name__)
+
+PROG = "agop-aggregate"
+
+
+@dataclass
+class Summary:
+    out: Path
+    runs: int
+    skipped: list[str]
+    files: list[Path]
+    table: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+def default_metric(runs: Sequence[Run]) -> str:
+    """The runs' ``analysis.primary`` (the most common one, with a warning when they differ)."""
+    primaries = Counter(r.record.primary_metric() for r in runs)
+    if len(primaries) > 1:
+        log.warning("runs differ in analysis.primary (%s); plotting %s (choose with --metric)",
+                    dict(primaries), primaries.most_common(1)[0][0])
+    return primaries.most_common(1)[0][0] if primaries else DEFAULT_METRIC
+
+
+def _switch(runs: Sequence[Run]) -> int | None:
+    switches = Counter(schedule_switch(r.record.checkpoint_epochs()) for r in runs)
+    return switches.most_common(1)[0][0] if switches else None
+
+
+def _metrics_format(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "csv"
+    return "parquet"
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    write_atomic(path, lambda f: f.write(data))
+    return path
+
+
+def _write_tables(out_dir: Path, table: pd.DataFrame, df: pd.DataFrame, fmt: str) -> list[Path]:
+    """runs.csv and metrics.<fmt>, atomically."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AggregateError(f"cannot create the output directory {out_dir}: {e.strerror}") from None
+    written = [_write_bytes(out_dir / "runs.csv", table.to_csv(index=False).encode())]
+    if fmt == "parquet":
+        write_atomic(out_dir / "metrics.parquet", lambda f: df.to_parquet(f, index=False))
+        written.append(out_dir / "metrics.parquet")
+    else:
+        written.append(_write_bytes(out_dir / f"metrics.{fmt}", df.to_csv(index=False).encode()))
+    return written
+
+
+def line_groups(runs: Sequence[Run], table: pd.DataFrame, by: str) -> Groups:
+    """The figures' lines: by ``by`` and the settings that change the experiment (labelled as
+    the overrides wrote them)."""
+    return make_groups(table, by, experiment_columns(runs), {r.name: r.texts for r in runs})
+
+
+def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
+                    by: str) -> dict[str, Callable[[], Figure | None]]:
+    """Per figure, a function that draws it (None when the runs have no data for it)."""
+    groups = line_groups(runs, table, by)
+    switch = _switch(runs)
+    analysed = bool(layers_of(df))
+    losses = bool(df.loc[df["layer"].isna(), "value"].notna().any())
+    ranks = bool(df.loc[df["metric"].str.endswith("_effective_rank"), "value"].notna().any())
+    return {
+        "comparison": lambda: comparison_figure(df, groups, metric, switch) if analysed else None,
+        "losses": lambda: losses_figure(df, groups, switch) if losses else None,
+        "final_correlation": lambda: final_correlation_figure(df, groups, metric) if analysed else None,
+        "effective_rank": lambda: effective_rank_figure(df, groups, metric, switch) if ranks else None,
+        "features": lambda: features_comparison_figure(runs, groups, metric),
+    }
+
+
+def build_figures(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
+                  by: str) -> dict[str, Figure]:
+    """Every figure the data allows, by name, in the shared style, not saved."""
+    with style():
+        built = {name: build() for name, build in figure_builders(runs, table, df, metric, by).items()}
+    return {name: fig for name, fig in built.items() if fig is not None}
+
+
+def _draw_figures(out_dir: Path, runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame,
+                  metric: str, by: str) -> tuple[list[str], list[Path]]:
+    """Every figure the data allows, one at a time: the names drawn and the files written."""
+    drawn: list[str] = []
+    written: list[Path] = []
+    with style():
+        for name, build in figure_builders(runs, table, df, metric, by).items():
+            fig = build()
+            if fig is None:
+                log.info("No data for %s; figure left out", name)
+                continue
+            written += save_figure(fig, out_dir / name)
+            drawn.append(name)
+    return drawn, written
+
+
+def _check_options(runs: Sequence[Run], df: pd.DataFrame, table: pd.DataFrame, metric: str, by: str) -> None:
+    layer_metrics = sorted(set(df.loc[df["layer"].notna(), "metric"]))
+    if metric not in layer_metrics and layer_metrics:
+        raise AggregateError(
+            f"--metric {metric} is not in these runs; choose one of {', '.join(layer_metrics)}")
+    if by not in table.columns:
+        options = [*RUN_COLUMNS[1:], *override_columns(runs)]
+        raise AggregateError(f"--by {by} is not a column of these runs; choose one of {', '.join(options)}")
+
+
+def aggregate(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None,
+              metric: str | None = None, by: str = "optimizer", fmt: str = "auto",
+              figures: bool = True, stale_after_hours: float = DEFAULT_STALE_HOURS) -> Summary:
+    """Find the runs below ``dirs`` and write the tables, figures and report into ``out``.
+
+    ``figures=False`` writes the tables and the report only (fast, for large sweeps). A run
+    whose results.json says running counts as interrupted when its process is gone: it ran on
+    this host and its pid is not alive, or it wrote nothing for ``stale_after_hours``.
+
+    Raises AggregateError (one line) when there is nothing to aggregate or an option does
+    not fit the runs.
+    """
+    paths = [Path(d) for d in dirs]
+    if not paths:
+        raise AggregateError("give at least one directory")
+    runs, skipped = find_runs(paths, stale_after_hours)
+    if not runs:
+        why = f" ({len(skipped)} unreadable results.json skipped)" if skipped else ""
+        raise AggregateError(f"no runs (results.json) found below {', '.join(map(str, paths))}{why}")
+    out_dir = Path(out) if out is not None else paths[0]
+    metric = metric or default_metric(runs)
+    df = tidy_table(runs)
+    table = runs_table(runs, df, metric)
+    _check_options(runs, df, table, metric, by)
+    fmt = _metrics_format(fmt)
+    written = _write_tables(out_dir, table, df, fmt)
+    drawn: list[str] = []
+    if figures:
+        drawn, files = _draw_figures(out_dir, runs, table, df, metric, by)
+        written += files
+    text = report(runs, table, ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped))
+    written.append(_write_bytes(out_dir / "report.md", text.encode()))
+    return Summary(out_dir, len(runs), skipped, written, table, df)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Merge agop_sweep runs (single runs and sweeps) into tables, figures and a report.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="directories searched for runs")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the first DIR)")
+    parser.add_argument("--metric", default=None,
+                        help=f"the correlation to plot: one of {', '.join(VARIANTS)} or a spectra metric "
+                             "(default: the runs' analysis.primary)")
+    parser.add_argument("--by", default="optimizer",
+                        help="the column whose values make the lines (default: optimizer), e.g. lr, "
+                             "optimizer.lr, model.width")
+    parser.add_argument("--format", dest="fmt", choices=("auto", "parquet", "csv"), default="auto",
+                        help="format of the tidy metrics table (auto: parquet when pyarrow is installed)")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="write the tables and the report only")
+    parser.add_argument("--stale-after", dest="stale_after", type=_hours, default=DEFAULT_STALE_HOURS,
+                        metavar="HOURS",
+                        help="a run that says running but wrote no progress for this long counts as "
+                             f"interrupted (default: {DEFAULT_STALE_HOURS:g})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        summary = aggregate(args.dirs, args.out, args.metric, args.by, args.fmt, args.figures,
+                            stale_after_hours=args.stale_after)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        print(f"{PROG}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"Aggregated {summary.runs} runs: {status_counts(summary.table)}. Wrote into {summary.out}: "
+          + ", ".join(p.name for p in summary.files))
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of hours")
+    return hours

@@ -1,0 +1,137 @@
+"""The tidy tables: ``metrics`` (one row per run x epoch x layer x metric) and ``runs`` (one
+row per run), with one dtype per column (numbers stay numbers)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agop_sweep.aggregate.discover import RUN_COLUMNS, Run, override_columns
+from agop_sweep.record import RunRecord, number
+
+EPOCH_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
+SPECTRA = ("agop", "nfm_raw", "nfm_delta")
+# The spectral summaries of a layer entry: metric name -> path into the entry.
+SPECTRA_FIELDS = {
+    **{name: path for s in SPECTRA for name, path in (
+        (f"{s}_effective_rank", f"spectra.{s}.effective_rank"),
+        (f"{s}_top1_share", f"spectra.{s}.top5_share.0"))},
+    **{f"top_eigvec_cos_{kind}": f"spectra.top_eigvec_cos.{kind}" for kind in ("raw", "delta")},
+}
+TIME_COLUMNS = ("wall_seconds", "train_seconds", "analysis_seconds")
+LONG_COLUMNS = ["epoch", "layer", "metric", "value"]
+
+
+def _long(epochs: np.ndarray, values: np.ndarray, metric: str) -> pd.DataFrame:
+    """Rows (epoch, layer, metric, value) of one metric: per epoch (E,) with no layer, or
+    per analysed epoch and layer (A, L)."""
+    if values.ndim == 1:
+        layers = pd.array([pd.NA] * len(epochs), dtype="Int64")
+    else:
+        layers = pd.array(np.tile(np.arange(values.shape[1]), len(epochs)), dtype="Int64")
+        epochs = np.repeat(epochs, values.shape[1])
+    return pd.DataFrame({"epoch": epochs.astype("int64"), "layer": layers, "metric": metric,
+                         "value": values.ravel()})
+
+
+def _run_rows(record: RunRecord) -> pd.DataFrame:
+    """A run's rows: the losses and accuracies by epoch, then every layer metric by epoch and
+    layer (the spectral summaries when the run recorded spectra)."""
+    per_epoch = [_long(*record.epoch_metric(m), m) for m in EPOCH_METRICS]
+    per_layer = [_long(*record.layer_metric(m), m) for m in record.metric_names()]
+    spectra = {name: record.layer_field(path) for name, path in SPECTRA_FIELDS.items()}
+    if any(np.isfinite(values).any() for _, values in spectra.values()):
+        per_layer += [_long(epochs, values, name) for name, (epochs, values) in spectra.items()]
+    parts = [pd.concat(per_epoch).sort_values("epoch", kind="stable")]
+    if per_layer:
+        parts.append(pd.concat(per_layer).sort_values(["epoch", "layer"], kind="stable"))
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=LONG_COLUMNS)
+
+
+def _clean_column(values: list[Any]) -> pd.Series:
+    """One type per column (a file format needs it): numbers stay numbers, else text."""
+    present = [v for v in values if v is not None and v is not pd.NA
+               and not (isinstance(v, float) and math.isnan(v))]
+    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
+        return pd.Series([v if v in present else None for v in values], dtype="Int64")
+    if present and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in present):
+        return pd.Series([v if v in present else math.nan for v in values], dtype=float)
+    return pd.Series([None if v is None or v is pd.NA else str(v) for v in values], dtype=object)
+
+
+def tidy_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run x epoch x layer x metric; ``layer`` is empty for the losses and
+    accuracies (one per epoch). Columns: the run's settings, every key overridden in any run
+    (a run that did not override it has its config's value), epoch, layer, metric, value
+    (NaN where the run recorded null)."""
+    extra = override_columns(runs)
+    frames = []
+    for r in runs:
+        frame = _run_rows(r.record)
+        for k, v in {**r.base(), **{k: r.setting(k) for k in extra}}.items():
+            frame.insert(len(frame.columns) - 4, k, [v] * len(frame))
+        frames.append(frame)
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=[*RUN_COLUMNS, *extra, *LONG_COLUMNS])
+    for col in [*RUN_COLUMNS, *extra]:
+        df[col] = _clean_column(df[col].tolist())
+    df["epoch"] = df["epoch"].astype("int64")
+    df["layer"] = df["layer"].astype("Int64")
+    df["value"] = df["value"].astype(float)
+    return df
+
+
+def final_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per run and layer, ``metric`` at the run's last analysed epoch: run, layer, epoch, value."""
+    sub = df[(df["metric"] == metric) & df["layer"].notna()]
+    if sub.empty:
+        return pd.DataFrame(columns=["run", "layer", "epoch", "value"])
+    last = sub.groupby("run")["epoch"].transform("max")
+    return sub[sub["epoch"] == last][["run", "layer", "epoch", "value"]].reset_index(drop=True)
+
+
+def _wall_seconds(timing: dict[str, float]) -> float:
+    """Finish minus start when the run recorded both, else its total time."""
+    started, finished = number(timing.get("started_at")), number(timing.get("finished_at"))
+    if math.isfinite(started) and math.isfinite(finished):
+        return finished - started
+    return number(timing.get("total_seconds"))
+
+
+def _run_row(r: Run, extra: Sequence[str], finals: pd.DataFrame, metric: str) -> dict[str, Any]:
+    last = r.record.last_epoch()
+    timing = r.record.timing
+    mine = finals[finals["run"] == r.name]
+    return {
+        **r.base(),
+        **{k: r.setting(k) for k in extra},
+        "last_epoch": None if last is None else last["epoch"],
+        **{f"final_{m}": math.nan if last is None else number(last.get(m)) for m in EPOCH_METRICS},
+        "last_analysed_epoch": int(mine["epoch"].max()) if len(mine) else None,
+        "corr_metric": metric,
+        **{f"corr_layer{int(l)}": v for l, v in zip(mine["layer"], mine["value"], strict=True)},
+        "wall_seconds": _wall_seconds(timing),
+        "train_seconds": number(timing.get("train_seconds")),
+        "analysis_seconds": number(timing.get("analysis_seconds")),
+        "error": r.record.error,
+    }
+
+
+def runs_table(runs: Sequence[Run], df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per run: settings, overrides, final losses and accuracies, the final
+    ``metric`` per layer (``corr_layer<l>``, named in ``corr_metric``), times."""
+    extra = override_columns(runs)
+    finals = final_values(df, metric)
+    table = pd.DataFrame([_run_row(r, extra, finals, metric) for r in runs])
+    corr_cols = sorted((c for c in table.columns if c.startswith("corr_layer")), key=lambda c: int(c[10:]))
+    order = [c for c in table.columns if not c.startswith("corr_layer") and c not in (*TIME_COLUMNS, "error")]
+    table = table[[*order, *corr_cols, *TIME_COLUMNS, "error"]]
+    for col in [*RUN_COLUMNS, *extra, "last_epoch", "last_analysed_epoch"]:
+        table[col] = _clean_column(table[col].tolist())
+    return table

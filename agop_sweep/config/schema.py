@@ -1,0 +1,278 @@
+"""The schema: one dataclass per option of every config group, and an enum per closed choice.
+
+Every default lives here, once: an option's YAML under ``conf/`` names its schema in its
+defaults list and sets only what the schema leaves open (a schedule's epochs) or what the
+option changes. Hydra merges the option into its typed node, so a key of another option
+(``optimizer=sgd optimizer.betas=...``) or a value outside an enum fails at composition.
+
+The enums are ``StrEnum`` with member names equal to their values: OmegaConf converts the
+string ``relu`` by name, ``cfg.model.act == "relu"`` holds, and :func:`to_container` writes
+plain strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from omegaconf import MISSING
+
+
+class Act(StrEnum):
+    relu = "relu"
+    tanh = "tanh"
+    gelu = "gelu"
+
+
+class Loss(StrEnum):
+    mse = "mse"  # squared error against one-hot targets, mean over all entries
+    ce = "ce"  # cross-entropy
+
+
+class ModelInit(StrEnum):
+    default = "default"  # PyTorch's default (Kaiming-uniform) init of every layer
+    shared_middle = "shared_middle"  # the original script's: identical initial middle layers
+
+
+class OptimizerName(StrEnum):
+    sgd = "sgd"
+    adam = "adam"
+    muon = "muon"
+    muon_seed = "muon_seed"
+
+
+class MuonScope(StrEnum):
+    all = "all"  # every weight matrix on Muon
+    middle = "middle"  # the middle layers on Muon, the first and last on Adam (aux_lr)
+    hidden = "middle"  # the earlier name of ``middle`` (an alias: it reads back as middle)
+
+
+class AdjustLR(StrEnum):
+    original = "original"  # lr * sqrt(max(1, rows / cols))
+    match_rms_adamw = "match_rms_adamw"  # lr * 0.2 * sqrt(max(rows, cols))
+
+
+class DatasetName(StrEnum):
+    svhn = "svhn"
+    digits = "digits"
+    synthetic = "synthetic"
+
+
+class DataSplit(StrEnum):
+    default = "default"  # val = the test set, or data.val_fraction of the train set
+    seed = "seed"  # the original script's 80/20 split of the train set
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"  # exact float32 matmuls
+    tf32 = "tf32"  # TF32 matmuls on CUDA
+    bf16 = "bf16"  # bfloat16 autocast in the training step
+    fp16 = "fp16"  # float16 autocast in the training step (CUDA only)
+
+
+class PlotMode(StrEnum):
+    live = "live"  # PNG after every analysed epoch, PNG + PDF at the end
+    end = "end"  # PNG + PDF at the end only
+    off = "off"  # no per-run figures
+
+
+# -- optimizer -------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    """What every optimizer option has: the type of ``Config.optimizer``."""
+
+    name: OptimizerName = MISSING
+    lr: float = MISSING
+
+
+@dataclass
+class TorchOptimizerConfig(OptimizerConfig):
+    weight_decay: float = 0.0
+    # torch's fused kernel, one per step for all parameters (SGD, Adam, Muon's auxiliary
+    # Adam); false: torch's default (a per-parameter loop on CPU, foreach on CUDA).
+    fused: bool = True
+
+
+@dataclass
+class SGDConfig(TorchOptimizerConfig):
+    """torch.optim.SGD; plain SGD by default, as in the reference setup."""
+
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    momentum: float = 0.0
+
+
+@dataclass
+class AdamConfig(TorchOptimizerConfig):
+    """torch.optim.Adam with PyTorch's default betas and eps."""
+
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class MuonConfig(TorchOptimizerConfig):
+    """torch.optim.Muon (weight decay 0, not torch's 0.1); scope=middle puts the first and
+    last layer on an auxiliary Adam(aux_lr, aux_betas, aux_eps)."""
+
+    name: OptimizerName = OptimizerName.muon
+    lr: float = 0.01
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    adjust_lr_fn: AdjustLR = AdjustLR.original
+    scope: MuonScope = MuonScope.all
+    aux_lr: float = 0.001
+    aux_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    aux_eps: float = 1e-8
+
+
+@dataclass
+class MuonSeedConfig(OptimizerConfig):
+    """The original script's Muon (agop_sweep.muon_seed.MuonSeed) for every weight matrix."""
+
+    name: OptimizerName = OptimizerName.muon_seed
+    lr: float = 0.01
+    momentum: float = 0.6
+    nesterov: bool = True
+    ns_steps: int = 3
+    eps: float = 1e-7  # added to the direction's norm before Newton-Schulz
+    renormalize: bool = True  # rescale every weight to Frobenius norm sqrt(d_out) before a step
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """What every dataset option has: the type of ``Config.data``."""
+
+    name: DatasetName = MISSING
+
+
+@dataclass
+class SVHNConfig(DataConfig):
+    """SVHN in torchvision's layout under root (train_32x32.mat, test_32x32.mat)."""
+
+    name: DatasetName = DatasetName.svhn
+    root: str = "data/svhn"
+    verify: bool = True  # check the files' MD5s
+    download: bool = True  # download missing files from url
+    url: str = "http://ufldl.stanford.edu/housenumbers/"
+    split: DataSplit = DataSplit.default
+    # >0: hold out this fraction of the training set as validation instead of the test set.
+    val_fraction: float = 0.0
+    seed: int = 0  # seeds the val_fraction split (fixed across model seeds)
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    """scikit-learn's bundled 8x8 digits (1,797 images), split into train and val."""
+
+    name: DatasetName = DatasetName.digits
+    val_fraction: float = 0.2
+    seed: int = 0  # seeds the split
+    image_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    """A seeded random task: Gaussian class prototypes plus noise, squashed into [0, 1]."""
+
+    name: DatasetName = DatasetName.synthetic
+    n_train: int = 2048
+    n_val: int = 512
+    n_features: int = 3072
+    n_classes: int = 10
+    seed: int = 0  # seeds the task (fixed across model seeds)
+    # (channels, height, width) of the feature images; the product is n_features.
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+
+
+# -- the other groups and sections -----------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Bias-free MLP: Linear(in, width), depth-1 x Linear(width, width), Linear(width, classes)."""
+
+    width: int = 1024
+    depth: int = 5
+    act: Act = Act.relu
+    init: ModelInit = ModelInit.default
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING
+    epochs: int = MISSING
+    # Epochs at which the model is checkpointed and analysed; 0 = the initial weights.
+    checkpoints: list[int] = MISSING
+
+
+@dataclass
+class AnalysisConfig:
+    enabled: bool = True
+    # One of agop_sweep.nfa.METRICS, checked by validate (an enum here would import torch
+    # with the schema, and so slow down --help and every start-up error).
+    primary: str = "delta_cos_agop"
+    # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.
+    chunk_size: int = 2048
+    # Extra per-layer numbers (effective ranks, spectra shares, eigenvector alignment).
+    spectra: bool = True
+    # Per-run features.npz with the layer-0 diagonals and top eigenvectors.
+    save_features: bool = True
+    top_eigvecs: int = 8
+
+
+@dataclass
+class EvalConfig:
+    # True: train loss/acc of every epoch from a full pass; False: running minibatch average
+    # on epochs that are not analysed (analysed epochs always get the full pass for free).
+    full_train: bool = True
+    batch_size: int = 8192
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 128
+    precision: Precision = Precision.tf32
+    compile: bool = False
+    plots: PlotMode = PlotMode.live
+
+
+@dataclass
+class Config:
+    optimizer: OptimizerConfig = MISSING
+    model: ModelConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    analysis: AnalysisConfig = MISSING
+    data: DataConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: Loss = Loss.mse
+    seed: int = 1717
+    # auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    # Torch CPU threads for this job; 0 = this machine's cores split over parallel jobs.
+    threads: int = 0
+    resume: bool = False
+
+
+# Groups whose options have schemas of their own, by option name (the node's ``name``).
+OPTIMIZERS: dict[str, type[OptimizerConfig]] = {
+    "sgd": SGDConfig, "adam": AdamConfig, "muon": MuonConfig, "muon_seed": MuonSeedConfig,
+}
+DATASETS: dict[str, type[DataConfig]] = {
+    "svhn": SVHNConfig, "digits": DigitsConfig, "synthetic": SyntheticConfig,
+}
+OPTION_SCHEMAS: dict[str, dict[str, type]] = {"optimizer": OPTIMIZERS, "data": DATASETS}
+# Groups whose options share one schema: the type of the group's node.
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig, "schedule": ScheduleConfig, "analysis": AnalysisConfig,
+}

@@ -1,0 +1,336 @@
+"""One-shot GPU check: every performance figure a CUDA machine can give, in one command.
+
+In order, each step timed and written to one JSON file (``--out``, rewritten after every
+step, so a stopped check still leaves what it measured):
+
+1. ``info``: device, driver, CUDA, torch and the other versions.
+2. ``correctness``: the AGOP pass on the device (float32, and float64) against a float64
+   per-sample computation (vmap(jacrev), the original script's method, on the CPU) on a
+   small net: relative errors per layer.
+3. ``agop``: bench/agop.py at its default sizes (n = 73,257) on the device.
+4. ``train``: bench/train.py at its default sizes on the device.
+5. ``sweep_parallel``: a real ``python -m agop_sweep -m optimizer=sgd,adam,muon`` sweep on the
+   paper schedule (``schedule=paper``) with synthetic data of SVHN's size
+   (``data=synthetic data.n_train=73257 data.n_val=26032 data.n_features=3072``), the three
+   runs at once on the one GPU (``cluster=joblib hydra.launcher.n_jobs=3``);
+6. ``sweep_sequential``: the same sweep with the basic launcher, one run after the other.
+   Per run: status, epochs done, wall seconds (results.json started_at to finished_at),
+   training and analysis seconds; per sweep the command's wall time; ``sweep.faster`` names
+   the faster mode.
+
+The whole check keeps to ``--budget`` seconds (default 470, under 8 minutes): a step that
+would run past it is stopped (its process group is ended) and recorded as ``timeout`` with
+what it had done; a step that cannot start in time is ``skipped``. Without CUDA the check
+says so in one line and exits 0. ``--dry-run`` runs every step on the CPU at tiny sizes
+(tiny synthetic data, ``schedule=smoke``, small widths) to check the plumbing; the figures of
+a dry run mean nothing.
+
+    python bench/gpu_check.py                      # on a CUDA machine (< 8 minutes)
+    python bench/gpu_check.py --out results/gpu_check.json --keep
+    python bench/gpu_check.py --dry-run            # anywhere, about a minute on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import Contention, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("info", "correctness", "agop", "train", "sweep_parallel", "sweep_sequential")
+SWEEP = ["optimizer=sgd,adam,muon", "schedule=paper", "data=synthetic", "data.n_train=73257",
+         "data.n_val=26032", "data.n_features=3072"]
+DRY_SWEEP = ["optimizer=sgd,adam,muon", "schedule=smoke", "data=synthetic", "data.n_train=256",
+             "data.n_val=64", "data.n_features=64", "data.image_shape=[1,8,8]", "model.width=16",
+             "model.depth=2", "trainer.plots=end"]
+PARALLEL = ["cluster=joblib", "hydra.launcher.n_jobs=3"]
+DRY_AGOP = ["--width", "32", "--depth", "3", "--n", "512", "--ref-n", "128", "--chunk", "256",
+            "--f64-n", "32", "--threads", "1"]
+DRY_TRAIN = ["--width", "32", "--depth", "3", "--n", "1024", "--n-val", "256", "--steps", "4",
+             "--muon-steps", "2", "--repeats", "1", "--eval-n", "256", "--threads", "1"]
+RESERVE_S = 10.0  # kept back from a step's time limit for stopping it and writing the JSON
+MIN_STEP_S = 20.0  # a step that cannot have this much is skipped
+# Correctness thresholds: float32 with exact (non-TF32) matmuls against float64, and float64.
+TOL_F32, TOL_F64 = 1e-4, 1e-10
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="gpu_check.json", help="the JSON file written (default: gpu_check.json)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every step on the CPU at tiny sizes (checks the plumbing, not the GPU)")
+    p.add_argument("--budget", type=float, default=470.0, help="seconds for the whole check (default 470)")
+    p.add_argument("--skip", default="", help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
+    p.add_argument("--workdir", default=None, help="where the sweeps write (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the sweeps' output directories")
+    return p.parse_args(argv)
+
+
+class Clock:
+    def __init__(self, budget: float):
+        self.start, self.budget = time.monotonic(), budget
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def _command(cmd: Sequence[str], timeout: float = 10) -> str | None:
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def info(device: torch.device) -> dict[str, Any]:
+    import hydra
+    import numpy
+
+    import agop_sweep
+
+    out: dict[str, Any] = {
+        "device": str(device), "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": numpy.__version__,
+        "hydra": hydra.__version__, "agop_sweep": getattr(agop_sweep, "__version__", None),
+        "git": _command(["git", "rev-parse", "HEAD"]), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "host": platform.node(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(
+            gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
+            capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(), gpu_count=torch.cuda.device_count(),
+            driver=_command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+        )
+    for key, value in out.items():
+        print(f"  {key}: {value}")
+    return out
+
+
+def correctness(device: torch.device) -> dict[str, Any]:
+    """The pass on ``device`` against float64 per-sample Jacobians on the CPU, small net."""
+    from agop import make_model, original_agop, rel_err, weights
+
+    from agop_sweep.agop import jacobian_kernels
+    from agop_sweep.analysis import exact_matmuls
+    from agop_sweep.nfa import agop_from_kernel
+
+    width, depth, d_in, n = 64, 3, 192, 512
+    model, _ = make_model(width, depth, torch.device("cpu"), d_in=d_in)
+    x = torch.rand(n, d_in, generator=torch.Generator().manual_seed(0))
+    m64 = model.double()
+    ref = [original_agop(m64, x.double(), l) for l in range(depth)]  # float64, CPU, per sample
+    errs: dict[str, list[float]] = {}
+    for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+        m = make_model(width, depth, torch.device("cpu"), d_in=d_in)[0].to(device, dtype)
+        hidden, readout = weights(m)
+        with exact_matmuls():
+            kp = jacobian_kernels(hidden, readout, m.act, m.act_grad, x.to(device, dtype), chunk_size=200)
+        errs[name] = [rel_err(agop_from_kernel(w.double(), k), a)
+                      for w, k, a in zip(hidden, kp.kernels, ref, strict=True)]
+    out = {"net": {"d_in": d_in, "width": width, "depth": depth, "n": n, "chunk": 200},
+           "rel_err_f32": max(errs["float32"]), "rel_err_f64": max(errs["float64"]),
+           "rel_err_f32_per_layer": errs["float32"], "rel_err_f64_per_layer": errs["float64"],
+           "tolerance": {"f32": TOL_F32, "f64": TOL_F64}}
+    out["ok"] = out["rel_err_f32"] < TOL_F32 and out["rel_err_f64"] < TOL_F64
+    print(f"  AGOP on {device} vs float64 per-sample Jacobians on the CPU: float32 {out['rel_err_f32']:.1e}, "
+          f"float64 {out['rel_err_f64']:.1e} ({'ok' if out['ok'] else 'TOO LARGE'})")
+    if not out["ok"]:
+        raise AssertionError(f"AGOP disagrees: float32 {out['rel_err_f32']:.1e} (tolerance {TOL_F32}), "
+                             f"float64 {out['rel_err_f64']:.1e} (tolerance {TOL_F64})")
+    return out
+
+
+def bench(script: str, argv: list[str]) -> dict[str, Any]:
+    """bench/<script>.py's main(argv), in this process; its results dict."""
+    import importlib
+
+    threads = torch.get_num_threads()
+    try:
+        return importlib.import_module(script).main(argv)
+    finally:
+        torch.set_num_threads(threads)  # --threads of a dry run must not outlive its step
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the process group this check started for a sweep (its launcher's workers too)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(sweep_dir.glob("**/results.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        timing = data.get("timing") or {}
+        wall = None
+        if timing.get("started_at") is not None and timing.get("finished_at") is not None:
+            wall = timing["finished_at"] - timing["started_at"]
+        epochs = data.get("epochs") or []
+        runs.append({
+            "optimizer": (data.get("run") or {}).get("optimizer"), "status": data.get("status"),
+            "device": (data.get("run") or {}).get("device"), "epochs_done": max(0, len(epochs) - 1),
+            "analyses": len(data.get("analysis") or []), "wall_seconds": wall,
+            "total_seconds": timing.get("total_seconds"), "train_seconds": timing.get("train_seconds"),
+            "analysis_seconds": timing.get("analysis_seconds"), "dir": str(path.parent),
+        })
+    return runs
+
+
+def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]:
+    """``python -m agop_sweep -m <overrides>`` into ``sweep_dir``, stopped after ``limit`` s."""
+    cmd = [sys.executable, "-m", "agop_sweep", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = sweep_dir.parent / f"{sweep_dir.name}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    print(f"  $ {' '.join(cmd[1:])}   (limit {limit:.0f} s)", flush=True)
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=sweep_dir.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(1.0, limit))
+            status = "ok" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            rc, status = proc.returncode, "timeout"
+    seconds = time.monotonic() - t0
+    runs = _runs(sweep_dir)
+    if status == "ok" and (len(runs) != 3 or any(r["status"] != "completed" for r in runs)):
+        status = "failed"
+    result = {"status": status, "seconds": seconds, "returncode": rc, "command": " ".join(cmd[1:]),
+              "runs": runs, "log": str(log)}
+    if status != "ok":
+        result["log_tail"] = log.read_text(errors="replace").splitlines()[-30:]
+    for r in runs:
+        wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.1f} s"
+        print(f"    {r['optimizer']}: {r['status']}, {r['epochs_done']} epochs, {r['analyses']} analyses, "
+              f"wall {wall} (train {r['train_seconds'] or 0:.1f} s, analysis {r['analysis_seconds'] or 0:.1f} s)")
+    print(f"  {status} in {seconds:.1f} s")
+    return result
+
+
+def faster(parallel: dict[str, Any] | None, sequential: dict[str, Any] | None) -> dict[str, Any]:
+    """Which way the three runs finish sooner, where the measurements decide it."""
+    p, s = parallel or {}, sequential or {}
+    out: dict[str, Any] = {"parallel_seconds": p.get("seconds"), "sequential_seconds": s.get("seconds"),
+                           "faster": None}
+    if p.get("status") == "ok" and s.get("status") == "ok":
+        out["faster"] = "parallel" if p["seconds"] <= s["seconds"] else "sequential"
+        out["sequential_over_parallel"] = s["seconds"] / p["seconds"]
+    elif p.get("status") == "ok" and s.get("status") == "timeout" and s["seconds"] >= p["seconds"]:
+        out["faster"] = "parallel"  # the sequential sweep had run longer and was not done
+    elif s.get("status") == "ok" and p.get("status") == "timeout" and p["seconds"] >= s["seconds"]:
+        out["faster"] = "sequential"
+    return out
+
+
+# -- the check -----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device is visible, nothing to check (--dry-run runs every step on the CPU)")
+        return 0
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(STEPS)
+    if unknown:
+        raise SystemExit(f"--skip: unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(STEPS)}")
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    dev = ["--device", device.type]
+    clock, contention = Clock(args.budget), Contention()
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    sweep_base = DRY_SWEEP if args.dry_run else SWEEP
+    sweep_common = [*sweep_base, f"device={device.type}"]
+    report: dict[str, Any] = {
+        "schema": 1, "dry_run": args.dry_run, "device": str(device), "budget_s": args.budget,
+        "started_at": time.time(), "steps": {}, "workdir": str(workdir) if args.keep else None,
+    }
+    plan: dict[str, Callable[[float], Any]] = {
+        "info": lambda _: info(device),
+        "correctness": lambda _: correctness(device),
+        "agop": lambda _: bench("agop", [*dev, *(DRY_AGOP if args.dry_run else [])]),
+        "train": lambda _: bench("train", [*dev, *(DRY_TRAIN if args.dry_run else [])]),
+        "sweep_parallel": lambda limit: sweep([*sweep_common, *PARALLEL], workdir / "parallel", limit),
+        "sweep_sequential": lambda limit: sweep(sweep_common, workdir / "sequential", limit),
+    }
+    print(f"gpu_check on {device}{' (dry run: tiny sizes, the figures mean nothing)' if args.dry_run else ''}, "
+          f"budget {args.budget:.0f} s, writing {args.out}")
+    failed = False
+    try:
+        for name in STEPS:
+            entry: dict[str, Any]
+            left = clock.left() - RESERVE_S
+            if name in skip:
+                entry = {"status": "skipped", "reason": "--skip"}
+            elif left < MIN_STEP_S:
+                entry = {"status": "skipped", "reason": f"budget: {max(0.0, left):.0f} s left"}
+            else:
+                print(f"\n== {name} ==", flush=True)
+                t0 = time.monotonic()
+                try:
+                    value = plan[name](left)
+                    if name.startswith("sweep"):
+                        entry = value
+                    else:
+                        entry = {"status": "ok", "seconds": time.monotonic() - t0, "result": value}
+                except Exception as e:  # recorded, and the check goes on with the next step
+                    traceback.print_exc()
+                    entry = {"status": "failed", "seconds": time.monotonic() - t0,
+                             "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            failed |= entry["status"] == "failed"
+            report["steps"][name] = entry
+            report["sweep"] = faster(report["steps"].get("sweep_parallel"), report["steps"].get("sweep_sequential"))
+            report["seconds"] = clock.budget - clock.left()
+            report["contention"] = contention.share()
+            write_json(args.out, report)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print("\n== summary ==")
+    for name, entry in report["steps"].items():
+        extra = f" ({entry['seconds']:.1f} s)" if "seconds" in entry else f" ({entry.get('reason', '')})"
+        print(f"  {name}: {entry['status']}{extra}")
+    s = report["sweep"]
+    if s["faster"]:
+        print(f"  sweep: {s['faster']} is faster (parallel {s['parallel_seconds']:.0f} s, "
+              f"sequential {s['sequential_seconds']:.0f} s)")
+    print(f"  total {report['seconds']:.0f} s; {contention.report()}")
+    print(f"  written: {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

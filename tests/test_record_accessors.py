@@ -1,0 +1,54 @@
+"""The RunRecord accessors the figures and the aggregate read with: epoch_metric,
+layer_field and metric_names (NaN, never an exception, for what a run did not record)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agop_sweep.record import RunRecord
+
+
+def _record() -> RunRecord:
+    record = RunRecord.new({"optimizer": "sgd", "depth": 2}, {})
+    record.add_epoch({"epoch": 1, "train_loss": 0.5, "val_loss": None, "train_acc": True, "val_acc": 0.2})
+    record.add_epoch({"epoch": 0, "train_loss": 1.0, "val_loss": 2.0, "train_acc": 0.1})
+    spectra = {"agop": {"effective_rank": 3.5, "top5_share": [0.4, 0.3]}, "nfm_delta": None}
+    record.add_analysis({"epoch": 0, "n_samples": 8, "seconds": 0.0, "layers": [
+        {"layer": 0, "shape": [4, 8], "corr": None, "metrics": {"raw_cos_agop": 0.3, "delta_cos_agop": None}},
+        {"layer": 1, "shape": [4, 4], "corr": None, "metrics": {"raw_cos_agop": 0.4}, "spectra": spectra},
+    ]})
+    record.add_analysis({"epoch": 2, "n_samples": 8, "seconds": 0.0, "layers": [
+        {"layer": 1, "shape": [4, 4], "corr": 0.9, "metrics": {"raw_cos_agop": 0.6, "extra_variant": 0.1}},
+    ]})
+    return record
+
+
+def test_epoch_metric_in_epoch_order_with_nan_for_null_missing_and_non_numbers() -> None:
+    record = _record()
+    epochs, train = record.epoch_metric("train_loss")
+    np.testing.assert_array_equal(epochs, [0, 1])
+    np.testing.assert_array_equal(train, [1.0, 0.5])
+    for key, expected in (("val_loss", [2.0, np.nan]), ("val_acc", [np.nan, 0.2]),
+                          ("train_acc", [0.1, np.nan]), ("nope", [np.nan, np.nan])):
+        np.testing.assert_array_equal(record.epoch_metric(key)[1], expected)
+    assert [a.size for a in RunRecord.new({}, {}).epoch_metric("train_loss")] == [0, 0]
+
+
+def test_layer_field_follows_dotted_paths_and_list_indices() -> None:
+    record = _record()
+    epochs, rank = record.layer_field("spectra.agop.effective_rank")
+    np.testing.assert_array_equal(epochs, [0, 2])
+    np.testing.assert_array_equal(rank, [[np.nan, 3.5], [np.nan, np.nan]])
+    np.testing.assert_array_equal(record.layer_field("spectra.agop.top5_share.1")[1], [[np.nan, 0.3],
+                                                                                       [np.nan, np.nan]])
+    for missing in ("spectra.agop.top5_share.7", "spectra.nfm_delta.effective_rank", "spectra.agop.x.y",
+                    "spectra.agop.top5_share.first", "shape.0.1"):
+        assert np.isnan(record.layer_field(missing)[1]).all(), missing
+    np.testing.assert_array_equal(record.layer_field("shape.1")[1], [[8, 4], [np.nan, 4]])
+    # A plain key reads as layer_metric does.
+    np.testing.assert_array_equal(record.layer_field("corr")[1], record.layer_metric()[1])
+
+
+def test_metric_names_first_seen_order() -> None:
+    assert _record().metric_names() == ["raw_cos_agop", "delta_cos_agop", "extra_variant"]
+    assert RunRecord.new({}, {}).metric_names() == []

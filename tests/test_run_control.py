@@ -1,0 +1,91 @@
+"""One list of run-control keys: what may differ on resume is what sweep directory names leave out."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from conftest import make_svhn_files, run_cli
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from agop_sweep import resume
+from agop_sweep.config import RUN_CONTROL_KEYS, is_run_control_key, run_control_exclude_keys
+
+# Every run-control key overridden, as a command line gives them.
+RUN_CONTROL_OVERRIDES = [
+    "resume=true", "device=cpu", "threads=1", "data.root=/elsewhere", "data.download=false",
+    "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=64",
+    "analysis.chunk_size=16",
+]
+
+
+def test_the_run_control_keys() -> None:
+    assert {
+        "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
+        "trainer.plots", "eval.batch_size", "analysis.chunk_size", "cluster", "hparams_search", "logger",
+    } == RUN_CONTROL_KEYS
+    assert is_run_control_key("logger") and is_run_control_key("logger.tracking_uri")
+    assert not is_run_control_key("loggers") and not is_run_control_key("data.name")
+
+
+def test_one_list_feeds_resume_and_hydra(compose_config) -> None:
+    assert resume.RUN_CONTROL_KEYS is RUN_CONTROL_KEYS  # the same object, not a copy
+    raw = yaml.safe_load((resources.files("agop_sweep.conf") / "config.yaml").read_text())
+    assert raw["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] == (
+        "${agop_sweep.run_control_keys:}")
+    cfg = compose_config(return_hydra_config=True)
+    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted(RUN_CONTROL_KEYS)
+    assert run_control_exclude_keys() == sorted(RUN_CONTROL_KEYS)
+
+
+def test_keys_under_a_run_control_key_are_left_out_too(compose_config) -> None:
+    """Hydra compares keys exactly: every key under ``logger`` in the config is listed."""
+    cfg = compose_config("+logger.backend=tensorboard", "+logger.tracking.uri=x", return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == RUN_CONTROL_KEYS | {"logger.backend", "logger.tracking", "logger.tracking.uri"}
+    assert cfg.hydra.job.override_dirname == ""
+
+
+def test_a_sweep_dir_name_leaves_out_every_run_control_key(compose_config) -> None:
+    experiment = ["model.width=64", "optimizer=adam", "seed=3"]
+    cfg = compose_config(*RUN_CONTROL_OVERRIDES, *experiment, "cluster=joblib", "hparams_search=adam",
+                         return_hydra_config=True)
+    assert cfg.hydra.job.override_dirname == ",".join(experiment)
+    # Hydra's own function, with the group selections that cannot compose here (no logger group yet)
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    parsed = OverridesParser.create().parse_overrides(
+        [*RUN_CONTROL_OVERRIDES, "logger=mlflow", "cluster=slurm", "hparams_search=sgd", "seed=3"])
+    excluded = cfg.hydra.job.config.override_dirname.exclude_keys
+    assert get_overrides_dirname(parsed, excluded, item_sep=",", kv_sep="=") == "seed=3"
+
+
+def test_a_resumed_run_may_change_every_run_control_key(compose_config) -> None:
+    from agop_sweep.config import to_container
+
+    before = to_container(compose_config("seed=3"))
+    after = to_container(compose_config("seed=3", *RUN_CONTROL_OVERRIDES))
+    after["logger"] = {"backend": "tensorboard"}  # a section that a later change adds
+    assert resume.config_differences(before, after) == []
+    assert resume.config_differences(before, to_container(compose_config("seed=4"))) == ["seed"]
+
+
+def test_a_real_sweep_names_its_job_dirs_without_run_control_keys(tmp_path: Path) -> None:
+    """The whole path: Hydra resolves exclude_keys while it launches (here through joblib)."""
+    make_svhn_files(tmp_path / "svhn")
+    sweep = tmp_path / "sweep"
+    overrides = [
+        "-m", "model.width=8", "model.depth=2", "schedule=smoke", "seed=3",
+        "resume=false", "device=cpu", "threads=1", f"data.root={tmp_path / 'svhn'}", "data.download=false",
+        "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=16",
+        "analysis.chunk_size=16", "cluster=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}",
+    ]
+    proc = run_cli(*overrides, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
+    assert job.name == "model.depth=2,model.width=8,schedule=smoke,seed=3"
+    record = json.loads((job / "results.json").read_text())
+    assert record["status"] == "completed"
+    assert record["config"]["data"]["root"] == str(tmp_path / "svhn")  # recorded all the same
