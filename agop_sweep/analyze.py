@@ -110,7 +110,7 @@ def reanalyze(run_dir: Path, overrides: list[str]) -> tuple[RunRecord, list[str]
     cfg = load_run_config(run_dir, overrides)
     record = _load_record(run_dir)
     found = find_checkpoints(run_dir, record)
-    if not found:
+    if not any(path.exists() for path in found.values()):
         raise UserError(f"{run_dir / ckpt.MODELS_DIR} holds no model_epoch_*.pth checkpoints")
     with locked(run_dir):
         device = torch.device(place_job(cfg.device, cfg.threads, 0, 1).device)

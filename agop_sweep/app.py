@@ -126,31 +126,53 @@ def error_report(error: BaseException) -> str | None:
     """
     if isinstance(error, UserError):
         return str(error)
-    if isinstance(error, (ConfigCompositionException, OverrideParseException, MissingConfigException,
-                          OmegaConfBaseException)):
-        first = str(error).strip().splitlines()[0].rstrip(".")
+    if isinstance(error, OverrideParseException):
+        return f"Cannot parse the override {error.override!r}: {error.message.splitlines()[0]}"
+    if isinstance(error, (ConfigCompositionException, MissingConfigException, OmegaConfBaseException)):
+        line = _one_line(str(error)).rstrip(".")
         cause = error.__cause__
         if cause is not None and str(cause).strip():
-            first += ": " + str(cause).strip().splitlines()[0]
-        return first
+            line += ": " + str(cause).strip().splitlines()[0]
+        return line
     if isinstance(error, OSError):  # e.g. Hydra creating the output dir or opening the log
         where = f"{error.filename}: " if error.filename else ""
         return f"Cannot write the run's files: {where}{error.strerror or error}"
     return None
 
 
+def _one_line(text: str) -> str:
+    """Hydra's multi-line report on one line: "Available options in 'optimizer':" followed by
+    one option a line becomes "Available options in 'optimizer': adam, muon, sgd"; OmegaConf's
+    full_key / type lines and Hydra's config search path are dropped."""
+    text = text.split("Config search path")[0]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "reference_type", "object_type"))]
+    out: list[str] = []
+    for ln in lines:
+        if out and out[-1].endswith(":"):
+            out[-1] += " " + ln
+        elif out and out[-1].startswith("Available options") and "," not in ln and " " not in ln:
+            out[-1] += ", " + ln
+        else:
+            out.append(ln)
+    return "; ".join(out)
+
+
 def main() -> None:
     """``python -m agop_sweep``: Hydra's app, with every error a user can fix reported as one
     line on stderr and exit code 1, also those that arise inside Hydra before the app runs.
     HYDRA_FULL_ERROR=1 keeps Hydra's full reports and tracebacks for debugging."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        run()
-        return
+    from agop_sweep.guard import GuardStop
+
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
     try:
         run()
+    except GuardStop as stop:
+        print(stop.error, file=sys.stderr)
+        raise SystemExit(1) from None
     except Exception as e:
-        line = error_report(e)
+        line = None if full else error_report(e)
         if line is None:
             raise
         print(line, file=sys.stderr)

@@ -15,8 +15,10 @@ from agop_sweep.errors import UserError
 MODELS_DIR = "models"
 
 # Besides tensors, numbers, strings, lists and dicts (torch's weights_only set), a run's files
-# hold NumPy arrays (the feature log in state.pt). These are the only other types allowed.
-_NUMPY_GLOBALS: list[Any] = [
+# hold NumPy arrays (the feature log in state.pt) and, from earlier versions, torch's version
+# string type. These are the only other types allowed.
+_SAFE_GLOBALS: list[Any] = [
+    torch.torch_version.TorchVersion,
     (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
     np.ndarray, np.dtype,
     *{type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint8)},
@@ -67,7 +69,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     strings, containers and NumPy arrays only. A file whose pickle would build anything else
     (and so could run code) raises :class:`UnsafeFileError` naming the file; other read errors
     (truncation, not a torch file) propagate."""
-    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+    with torch.serialization.safe_globals(_SAFE_GLOBALS):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

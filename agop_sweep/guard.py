@@ -5,11 +5,17 @@ app runs, so an unwritable location would end in a traceback from Hydra. ``on_ru
 and ``on_multirun_start`` run before that: they check the location and stop with one line.
 A multirun that sweeps a run-control key (left out of job directory names) is refused too,
 since its jobs would share one directory.
+
+Hydra turns an ``Exception`` raised in a callback into a warning and carries on, so the stop
+is a :class:`GuardStop` (a ``BaseException``), which ``agop_sweep.app.main`` reports as one
+line with exit code 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,14 @@ from agop_sweep.errors import UserError
 
 class OutputLocationError(UserError):
     """The output directory cannot be created or written (one-line message)."""
+
+
+class GuardStop(BaseException):
+    """Carries a :class:`UserError` out of a Hydra callback, past Hydra's own handler."""
+
+    def __init__(self, error: UserError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -59,13 +73,23 @@ def swept_run_control_keys(overrides: list[str]) -> list[str]:
 
 class OutputGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(str(config.hydra.run.dir)), "the run directory")
+        with _stopping():
+            check_writable(Path(str(config.hydra.run.dir)), "the run directory")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(str(config.hydra.sweep.dir)), "the sweep directory")
-        swept = swept_run_control_keys(list(config.hydra.overrides.task))
-        if swept:
-            raise OutputLocationError(
-                f"This sweep varies {', '.join(swept)}, which job directory names leave out "
-                "(run-control keys), so its jobs would share one directory; run one sweep per value"
-            )
+        with _stopping():
+            check_writable(Path(str(config.hydra.sweep.dir)), "the sweep directory")
+            swept = swept_run_control_keys(list(config.hydra.overrides.task))
+            if swept:
+                raise OutputLocationError(
+                    f"This sweep varies {', '.join(swept)}, which job directory names leave out "
+                    "(run-control keys), so its jobs would share one directory; run one sweep per value"
+                )
+
+
+@contextlib.contextmanager
+def _stopping() -> Iterator[None]:
+    try:
+        yield
+    except UserError as e:
+        raise GuardStop(e) from None

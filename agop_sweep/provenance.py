@@ -54,7 +54,7 @@ def run_info(cfg: DictConfig, data: Dataset, device: str) -> RunInfo:
         "n_train": data.n_train,
         "n_val": data.n_val,
         "device": device,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass otherwise, which state.pt would pickle
         "version": package_version(),
         "git": git_commit(),
     }

@@ -80,7 +80,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_model(width: int, depth: int, device: torch.device, d_in: int = 3072) -> tuple[MLP, list[torch.Tensor]]:
+def make_model(width: int, depth: int, device: torch.device,
+               d_in: int = 3072) -> tuple[MLP, list[torch.Tensor]]:
     """The default model, and its weights moved a little away from the init so that the
     "delta" NFM variants (undefined at epoch 0) are computed too, as in a trained model."""
     torch.manual_seed(1717)
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x, y = svhn_shaped(max(n, ref_n), device)
     model, init = make_model(args.width, args.depth, device)
     hidden, readout = weights(model)
-    rate = MatmulRate(device)
+    rate = MatmulRate(device, size=args.matmul_size)
     rate.sample()
     analysis_cfg = compose_config(["analysis=default"]).analysis
 
@@ -326,17 +327,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref_total = sum(ref_full)
     rows.append(["other", "", f"{other:.2f}", "", "", "", "", "", ""])
     rows.append(["all layers (pass)", "", f"{t_pass:.2f}", f"{ref_total:.1f}", f"{ref_total / t_pass:.1f}x",
-                 f"{sum(ref_flops) / 1e12:.2f}", f"{gflops(sum(ref_flops), ref_total) / (rate.rate / 1e9):.0%}",
+                 f"{sum(ref_flops) / 1e12:.2f}",
+                 f"{gflops(sum(ref_flops), ref_total) / (rate.rate / 1e9):.0%}",
                  f"{max(errs32):.1e}", f"{max(errs64):.1e}"])
-    rows.append(["whole analysis", "", f"{t_analysis:.2f}", f"{ref_total:.1f}", f"{ref_total / t_analysis:.1f}x",
-                 "", "", "", ""])
-    table(["", "W", "project s", "original s", "ratio", "orig TFLOP", "orig of mm", "rel err f32", "rel err f64"],
-          rows, title=f"AGOP of all {n:,} samples, seconds: the project against the original script's method")
+    rows.append(["whole analysis", "", f"{t_analysis:.2f}", f"{ref_total:.1f}",
+                 f"{ref_total / t_analysis:.1f}x", "", "", "", ""])
+    table(["", "W", "project s", "original s", "ratio", "orig TFLOP", "orig of mm", "rel err f32",
+           "rel err f64"], rows,
+          title=f"AGOP of all {n:,} samples, seconds: the project against the original script's method")
     print(f"project: the pass (jacobian_kernels) split by layer ({split}; 'other' = logits, loss, "
-          f"float64 accumulation); whole analysis = analyze_model, all {len(analysis.record['layers'][0]['metrics'])} "
-          f"variants, spectra, alpha_star, layer-0 features.")
-    print(f"original: per layer, inputs + vmap(jacrev(sub-network)) in batches of {batch} + sum J^T J + its one "
-          f"correlation; timed on {ref_n:,} samples ({ref_n // batch} batches) and scaled x{scale:.2f} to n. "
+          f"float64 accumulation); whole analysis = analyze_model: all "
+          f"{len(analysis.record['layers'][0]['metrics'])} variants, spectra, alpha_star, layer-0 features.")
+    print(f"original: per layer, inputs + vmap(jacrev(sub-network)) in batches of {batch} + sum J^T J "
+          f"+ its one correlation; timed on {ref_n:,} samples ({ref_n // batch} batches) and scaled "
+          f"x{scale:.2f} to n. "
           f"rel err: the AGOPs on those {ref_n:,} samples (float32), and on {args.f64_n} samples in float64.")
 
     table(["part", "TFLOP", "share"], [
@@ -344,7 +348,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k in ("forward", "propagate", "kernels")
     ] + [["total", f"{flops['total'] / 1e12:.2f}", "100%"],
          ["(dense_total)", f"{flops['dense_total'] / 1e12:.2f}", "full products, per-class top layer"],
-         [f"original, {len(hidden)} layers", f"{sum(ref_flops) / 1e12:.2f}", f"{sum(ref_flops) / flops['total']:.1f}x the pass"]],
+         [f"original, {len(hidden)} layers", f"{sum(ref_flops) / 1e12:.2f}",
+          f"{sum(ref_flops) / flops['total']:.1f}x the pass"]],
         title="Matmul FLOPs at the full n (pass: agop_sweep.agop.pass_flops; original: reference_flops)")
     print(f"formulas vs matmuls dispatched (one chunk of the pass, one batch of the original per layer): "
           f"{'equal' if check['equal'] else 'DIFFERENT: ' + str(check)}")
@@ -377,7 +382,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(contention.report())
 
     return {
-        "script": "agop", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "script": "agop", "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "args": vars(args), "n": n, "ref_n": ref_n, "ref_scale": scale, "batch": batch,
         "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
         "pass_seconds": t_pass, "analysis_seconds": t_analysis, "reference_seconds": ref_total,

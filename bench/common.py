@@ -80,6 +80,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--n", type=int, default=N_SVHN_TRAIN, help="training samples (SVHN: 73,257)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--matmul-size", type=int, default=4096,
+                   help="size of the square reference matmul whose rate efficiencies are relative to")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
     return p
 
@@ -162,8 +164,8 @@ class MatmulRate:
         self.a @ self.b  # warm up (library init, page faults)
 
     def sample(self, repeats: int | None = None) -> float:
-        if repeats is None:  # about as long for every size: 3 products at 4096
-            repeats = max(3, 3 * (4096 // self.size) ** 3)
+        if repeats is None:  # about as long for sizes 1024..4096: 3 products at 4096
+            repeats = max(3, min(192, 3 * (4096 // self.size) ** 3))
         t = median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=0)
         rate = 2 * self.size**3 / t
         self.samples.append(rate)
@@ -195,11 +197,17 @@ def compose_config(overrides: Sequence[str] = ()) -> Any:
         return compose("config", overrides=list(overrides))
 
 
-def stream_rate(device: torch.device, mib: int = 64) -> float:
-    """Memory bandwidth in bytes/s of c = a + b on ``mib`` MiB float32 arrays (3 arrays moved)."""
+def stream_rate(device: torch.device, mib: int | None = None) -> float:
+    """Memory bandwidth in bytes/s of a += b on ``mib`` MiB float32 arrays (default 64 on a
+    CPU, past its caches; 1024 on a GPU): 12 bytes per element (a and b read, a written in
+    place), the access pattern of an optimizer update. (An out-of-place c = a + b also reads
+    c's cache lines before writing them on most CPUs, so counting 12 bytes for it would
+    understate the bandwidth by up to a quarter.)"""
+    if mib is None:
+        mib = 1024 if device.type == "cuda" else 64
     n = mib * 2**20 // 4
-    a, b, c = (torch.rand(n, device=device) for _ in range(3))
-    t = median_time(lambda: torch.add(a, b, out=c), device, repeats=7)
+    a, b = (torch.rand(n, device=device) for _ in range(2))
+    t = median_time(lambda: a.add_(b), device, repeats=7)
     return 3 * 4 * n / t
 
 

@@ -59,9 +59,10 @@ DRY_SWEEP = ["optimizer=sgd,adam,muon", "schedule=smoke", "data=synthetic", "dat
              "model.depth=2", "trainer.plots=end"]
 PARALLEL = ["cluster=joblib", "hydra.launcher.n_jobs=3"]
 DRY_AGOP = ["--width", "32", "--depth", "3", "--n", "512", "--ref-n", "128", "--chunk", "256",
-            "--f64-n", "32", "--threads", "1"]
+            "--f64-n", "32", "--threads", "1", "--matmul-size", "256"]
 DRY_TRAIN = ["--width", "32", "--depth", "3", "--n", "1024", "--n-val", "256", "--steps", "4",
-             "--muon-steps", "2", "--repeats", "1", "--eval-n", "256", "--threads", "1"]
+             "--muon-steps", "2", "--repeats", "1", "--eval-n", "256", "--threads", "1",
+             "--matmul-size", "256"]
 RESERVE_S = 10.0  # kept back from a step's time limit for stopping it and writing the JSON
 MIN_STEP_S = 20.0  # a step that cannot have this much is skipped
 # Correctness thresholds: float32 with exact (non-TF32) matmuls against float64, and float64.
@@ -211,8 +212,8 @@ def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]
     cmd = [sys.executable, "-m", "agop_sweep", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     log = sweep_dir.parent / f"{sweep_dir.name}.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
     print(f"  $ {' '.join(cmd[1:])}   (limit {limit:.0f} s)", flush=True)
     t0 = time.monotonic()
     with open(log, "w") as out:
@@ -235,7 +236,8 @@ def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]
     for r in runs:
         wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.1f} s"
         print(f"    {r['optimizer']}: {r['status']}, {r['epochs_done']} epochs, {r['analyses']} analyses, "
-              f"wall {wall} (train {r['train_seconds'] or 0:.1f} s, analysis {r['analysis_seconds'] or 0:.1f} s)")
+              f"wall {wall} (train {r['train_seconds'] or 0:.1f} s, "
+              f"analysis {r['analysis_seconds'] or 0:.1f} s)")
     print(f"  {status} in {seconds:.1f} s")
     return result
 
@@ -285,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_parallel": lambda limit: sweep([*sweep_common, *PARALLEL], workdir / "parallel", limit),
         "sweep_sequential": lambda limit: sweep(sweep_common, workdir / "sequential", limit),
     }
-    print(f"gpu_check on {device}{' (dry run: tiny sizes, the figures mean nothing)' if args.dry_run else ''}, "
+    dry = " (dry run: tiny sizes, the figures mean nothing)" if args.dry_run else ""
+    print(f"gpu_check on {device}{dry}, "
           f"budget {args.budget:.0f} s, writing {args.out}")
     failed = False
     try:
@@ -311,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "error": f"{type(e).__name__}: {e}".splitlines()[0]}
             failed |= entry["status"] == "failed"
             report["steps"][name] = entry
-            report["sweep"] = faster(report["steps"].get("sweep_parallel"), report["steps"].get("sweep_sequential"))
+            report["sweep"] = faster(report["steps"].get("sweep_parallel"),
+                                     report["steps"].get("sweep_sequential"))
             report["seconds"] = clock.budget - clock.left()
             report["contention"] = contention.share()
             write_json(args.out, report)

@@ -26,6 +26,7 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -33,11 +34,16 @@ from typing import Any
 import torch
 from common import (
     GIB,
+    N_CLASSES,
     N_SVHN_TEST,
     Contention,
+    MatmulRate,
     TrainerHarness,
     base_parser,
     compose_config,
+    dims,
+    eval_flops,
+    ns_flops,
     peak_rss_bytes,
     reset_peak_rss,
     rss_bytes,
@@ -46,11 +52,14 @@ from common import (
     sync,
     table,
     timed,
+    train_flops,
     verdict,
+    weight_shapes,
+    write_json,
 )
 from omegaconf import DictConfig
 
-from agop_sweep.agop import jacobian_kernels
+from agop_sweep.agop import jacobian_kernels, pass_flops
 from agop_sweep.analysis import analyze_model, exact_matmuls
 from agop_sweep.config import validate
 from agop_sweep.data import Dataset
@@ -65,7 +74,7 @@ MIB = 2**20
 GROWTH_LIMIT_MIB = 1.0
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--n-val", type=int, default=N_SVHN_TEST)
     p.add_argument("--optimizers", default="sgd,adam,muon")
@@ -78,7 +87,7 @@ def parse() -> argparse.Namespace:
                    help="run 2. (a default-sized epoch and analysis; about 2 minutes on a CPU)")
     p.add_argument("--mem-epochs", type=int, default=20)
     p.add_argument("--mem-width", type=int, default=256)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 class TimedFigures(FiguresHook):
@@ -185,11 +194,32 @@ def config(name: str, args: argparse.Namespace) -> DictConfig:
     return compose_config([f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}"])
 
 
-def main() -> None:
-    args = parse()
+def run_flops(args: argparse.Namespace, epochs: int, analysed: int, train_evals: int,
+              batch: int, muon: dict[str, Any] | None) -> dict[str, float]:
+    """Exact matmul FLOPs of one scheduled run: training, evaluation, the analysis passes
+    (float32), and for Muon the Newton-Schulz matmuls (bf16)."""
+    shapes = weight_shapes(args.width, args.depth)
+    per_sample = train_flops(shapes, 1)["total"]
+    out = {
+        "training": epochs * args.n * per_sample,
+        "evaluation": eval_flops(shapes, train_evals * args.n + (epochs + 1) * args.n_val),
+        "analysis": analysed * pass_flops(dims(args.width, args.depth), N_CLASSES, args.n)["total"],
+        "newton_schulz": 0.0,
+    }
+    if muon is not None:
+        per_step = sum(ns_flops(s, muon["ns_steps"]) for s in shapes)
+        out["newton_schulz"] = epochs * math.ceil(args.n / batch) * per_step
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
     device = setup(args)
     contention = Contention()
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
+    rate = MatmulRate(device, size=args.matmul_size)
+    bf16 = MatmulRate(device, torch.bfloat16, size=min(1024, args.matmul_size))  # Muon's matrices
+    rate.sample()
 
     # 1. memory over a run at small width ------------------------------------------------------
     mem = memory_check(args, device)
@@ -217,7 +247,8 @@ def main() -> None:
         ckpt_s, ckpt_bytes = h.checkpoint_write()
         state_s, state_bytes = h.state_write()
         parts[name] = {"train": step * n_steps, "steps": steps, "ckpt": ckpt_s, "state": state_s,
-                       "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes}
+                       "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes, "batch": h.bs,
+                       "ns_steps": h.cfg.optimizer.get("ns_steps") if name == "muon" else None}
         if math.isnan(eval_per_sample):  # the same model for every optimizer: once
             eval_per_sample = h.evaluation(min(args.eval_n, args.n)) / min(args.eval_n, args.n)
             if full is not None:
@@ -225,6 +256,9 @@ def main() -> None:
             else:
                 analysis_s = analysis_subset(h, min(args.analysis_n, args.n), args.n)
         h.close()
+
+    rate.sample()
+    bf16.sample()
 
     # -- the projection -----------------------------------------------------------------------
     sched = compose_config().schedule
@@ -252,7 +286,7 @@ def main() -> None:
                 f"n = {args.n:,} + {args.n_val:,} val")
     timed_steps = "/".join(str(int(p["steps"])) for p in parts.values())
     print(f"training: Trainer.train_epoch over {timed_steps} steps (median of 3) scaled to "
-          f"{n_steps} steps; evaluation: train.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
+          f"{n_steps} steps; evaluation: evaluate.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
           f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
           + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
           f"checkpoint I/O: {analysed} checkpoints + {epochs + 1} resumable states; "
@@ -267,6 +301,23 @@ def main() -> None:
               f"{cross}, "
               f"epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis {full['analysis']:.1f} s, "
               f"bookkeeping after the epochs {', '.join(f'{s:.1f}' for s in full['finish'])} s")
+
+    bound_rows, bounds = [], {}
+    for name, p in parts.items():
+        fl = run_flops(args, epochs, analysed, train_evals, p["batch"],
+                       {"ns_steps": p["ns_steps"]} if p["ns_steps"] else None)
+        fp32 = fl["training"] + fl["evaluation"] + fl["analysis"]
+        bound = fp32 / rate.rate + fl["newton_schulz"] / bf16.rate
+        bounds[name] = {"flops": fl, "bound_seconds": bound, "projected_seconds": totals[name][0],
+                        "of_bound": bound / totals[name][0]}
+        bound_rows.append([name] + [f"{v / 1e12:.0f}" for v in fl.values()]
+                          + [f"{bound / 3600:.2f}", f"{totals[name][0] / 3600:.2f}",
+                             f"{bound / totals[name][0]:.0%}"])
+    table(["optimizer", "training TFLOP", "evaluation TFLOP", "analysis TFLOP", "Newton-Schulz TFLOP",
+           "bound h", "projected h", "bound / projected"], bound_rows,
+          title="FLOP bound of the projected run: exact matmul FLOPs at this machine's matmul rates")
+    print(f"fp32 work at the {rate.describe()}; Newton-Schulz (bf16) at the {bf16.describe()}. "
+          f"Not counted: the analysis's float64 per-layer work (eigendecompositions), figures, I/O.")
 
     print("\nKey numbers")
     for name, (total, t) in totals.items():
@@ -284,7 +335,24 @@ def main() -> None:
           f"{mem['rss'][-1] / MIB:.0f} MiB at epoch {args.mem_epochs}, {mem['growth'] / MIB:+.2f} MiB/epoch "
           f"(limit {GROWTH_LIMIT_MIB} MiB/epoch: {verdict(mem['growth'] / MIB, GROWTH_LIMIT_MIB, False)})")
 
+    for name, b in bounds.items():
+        print(f"  {name}: the FLOP bound is {b['of_bound']:.0%} of the projected run "
+              f"({b['bound_seconds'] / 3600:.2f} h of {b['projected_seconds'] / 3600:.2f} h)")
     print(contention.report())
+    results = {
+        "script": "sweep", "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "args": vars(args), "matmul_fp32_flops": rate.rate, "matmul_bf16_flops": bf16.rate,
+        "projected": {name: {"total_seconds": total, **parts_t} for name, (total, parts_t) in totals.items()},
+        "parts": parts, "bounds": bounds, "analysis_seconds": analysis_s,
+        "eval_seconds_per_sample": eval_per_sample,
+        "memory": {k: mem[k] for k in ("rss", "growth", "settle")},
+        "full_run": full, "contention": contention.share(),
+    }
+    if args.json:
+        write_json(args.json, results)
+    return results
+
 
 if __name__ == "__main__":
     main()

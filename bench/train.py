@@ -79,6 +79,10 @@ TARGET_NS = 1.3  # Newton-Schulz time / its FLOPs at the bf16 matmul rate
 # buf.lerp_(g) 12, g.lerp(buf) 12, p.mul_ 8, p.add_(bf16 update) 10 (its Newton-Schulz is
 # compute-bound and compared with the bf16 matmul rate instead).
 UPDATE_BYTES = {"sgd": 12, "adam": 28, "muon": 42}
+# torch's other kernels for SGD and Adam; on the CPU, torch's default (fused and foreach
+# unset) is the per-parameter loop, on CUDA foreach.
+KERNEL_VARIANTS = {"foreach": {"fused": None, "foreach": True},
+                   "per-parameter loop": {"fused": None, "foreach": False}}
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm"})
 UPDATE_OPS = frozenset({"aten::lerp_", "aten::lerp", "aten::mul_", "aten::add_"})
 
@@ -221,8 +225,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shapes = weight_shapes(args.width, args.depth)
     eval_n = min(args.eval_n, args.n)
     x, y = svhn_shaped(max(args.n, eval_n), device)
-    rate, bf16 = MatmulRate(device), MatmulRate(device, torch.bfloat16)
-    bf16_1024 = MatmulRate(device, torch.bfloat16, size=1024)  # the size of Muon's matrices
+    rate = MatmulRate(device, size=args.matmul_size)
+    bf16 = MatmulRate(device, torch.bfloat16, size=args.matmul_size)
+    # at the size of Muon's matrices (1024; smaller only with a smaller --matmul-size)
+    bf16_1024 = MatmulRate(device, torch.bfloat16, size=min(1024, args.matmul_size))
     rate.sample()
     bandwidth = [stream_rate(device)]
 
@@ -253,13 +259,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["update_bytes"] = UPDATE_BYTES[name] * params
         res[name] = r
 
-        # the same steps with torch's default optimizer kernels, and the original loop
-        if name in ("sgd", "adam"):  # what-if: optimizer.fused=false, torch's default
+        # the same steps with torch's other optimizer kernels (what-ifs), and the original loop
+        if name in ("sgd", "adam"):
             opt = h.trainer.optimizer.optimizers[name]
-            h.trainer.optimizer.optimizers[name] = type(opt)(
-                opt.param_groups[0]["params"], **{**opt.defaults, "fused": None})
-            r["step_s_default_kernels"] = step_time(h.train_steps, steps, args.repeats)
-            variants.append([name, f"{step_s * 1e3:.1f}", f"{r['step_s_default_kernels'] * 1e3:.1f}"])
+            r["kernels"] = {f"fused={opt.defaults.get('fused')} (configured)": {"step_s": step_s,
+                                                                              "update_s": prof["step"]}}
+            for label, flags in KERNEL_VARIANTS.items():
+                h.trainer.optimizer.optimizers[name] = type(opt)(
+                    opt.param_groups[0]["params"], **{**opt.defaults, **flags})
+                r["kernels"][label] = {"step_s": step_time(h.train_steps, steps, args.repeats),
+                                       "update_s": profiled_steps(h, steps)["step"]}
             h.trainer.optimizer.optimizers[name] = opt
         peer = OriginalLoop(cfg, x, y, steps, device, args.peer_workers)
         r["peer_step_s"] = step_time(lambda k, p=peer: timed(p.epoch, device)[0], steps, args.repeats)
@@ -285,12 +294,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["update_floor_s"] = r["update_bytes"] / bw
         elementwise = r["profile"]["update"] if name == "muon" else r["update_s"]
         r["update_vs_floor"] = elementwise / r["update_floor_s"]
-        rows.append([name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}", f"{r['grad_s'] * 1e3:.1f}",
+        rows.append([name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}",
+                     f"{r['grad_s'] * 1e3:.1f}",
                      f"{r['update_s'] * 1e3:.2f}", f"{r['epoch_train_s']:.1f}", f"{r['epoch_eval_s']:.1f}",
                      f"{r['epoch_train_s'] + r['epoch_eval_s']:.1f}"])
         eff_rows.append([name, f"{r['train_flops_step'] / 1e9:.1f}",
                          f"{gflops(r['train_flops_step'], r['step_s']):.0f}", f"{r['train_efficiency']:.0%}",
-                         f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}", f"{r['eval_efficiency']:.0%}"])
+                         f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}",
+                         f"{r['eval_efficiency']:.0%}"])
         what = "elementwise part (lerp_, lerp, mul_, add_)" if name == "muon" else "Optimizer.step range"
         upd_rows.append([name, what, f"{elementwise * 1e3:.2f}", UPDATE_BYTES[name],
                          f"{r['update_bytes'] / 1e6:.0f}", f"{r['update_floor_s'] * 1e3:.2f}",
@@ -312,21 +323,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table(["optimizer", "GFLOP/step", "train GFLOP/s", "of matmul", "eval GFLOP/s", "of matmul"], eff_rows,
           title="Achieved FLOP/s, exact matmul FLOPs (common.train_flops, common.eval_flops)")
     print(f"a step at batch {some['batch']}: forward {fl['forward'] / 1e9:.2f} + weight gradients "
-          f"{fl['weight_grads'] / 1e9:.2f} + input gradients {fl['input_grads'] / 1e9:.2f} (none for the first "
-          f"layer: the input does not require grad) = {fl['total'] / 1e9:.2f} GFLOP; 6 x batch x params would "
-          f"say {fl['naive_6x'] / 1e9:.2f} ({fl['naive_6x'] / fl['total'] - 1:+.0%}). Matmuls dispatched in one "
-          f"step: " + ", ".join(f"{k} {r['counted_flops_step'] / 1e9:.2f}" for k, r in res.items()) + " GFLOP.")
+          f"{fl['weight_grads'] / 1e9:.2f} + input gradients {fl['input_grads'] / 1e9:.2f} (none for "
+          f"the first layer: the input does not require grad) = {fl['total'] / 1e9:.2f} GFLOP; 6 x batch x "
+          f"params would say {fl['naive_6x'] / 1e9:.2f} ({fl['naive_6x'] / fl['total'] - 1:+.0%}). Matmuls "
+          f"dispatched in one step: "
+          + ", ".join(f"{k} {r['counted_flops_step'] / 1e9:.2f}" for k, r in res.items()) + " GFLOP.")
     print(rate.describe())
     table(["optimizer", "measured", "ms", "B/param", "MB moved", "floor ms", "of floor"], upd_rows,
           title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
-    print(f"bandwidth: c = a + b on 64 MiB float32 arrays, 12 bytes per element, median of "
+    print(f"bandwidth: a += b on float32 arrays past the caches (in place, as the updates: 12 bytes per element), "
+          f"median of "
           f"{len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s "
           f"(range {min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f})")
+    for name, r in res.items():
+        for label, v in r.get("kernels", {}).items():
+            v["update_vs_floor"] = v["update_s"] / r["update_floor_s"]
+            variants.append([name, label, f"{v['step_s'] * 1e3:.1f}", f"{v['update_s'] * 1e3:.2f}",
+                             f"{v['update_vs_floor']:.2f}x"])
     if variants:
-        table(["optimizer", "fused (configured) step ms", "torch's default step ms"], variants,
-              title="The project's step with torch's fused and its default optimizer kernels (optimizer.fused)")
-    table(["optimizer", "project step ms", "original loop step ms", "of which loading ms", "original / project"],
-          peer_rows, title="The original script's loop against Trainer.train_epoch, same model, data and process")
+        table(["optimizer", "kernels", "step ms", "update ms", "of floor"], variants,
+              title="The project's step with each of torch's optimizer kernels (what-ifs; optimizer.fused "
+                    "picks the first or torch's default)")
+    table(["optimizer", "project step ms", "original loop step ms", "its DataLoader alone ms",
+           "original / project"], peer_rows,
+          title="The original script's loop against Trainer.train_epoch, same model, data and process")
     print(f"original loop: DataLoader over per-item tensors (batch {some['batch']}, shuffle, "
           f"{args.peer_workers} workers), nn.MSELoss on one-hot targets, torch's optimizer defaults "
           f"(sgd/adam unfused), loss.item() every step; loading = iterating its DataLoader alone.")
@@ -346,7 +366,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ["    Newton-Schulz rest (bf16 cast, norm, scaling) + Python", f"{p['other'] * 1e3:.1f}"],
             ["    elementwise update (lerp_, lerp, mul_, add_)", f"{p['update'] * 1e3:.1f}"],
             ["NS matmuls alone, bf16, the same shapes", f"{r['ns_matmuls_alone_s'] * 1e3:.1f}"],
-            [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 4096 matmul rate", f"{at_bf16 * 1e3:.1f}"],
+            [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 {bf16.size} matmul rate",
+             f"{at_bf16 * 1e3:.1f}"],
             ["NS FLOPs at the bf16 1024 matmul rate", f"{at_1024 * 1e3:.1f}"],
             ["NS FLOPs at the fp32 4096 matmul rate", f"{at_fp32 * 1e3:.1f}"],
         ], title="Muon step split (torch.profiler over the real steps)")
@@ -361,7 +382,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, r in res.items():
         if name == "sgd":
             e = r["train_efficiency"]
-            print(f"  sgd training FLOP/s / matmul: {e:.0%} (target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})")
+            print(f"  sgd training FLOP/s / matmul: {e:.0%} "
+                  f"(target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})")
         elif name in ("adam", "muon"):
             print(f"  {name} training FLOP/s / matmul: {r['train_efficiency']:.0%}")
     for name, r in res.items():
@@ -385,7 +407,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  muon step / sgd step: {r['step_s'] / res['sgd']['step_s']:.1f}x")
     print(contention.report())
     return {
-        "script": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "script": "train", "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "args": vars(args), "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
         "matmul_bf16_flops": bf16.rate if bf16.samples else None,
         "matmul_bf16_1024_flops": bf16_1024.rate if bf16_1024.samples else None,

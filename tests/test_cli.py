@@ -19,9 +19,9 @@ from conftest import TINY, error_lines, make_svhn_files, run_cli, run_cli_many, 
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
-from agop_sweep.figures import run as figures_run
 from agop_sweep.data import load_dataset
 from agop_sweep.device import Placement
+from agop_sweep.figures import run as figures_run
 from agop_sweep.nfa import METRICS, VARIANTS
 from agop_sweep.train import Trainer
 

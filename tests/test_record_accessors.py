@@ -1,11 +1,15 @@
 """The RunRecord accessors the figures and the aggregate read with: epoch_metric,
-layer_field and metric_names (NaN, never an exception, for what a run did not record)."""
+layer_field and metric_names (NaN, never an exception, for what a run did not record), error,
+diverged_epoch and loss_name; and validation of the layer entries they index by."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
-from agop_sweep.record import RunRecord
+import numpy as np
+import pytest
+
+from agop_sweep.record import RecordError, RunRecord, validate
 
 
 def _record() -> RunRecord:
@@ -52,3 +56,47 @@ def test_layer_field_follows_dotted_paths_and_list_indices() -> None:
 def test_metric_names_first_seen_order() -> None:
     assert _record().metric_names() == ["raw_cos_agop", "delta_cos_agop", "extra_variant"]
     assert RunRecord.new({}, {}).metric_names() == []
+
+
+def test_error_diverged_epoch_and_loss_name() -> None:
+    record = _record()
+    assert record.error is None and record.diverged_epoch is None and record.loss_name() == "mse"
+    record.set_status("failed", error="RuntimeError: boom")
+    assert record.error == "RuntimeError: boom"
+    record.set_status("diverged", diverged_epoch=3)
+    assert record.diverged_epoch == 3
+    record.data.update(diverged_epoch=True, error=7)
+    assert record.diverged_epoch is None and record.error is None  # not what SPEC writes there
+    assert RunRecord.new({"loss": "ce"}, {}).loss_name() == "ce"
+    assert RunRecord.new({}, {"loss": "ce"}).loss_name() == "ce"
+
+
+def _with_layers(*layers: dict) -> dict:
+    record = RunRecord.new({"depth": 2}, {})
+    ok = [{"layer": l, "shape": [4, 4], "corr": 0.5, "metrics": {"raw_cos_agop": 0.5}} for l in (0, 1)]
+    record.add_analysis({"epoch": 0, "n_samples": 8, "seconds": 0.0, "layers": ok})
+    record.add_analysis({"epoch": 1, "n_samples": 8, "seconds": 0.0, "layers": list(layers)})
+    return record.data
+
+
+@pytest.mark.parametrize(("layer", "reason"), [
+    ({"layer": 2, "metrics": {}}, "the analysis of epoch 1 has layer 2, outside 0..1"),
+    ({"layer": -1, "metrics": {}}, "the analysis of epoch 1 has layer -1, outside 0..1"),
+    ({"layer": "0", "metrics": {}}, "the analysis of epoch 1 has layer '0', outside 0..1"),
+    ({"layer": True, "metrics": {}}, "the analysis of epoch 1 has layer True, outside 0..1"),
+    ({"layer": 1, "corr": 0.5}, "layer 1 of the analysis of epoch 1 has no 'metrics' object"),
+    ({"layer": 1, "metrics": [0.5]}, "layer 1 of the analysis of epoch 1 has no 'metrics' object"),
+])
+def test_validate_rejects_bad_layer_entries(layer: dict, reason: str) -> None:
+    validate(_with_layers({"layer": 0, "metrics": {}}))  # a partial analysis is fine
+    with pytest.raises(RecordError) as e:
+        RunRecord.from_dict(_with_layers(layer), "run/results.json")
+    assert str(e.value) == f"run/results.json is not an agop_sweep results.json: {reason}"
+    assert "\n" not in str(e.value)
+
+
+def test_load_rejects_a_layer_index_past_the_layers(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_with_layers({"layer": 5, "metrics": {}})))
+    with pytest.raises(RecordError, match=r"has layer 5, outside 0\.\.1"):
+        RunRecord.load(path)

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, open_dict
 from agop_sweep.config import register_configs, to_container, upgrade_saved_config
 from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
-from agop_sweep.resume import check_same_experiment, config_differences
 from agop_sweep.record import RunRecord
+from agop_sweep.resume import check_same_experiment, config_differences
 from agop_sweep.rundir import claim
 from agop_sweep.train import Trainer
 

@@ -1,6 +1,7 @@
 """Merge runs into one table, comparison figures and a report.
 
     python -m agop_sweep.aggregate DIR [DIR ...] [--out OUT] [--metric M] [--by COLUMN]
+                                   [--stale-after HOURS]
     agop-aggregate DIR [DIR ...]                                  # the same
 
 Every directory below the DIRs that holds a ``results.json`` is a run (single runs and
@@ -8,14 +9,22 @@ multirun sweeps alike), counted once however the DIRs overlap; its ``.hydra/over
 gives the columns that tell runs apart. Writes into OUT (default: the first DIR): ``runs.csv``
 (one row per run), ``metrics.parquet`` (or ``metrics.csv`` without pyarrow; one row per run x
 epoch x layer x metric), the figures ``comparison``, ``losses``, ``final_correlation``,
-``effective_rank``, ``features`` (.png and .pdf) and ``report.md``. Runs that are still
-running, diverged or failed are included with their status and drawn as far as they go; a
-results.json that cannot be read is skipped with a warning.
+``effective_rank``, ``features`` (.png and .pdf) and ``report.md``. Every launched job counts:
+runs that are still running, diverged, failed (also before training: no epochs) or were
+interrupted (results.json says running, but the process is gone: same host and a dead pid,
+or no progress for ``--stale-after`` hours) are included with their status and drawn as far
+as they go; the report lists the failed ones with their error and the interrupted ones with
+the command that resumes each. A results.json that cannot be read is skipped with a warning.
 
-The parts: :mod:`~agop_sweep.aggregate.discover` (finding and reading runs),
+Lines average over seeds and ignore run-control keys (``data.root``, ``trainer.plots``, ...);
+figures size themselves to their layers and lines, legends sit below the panels.
+
+The parts: :mod:`~agop_sweep.aggregate.discover` (finding and reading runs, their status),
 :mod:`~agop_sweep.aggregate.tables` (the tidy tables), :mod:`~agop_sweep.aggregate.groups`
-(runs into lines), :mod:`~agop_sweep.aggregate.figures`, :mod:`~agop_sweep.aggregate.report`
-(report.md) and :mod:`~agop_sweep.aggregate.command` (:func:`aggregate` and the command line).
+(runs into lines), :mod:`~agop_sweep.aggregate.layout` (sizes and legends),
+:mod:`~agop_sweep.aggregate.figures` (with :mod:`~agop_sweep.aggregate.bars` and
+:mod:`~agop_sweep.aggregate.feature_grid`), :mod:`~agop_sweep.aggregate.report` (report.md)
+and :mod:`~agop_sweep.aggregate.command` (:func:`aggregate` and the command line).
 """
 
 from agop_sweep.aggregate.command import Summary, aggregate, main

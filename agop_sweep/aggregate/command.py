@@ -66,7 +66,7 @@ def default_metric(runs: Sequence[Run]) -> str:
 
 
 def _switch(runs: Sequence[Run]) -> int | None:
-    switches = Counter(schedule_switch(r.record.checkpoint_epochs()) for r in runs)
+    switches = Counter(schedule_switch(r.record.checkpoint_epochs()) for r in runs if r.record.epochs)
     return switches.most_common(1)[0][0] if switches else None
 
 

@@ -85,9 +85,14 @@ class Run:
 
 
 
+def is_missing(value: Any) -> bool:
+    """None, NA or NaN: a setting a run does not have."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def value_key(value: Any) -> tuple[int, float, str]:
     """Sort key of a setting: numbers numerically, then text, then missing values."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return (2, 0.0, "")
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return (0, float(value), "")

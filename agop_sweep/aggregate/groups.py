@@ -20,6 +20,7 @@ from typing import Any
 import matplotlib
 import pandas as pd
 
+from agop_sweep.aggregate.discover import is_missing as _missing
 from agop_sweep.aggregate.discover import is_run_control, value_key
 
 # Columns never split lines: the seeds of a setting are averaged over.
@@ -34,10 +35,6 @@ def splitting_columns(table: pd.DataFrame, by: str, overrides: Sequence[str]) ->
     candidates = [c for c in dict.fromkeys([*overrides, "loss"])
                   if c != by and c not in AVERAGED and not is_run_control(c) and c in table.columns]
     return [c for c in candidates if (table.groupby(by, dropna=False)[c].nunique(dropna=False) > 1).any()]
-
-
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def value_text(v: Any) -> str:

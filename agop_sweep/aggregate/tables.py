@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from agop_sweep.aggregate.discover import RUN_COLUMNS, Run, override_columns
+from agop_sweep.aggregate.discover import is_missing as _missing
 from agop_sweep.record import RunRecord, number
 
 EPOCH_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -55,13 +56,12 @@ def _run_rows(record: RunRecord) -> pd.DataFrame:
 
 def _clean_column(values: list[Any]) -> pd.Series:
     """One type per column (a file format needs it): numbers stay numbers, else text."""
-    present = [v for v in values if v is not None and v is not pd.NA
-               and not (isinstance(v, float) and math.isnan(v))]
+    present = [v for v in values if not _missing(v)]
     if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
         return pd.Series([v if v in present else None for v in values], dtype="Int64")
     if present and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in present):
         return pd.Series([v if v in present else math.nan for v in values], dtype=float)
-    return pd.Series([None if v is None or v is pd.NA else str(v) for v in values], dtype=object)
+    return pd.Series([None if _missing(v) else str(v) for v in values], dtype=object)
 
 
 def tidy_table(runs: Sequence[Run]) -> pd.DataFrame:

@@ -1,0 +1,116 @@
+"""Fake and real runs for the aggregate tests: run directories in Hydra's layout with made-up
+numbers (fast), or a real 3 optimizers x 2 seeds sweep run as a subprocess (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from agop_sweep.nfa import VARIANTS
+from agop_sweep.record import RunRecord
+
+TINY = [
+    "data=synthetic", "data.n_train=128", "data.n_val=32", "data.n_features=64",
+    "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
+    "trainer.plots=end",
+]
+CALLBACK = "+hydra.callbacks.aggregate._target_=agop_sweep.callbacks.AggregateOnMultirunEnd"
+FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")
+OPTIMIZERS = ("adam", "muon", "sgd")
+LRS = {"sgd": 0.1, "adam": 0.001, "muon": 0.01}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str], depth: int = 2,
+                   epochs: int = 3, lr: float | None = None) -> RunRecord:
+    """A run directory as the app writes it (results.json, .hydra/, features.npz) with
+    made-up numbers that differ per optimizer and seed."""
+    rng = np.random.default_rng(zlib.crc32(f"{optimizer}{seed}".encode()))
+    lr = LRS[optimizer] if lr is None else lr
+    config = {"optimizer": {"name": optimizer, "lr": lr}, "seed": seed,
+              "model": {"width": 16, "depth": depth, "act": "relu"},
+              "schedule": {"name": "smoke", "epochs": epochs, "checkpoints": list(range(epochs + 1))},
+              "analysis": {"primary": "delta_cos_agop"},
+              "data": {"name": "synthetic", "n_train": 128, "image_shape": [1, 8, 8]}}
+    record = RunRecord.new({"optimizer": optimizer, "lr": lr, "seed": seed, "dataset": "synthetic",
+                            "width": 16, "depth": depth, "act": "relu"}, config)
+    for e in range(epochs + 1):
+        loss = 0.1 * (1 - 0.1 * e * rng.random())
+        record.add_epoch({"epoch": e, "train_loss": loss, "val_loss": loss * 1.05,
+                          "train_acc": 0.1 + 0.2 * e * rng.random(), "val_acc": 0.1 + 0.1 * e * rng.random(),
+                          "seconds": 0.5})
+        layers = []
+        for l in range(depth):
+            metrics = {v: None if e == 0 and v.startswith("delta") else float(rng.random()) for v in VARIANTS}
+            spectrum = {"effective_rank": float(1 + 10 * rng.random()), "top5_share": [0.3, 0.2, 0.1, 0, 0]}
+            layers.append({
+                "layer": l, "shape": [16, 64 if l == 0 else 16], "corr": metrics["delta_cos_agop"],
+                "metrics": metrics,
+                "spectra": {"agop": spectrum, "nfm_raw": dict(spectrum),
+                            "nfm_delta": None if e == 0 else spectrum,
+                            "top_eigvec_cos": {"raw": float(rng.random()), "delta": None if e == 0 else 0.5}},
+            })
+        record.add_analysis({"epoch": e, "n_samples": 128, "seconds": 0.1, "layers": layers})
+    record.add_time("train_seconds", 1.0)
+    record.add_time("analysis_seconds", 0.5)
+    record.add_time("total_seconds", 2.0)
+    record.timing.update(started_at=1000.0 + seed, finished_at=1003.5 + seed)
+    record.set_status("completed")
+    (run_dir / ".hydra").mkdir(parents=True)
+    record.save(run_dir / "results.json")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    n = len(record.epochs)
+    feats = {"epochs": np.arange(n), "image_shape": np.array([1, 8, 8]), "eigvec_epoch": np.array(n - 1),
+             "nfm_eigvecs": rng.standard_normal((8, 64)), "agop_eigvecs": rng.standard_normal((8, 64))}
+    feats |= {k: rng.random((n, 64)) for k in ("nfm_diag", "nfm_delta_diag", "agop_diag")}
+    feats |= {f"eigvals_{k}_{l}": np.sort(rng.random(16))[::-1]
+              for k in ("agop", "nfm") for l in range(depth)}
+    np.savez(run_dir / "features.npz", **feats)
+    return record
+
+
+def make_fake_sweep(sweep: Path) -> Path:
+    for opt in ("sgd", "adam", "muon"):
+        for seed in (1, 2):
+            overrides = ["data=synthetic", "model.width=16", "data.n_train=128", f"optimizer={opt}",
+                         f"seed={seed}"]
+            write_fake_run(sweep / ",".join(overrides), opt, seed, overrides)
+    return sweep
+
+
+def make_real_sweep(root: Path) -> Path:
+    sweep = root / "sweep"
+    cmd = [sys.executable, "-m", "agop_sweep", "-m", "optimizer=sgd,adam,muon", "seed=1,2", *TINY,
+           f"hydra.sweep.dir={sweep}", CALLBACK]
+    proc = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return sweep
+
+
+def results_of(sweep: Path) -> dict[str, RunRecord]:
+    return {p.parent.name: RunRecord.load(p) for p in sweep.glob("*/results.json")}
+
+
+def legend_texts(fig) -> list[str]:
+    """The texts of every legend of ``fig``, the figure's own and its axes', in order."""
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def valid_png(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return img.size
