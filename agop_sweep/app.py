@@ -32,13 +32,25 @@ register_configs()
 
 
 def _parallel_jobs() -> int:
-    """How many jobs of this sweep run at once on this machine (joblib's n_jobs)."""
-    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
-    if n_jobs is None:
+    """How many jobs of this sweep run at once on this machine: joblib's ``n_jobs`` or all of
+    submitit_local's, capped by the jobs the sweep has (callbacks.SweepSize); 1 for a single
+    run, the basic launcher (one job after another) and SLURM (one allocation per job)."""
+    from agop_sweep.callbacks import SWEEP_JOBS_ENV
+
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN":
         return 1
-    if n_jobs < 0:  # joblib: -1 = all cores, -2 = all but one, ...
-        return max(1, available_cores() + 1 + n_jobs)
-    return int(n_jobs)
+    launcher = str(OmegaConf.select(hc, "launcher._target_", default=""))
+    sweep_jobs = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
+    if "joblib" in launcher.lower():
+        n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1))
+        if n_jobs < 0:  # joblib: -1 = all cores, -2 = all but one, ...
+            n_jobs = max(1, available_cores() + 1 + n_jobs)
+    elif "LocalLauncher" in launcher:
+        n_jobs = int(OmegaConf.select(hc, "launcher.array_parallelism", default=256))
+    else:
+        return 1
+    return max(1, min(n_jobs, sweep_jobs or n_jobs))
 
 
 def one_line(error: BaseException) -> str:
@@ -71,6 +83,7 @@ def _train(cfg: DictConfig, run_dir: Path, started_at: float) -> float:
     """Claim ``run_dir``, place the job, train; returns the objective."""
     from agop_sweep import rundir
     from agop_sweep.device import place_job, set_precision
+    from agop_sweep.loggers import build_loggers
     from agop_sweep.train import Trainer
 
     hc = HydraConfig.get()
@@ -81,7 +94,8 @@ def _train(cfg: DictConfig, run_dir: Path, started_at: float) -> float:
         placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
         check_precision(cfg.trainer.precision, placement.device)  # fp16 needs CUDA; auto may be cpu
         set_precision(cfg.trainer.precision)
-        return Trainer(cfg, run_dir, placement, started_at).run(claim.state)
+        trainer = Trainer(cfg, run_dir, placement, started_at, hooks=build_loggers(cfg, run_dir))
+        return trainer.run(claim.state)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -93,6 +107,9 @@ def run(cfg: DictConfig) -> float:
 
     try:
         validate(cfg)  # before any heavy work: a bad value costs nothing
+        from agop_sweep.loggers import check_available
+
+        check_available(cfg)  # a missing tracker package: one line naming the extra
         objective = _train(cfg, run_dir, started_at)
     except rundir.RunDirError:
         raise  # the directory belongs to another run: write nothing there
