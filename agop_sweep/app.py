@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def _start_failure_info(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]
             for k, v in run.items()}, config
 
 
-def _train(cfg: DictConfig, run_dir: Path, started_at: float) -> float:
+def _train(cfg: DictConfig, run_dir: Path) -> float:
     """Claim ``run_dir``, place the job, train; returns the objective."""
     from agop_sweep import rundir
     from agop_sweep.device import place_job, set_precision
@@ -94,14 +93,15 @@ def _train(cfg: DictConfig, run_dir: Path, started_at: float) -> float:
         placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
         check_precision(cfg.trainer.precision, placement.device)  # fp16 needs CUDA; auto may be cpu
         set_precision(cfg.trainer.precision)
-        trainer = Trainer(cfg, run_dir, placement, started_at, hooks=build_loggers(cfg, run_dir))
+        # The run's clock starts here, after the imports: a job that a joblib worker runs after
+        # another would otherwise look faster than the first, which paid for importing torch.
+        trainer = Trainer(cfg, run_dir, placement, hooks=build_loggers(cfg, run_dir))
         return trainer.run(claim.state)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def run(cfg: DictConfig) -> float:
     """One training run; returns the final val loss (the objective of a learning-rate search)."""
-    started_at = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     from agop_sweep import rundir
 
@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> float:
         from agop_sweep.loggers import check_available
 
         check_available(cfg)  # a missing tracker package: one line naming the extra
-        objective = _train(cfg, run_dir, started_at)
+        objective = _train(cfg, run_dir)
     except rundir.RunDirError:
         raise  # the directory belongs to another run: write nothing there
     except Exception as e:

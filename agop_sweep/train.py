@@ -122,6 +122,11 @@ class Trainer:
         self.record.run.update(device=str(self.device), threads=torch.get_num_threads(),
                                pid=os.getpid(), host=socket.gethostname())
         self.record.timing.setdefault("started_at", self.started_at)
+        unscheduled = self.cfg.schedule.epochs - max(self.checkpoints)
+        if unscheduled > 0:
+            log.warning("schedule.checkpoints ends at epoch %d: the last %d epoch(s) up to %d are trained "
+                        "but neither analysed nor checkpointed", max(self.checkpoints), unscheduled,
+                        self.cfg.schedule.epochs)
         return first_epoch, progress
 
     def train(self, data: Dataset, first_epoch: int, progress: EpochProgress | None,
@@ -236,8 +241,8 @@ class Trainer:
     def save_checkpoint(self, epoch: int) -> str:
         m = self.cfg.model
         name = ckpt.checkpoint_name(epoch, self.cfg.data.name, m.width, m.depth, m.act)
-        return ckpt.save_checkpoint(self.run_dir, epoch, name, self.model, self.optimizer.state_dict(),
-                                    self.config)
+        optimizer = self.optimizer.state_dict() if self.cfg.trainer.checkpoint_optimizer else {}
+        return ckpt.save_checkpoint(self.run_dir, epoch, name, self.model, optimizer, self.config)
 
     def save_state(self, next_epoch: int, progress: EpochProgress | None) -> None:
         save_state(self.run_dir, ResumeState(

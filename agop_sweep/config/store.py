@@ -20,7 +20,7 @@ from agop_sweep.config.schema import DATASETS, GROUP_SCHEMAS, OPTIMIZERS, Config
 RUN_CONTROL_KEYS: frozenset[str] = frozenset({
     "resume", "device", "threads",
     "data.root", "data.download", "data.verify", "data.url",
-    "trainer.plots", "eval.batch_size", "analysis.chunk_size",
+    "trainer.plots", "trainer.checkpoint_optimizer", "eval.batch_size", "analysis.chunk_size",
     "cluster", "hparams_search", "logger",
 })
 
