@@ -81,7 +81,7 @@ def _start_failure_info(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]
 def _train(cfg: DictConfig, run_dir: Path) -> float:
     """Claim ``run_dir``, place the job, train; returns the objective."""
     from agop_sweep import rundir
-    from agop_sweep.device import place_job, set_precision
+    from agop_sweep.device import effective_precision, place_job, set_precision
     from agop_sweep.loggers import build_loggers
     from agop_sweep.train import Trainer
 
@@ -92,7 +92,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         job_num = hc.job.num if hc.mode.name == "MULTIRUN" else 0
         placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
         check_precision(cfg.trainer.precision, placement.device)  # fp16 needs CUDA; auto may be cpu
-        set_precision(cfg.trainer.precision)
+        set_precision(effective_precision(cfg.trainer.precision, placement.device))
         # The run's clock starts here, after the imports: a job that a joblib worker runs after
         # another would otherwise look faster than the first, which paid for importing torch.
         trainer = Trainer(cfg, run_dir, placement, hooks=build_loggers(cfg, run_dir))

@@ -67,9 +67,16 @@ def place_job(requested_device: str, requested_threads: int, job_num: int, n_par
     return Placement(device, threads)
 
 
+def effective_precision(precision: str, device: str) -> str:
+    """``trainer.precision`` on this device: ``fp16_on_cuda`` is fp16 on CUDA, fp32 elsewhere."""
+    if str(precision) == "fp16_on_cuda":
+        return "fp16" if str(device).startswith("cuda") else "fp32"
+    return str(precision)
+
+
 def set_precision(precision: str) -> None:
     """fp32: exact float32 matmuls; tf32/bf16/fp16: TF32 matmuls on CUDA (bf16 and fp16 add
-    autocast in the training step)."""
+    autocast in the training step). ``precision`` is the effective one."""
     import torch
 
     torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")

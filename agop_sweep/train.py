@@ -27,7 +27,7 @@ from agop_sweep import checkpoint as ckpt
 from agop_sweep.analysis import Analysis, analyze_model
 from agop_sweep.config import to_container
 from agop_sweep.data import Dataset, load_dataset
-from agop_sweep.device import Placement
+from agop_sweep.device import Placement, effective_precision
 from agop_sweep.evaluate import evaluate, weights_finite
 from agop_sweep.features import FeatureLog
 from agop_sweep.hooks import EpochEnd, EpochHook, FeaturesHook, FiguresHook, RecordHook, StateHook
@@ -53,6 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = torch.device(placement.device)
+        self.precision = effective_precision(cfg.trainer.precision, placement.device)
         self.config = to_container(cfg)
         self.checkpoints = set(cfg.schedule.checkpoints)
         self.features = FeatureLog()
@@ -97,7 +98,7 @@ class Trainer:
         self.model: MLP = model.to(self.device)
         self.optimizer: OptimizerSet = build_optimizer(cfg.optimizer, self.model)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.trainer.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
         self.hooks: list[EpochHook] = [
             FeaturesHook(self.features, data.image_shape, cfg.analysis.save_features),
@@ -119,7 +120,8 @@ class Trainer:
             log.info("Resuming %s at epoch %d%s", self.run_dir, first_epoch,
                      f" step {progress.step}" if progress else "")
             self.record.set_status(Status.RUNNING)
-        self.record.run.update(device=str(self.device), threads=torch.get_num_threads(),
+        self.record.run.update(device=str(self.device), precision=self.precision,
+                               threads=torch.get_num_threads(),
                                pid=os.getpid(), host=socket.gethostname())
         self.record.timing.setdefault("started_at", self.started_at)
         unscheduled = self.cfg.schedule.epochs - max(self.checkpoints)
@@ -303,7 +305,7 @@ class Trainer:
 
     def autocast(self) -> torch.autocast:
         """bf16 or fp16 autocast for the forward pass when trainer.precision asks for it."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.cfg.trainer.precision))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,9 +232,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rate.sample()
     bandwidth = [stream_rate(device)]
 
+    configs = {name: config(name, args) for name in names}  # all up front: a bad name fails now
     rows, eff_rows, upd_rows, peer_rows, res, variants = [], [], [], [], {}, []
     for name in names:
-        cfg = config(name, args)
+        cfg = configs[name]
         h = TrainerHarness(cfg, x, y, device)
         bs = h.bs
         n_steps = math.ceil(args.n / bs)
@@ -331,8 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(rate.describe())
     table(["optimizer", "measured", "ms", "B/param", "MB moved", "floor ms", "of floor"], upd_rows,
           title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
-    print(f"bandwidth: a += b on float32 arrays past the caches (in place, as the updates: 12 bytes per element), "
-          f"median of "
+    print(f"bandwidth: a += b on float32 arrays past the caches (in place, as the updates: 12 bytes "
+          f"per element), median of "
           f"{len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s "
           f"(range {min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f})")
     for name, r in res.items():

@@ -9,7 +9,10 @@ multirun sweeps alike), counted once however the DIRs overlap; its ``.hydra/over
 gives the columns that tell runs apart. Writes into OUT (default: the first DIR): ``runs.csv``
 (one row per run), ``metrics.parquet`` (or ``metrics.csv`` without pyarrow; one row per run x
 epoch x layer x metric), the figures ``comparison``, ``losses``, ``final_correlation``,
-``effective_rank``, ``features`` (.png and .pdf) and ``report.md``. Every launched job counts:
+``effective_rank``, ``features``, ``lr_search`` (.png and .pdf) and ``report.md``. Runs of a
+learning-rate search (``hparams_search=...``) get a report section with the best lr of each
+search (or the plain statement that every trial diverged) and the ``lr_search`` figure, every
+trial's final val loss against its lr. Every launched job counts:
 runs that are still running, diverged, failed (also before training: no epochs) or were
 interrupted (results.json says running, but the process is gone: same host and a dead pid,
 or no progress for ``--stale-after`` hours) are included with their status and drawn as far
@@ -23,7 +26,8 @@ The parts: :mod:`~agop_sweep.aggregate.discover` (finding and reading runs, thei
 :mod:`~agop_sweep.aggregate.tables` (the tidy tables), :mod:`~agop_sweep.aggregate.groups`
 (runs into lines), :mod:`~agop_sweep.aggregate.layout` (sizes and legends),
 :mod:`~agop_sweep.aggregate.figures` (with :mod:`~agop_sweep.aggregate.bars` and
-:mod:`~agop_sweep.aggregate.feature_grid`), :mod:`~agop_sweep.aggregate.report` (report.md)
+:mod:`~agop_sweep.aggregate.feature_grid`), :mod:`~agop_sweep.aggregate.lr_search` (the
+learning-rate searches), :mod:`~agop_sweep.aggregate.report` (report.md)
 and :mod:`~agop_sweep.aggregate.command` (:func:`aggregate` and the command line).
 """
 

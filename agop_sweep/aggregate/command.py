@@ -34,6 +34,7 @@ from agop_sweep.aggregate.figures import (
     losses_figure,
 )
 from agop_sweep.aggregate.groups import Groups, make_groups
+from agop_sweep.aggregate.lr_search import lr_search_figure, searches
 from agop_sweep.aggregate.report import ReportInput, report, status_counts
 from agop_sweep.aggregate.tables import runs_table, tidy_table
 from agop_sweep.atomic import write_atomic
@@ -120,6 +121,7 @@ def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, 
         "final_correlation": lambda: final_correlation_figure(df, groups, metric) if analysed else None,
         "effective_rank": lambda: effective_rank_figure(df, groups, metric, switch) if ranks else None,
         "features": lambda: features_comparison_figure(runs, groups, metric),
+        "lr_search": lambda: lr_search_figure(searches(runs, table)),
     }
 
 

@@ -14,6 +14,9 @@ from typing import Any
 import pandas as pd
 
 from agop_sweep.aggregate.discover import INTERRUPTED, Run, experiment_columns, last_written
+from agop_sweep.aggregate.lr_search import FIGURE as LR_SEARCH_FIGURE
+from agop_sweep.aggregate.lr_search import report_section as lr_search_section
+from agop_sweep.aggregate.lr_search import searches
 from agop_sweep.record import Status
 
 FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")
@@ -131,8 +134,10 @@ def report(runs: Sequence[Run], table: pd.DataFrame, what: ReportInput) -> str:
         f"[{what.metrics_file}]({what.metrics_file}) (one row per run x epoch x layer x metric).",
         "",
     ]
+    parts += lr_search_section(searches(runs, table), LR_SEARCH_FIGURE in what.figures)
     for name in what.figures:
-        parts += [f"## {captions[name]}", "", f"![{captions[name]}]({name}.png) ([PDF]({name}.pdf))", ""]
+        if name in captions:
+            parts += [f"## {captions[name]}", "", f"![{captions[name]}]({name}.png) ([PDF]({name}.pdf))", ""]
     parts += _ended_sections(runs)
     parts += _runs_section(runs, table, what.metric)
     if what.skipped:

@@ -67,7 +67,9 @@ class Precision(StrEnum):
     fp32 = "fp32"  # exact float32 matmuls
     tf32 = "tf32"  # TF32 matmuls on CUDA
     bf16 = "bf16"  # bfloat16 autocast in the training step
-    fp16 = "fp16"  # float16 autocast in the training step (CUDA only)
+    fp16 = "fp16"  # float16 autocast and a loss scaler in the training step (CUDA only)
+    # The original script's choice: fp16 on CUDA, exact fp32 on any other device.
+    fp16_on_cuda = "fp16_on_cuda"
 
 
 class PlotMode(StrEnum):
@@ -152,6 +154,9 @@ class DataConfig:
     """What every dataset option has: the type of ``Config.data``."""
 
     name: DatasetName = MISSING
+    # default: the option's own train/val sets; seed: the original script's 80/20 split of
+    # the training set (scikit-learn's train_test_split drawn from NumPy seeded 1717).
+    split: DataSplit = DataSplit.default
 
 
 @dataclass
@@ -163,7 +168,6 @@ class SVHNConfig(DataConfig):
     verify: bool = True  # check the files' MD5s
     download: bool = True  # download missing files from url
     url: str = "http://ufldl.stanford.edu/housenumbers/"
-    split: DataSplit = DataSplit.default
     # >0: hold out this fraction of the training set as validation instead of the test set.
     val_fraction: float = 0.0
     seed: int = 0  # seeds the val_fraction split (fixed across model seeds)
@@ -250,6 +254,23 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment trackers (conf/logger/: none, tensorboard, mlflow, both). Every option has
+    this one schema and switches one tracker on, so a list of options merges cleanly:
+    ``logger=[tensorboard,mlflow]`` is ``logger=both``. results.json stays the record."""
+
+    # TensorBoard event files in <run dir>/tensorboard/ (pip install 'agop_sweep[tensorboard]').
+    tensorboard: bool = False
+    # An MLflow run per job in a tracking store (pip install 'agop_sweep[mlflow]').
+    mlflow: bool = False
+    # MLflow's store; "": sqlite:///<outputs>/mlflow.db, <outputs> being the run dir's nearest
+    # ancestor named outputs, else outputs/ in the current directory.
+    tracking_uri: str = ""
+    # MLflow experiment; "": the dir that holds the job (a sweep's dir, a single run's parent).
+    experiment: str = ""
+
+
+@dataclass
 class Config:
     optimizer: OptimizerConfig = MISSING
     model: ModelConfig = MISSING
@@ -258,6 +279,8 @@ class Config:
     data: DataConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # The node's type, so that the options (conf/logger/) name no schema and a list merges.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     loss: Loss = Loss.mse
     seed: int = 1717
     # auto | cpu | cuda | cuda:N

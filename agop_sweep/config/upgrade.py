@@ -38,12 +38,11 @@ def _upgrade_optimizer(opt: dict[str, Any]) -> None:
 
 
 def _upgrade_data(data: dict[str, Any]) -> None:
-    """One flat section used to carry every dataset's fields; svhn gained ``split``."""
+    """One flat section used to carry every dataset's fields; every dataset gained ``split``."""
     schema = DATASETS.get(data.get("name"))  # type: ignore[arg-type]
     if schema is None:
         return
-    if data["name"] == "svhn":
-        data.setdefault("split", "default")
+    data.setdefault("split", "default")
     for key in set(data) - _field_names(schema):
         del data[key]
 
@@ -59,7 +58,7 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
       Adam's) became ``momentum``, ``aux_betas`` and ``aux_eps``; its ``scope=hidden`` is
       ``middle``;
     - one flat ``data`` section became a schema per dataset: the keys of the others go;
-      svhn gained ``split`` (``default``), the model ``init`` (``default``).
+      every dataset gained ``split`` (``default``), the model ``init`` (``default``).
     """
     out = copy.deepcopy(saved)
     trainer = out.get("trainer")

@@ -164,7 +164,7 @@ def _validate_data(cfg: DictConfig) -> None:
     _check_name(cfg, "data")
     if "val_fraction" in data:
         _fraction(cfg, "data.val_fraction")
-    if data.get("split") == DataSplit.seed and data.val_fraction not in (0.0, 0.2):
+    if data.get("split") == DataSplit.seed and data.get("val_fraction", 0.0) not in (0.0, 0.2):
         raise _fail("data.val_fraction", "must be 0 (or 0.2) with data.split=seed, which holds out "
                     "the original script's 20% of the training set", data.val_fraction)
     if "n_train" in data:

@@ -1,0 +1,398 @@
+"""The ``logger`` group: TensorBoard and MLflow hold every number of results.json, read back
+through the trackers' own readers (EventAccumulator, MlflowClient, the MLflow server's REST
+API), once per epoch, also across a kill -9 and a resume; a parallel sweep shares one SQLite
+store; a missing package stops a run with one line; a failing tracker never fails a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY, app_env, one_line_error, run_cli
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("mlflow")
+
+ARGS = [*TINY, "optimizer=adam"]
+Series = dict[str, dict[int, float]]
+
+
+# -- what results.json says the trackers must hold -------------------------------------------------
+
+
+def expected(run_dir: Path) -> Series:
+    """Every non-null number of results.json by tracker key and epoch."""
+    data = json.loads((run_dir / "results.json").read_text())
+    out: Series = {}
+
+    def put(key: str, epoch: int, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.setdefault(key, {})[epoch] = float(value)
+
+    names = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
+             "val_acc": "acc/val", "seconds": "time/epoch_seconds"}
+    for e in data["epochs"]:
+        for field, key in names.items():
+            put(key, e["epoch"], e.get(field))
+    for a in data["analysis"]:
+        put("time/analysis_seconds", a["epoch"], a["seconds"])
+        for layer in a["layers"]:
+            where = f"layer{layer['layer']}"
+            for name, value in layer["metrics"].items():
+                put(f"{name}/{where}", a["epoch"], value)
+            put(f"weight_change/{where}", a["epoch"], layer["weight_change"])
+            put(f"alpha_star/{where}", a["epoch"], layer["alpha_star"])
+            for spectrum in ("agop", "nfm_raw", "nfm_delta"):  # null where undefined (epoch 0's delta)
+                rank = (layer["spectra"][spectrum] or {}).get("effective_rank")
+                put(f"effective_rank_{spectrum}/{where}", a["epoch"], rank)
+    return out
+
+
+def assert_once_each(logged: dict[str, list[tuple[int, float]]], want: Series, rel: float) -> None:
+    """``logged`` (key -> [(step, value)] as the tracker returns them) holds every value of
+    ``want`` exactly once and nothing else."""
+    assert set(logged) == set(want), set(logged) ^ set(want)
+    for key, points in logged.items():
+        steps = [step for step, _ in points]
+        assert sorted(steps) == sorted(set(steps)), f"{key}: a step logged twice: {steps}"
+        assert dict(points) == pytest.approx(want[key], rel=rel), key
+
+
+def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def tensorboard_text(logdir: Path, tag: str) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [t.tensor_proto.string_val[0].decode() for t in acc.Tensors(f"{tag}/text_summary")]
+
+
+def mlflow_runs(uri: str, experiment: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, [e.name for e in client.search_experiments()]
+    return client.search_runs([found.experiment_id])
+
+
+def mlflow_metrics(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    keys = client.get_run(run_id).data.metrics
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def warnings_in(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The warning lines of a run's output (Hydra logs to stdout; Python warnings go to stderr)."""
+    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+    return [line for line in lines if "WARNING" in line or "Warning:" in line]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module's runs (creating one costs seconds)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def run_app(tmp_path: Path, *extra: str, code: str = "") -> subprocess.CompletedProcess[str]:
+    """The app in a fresh interpreter, after ``code`` (which may patch something)."""
+    launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code + launch, *ARGS, *extra], cwd=tmp_path,
+                          env=app_env(), capture_output=True, text=True, timeout=300)
+
+
+# -- the config group ------------------------------------------------------------------------------
+
+
+def test_logger_options_compose(compose_config) -> None:
+    def flags(*overrides: str) -> tuple[bool, bool]:
+        cfg = compose_config(*overrides)
+        return cfg.logger.tensorboard, cfg.logger.mlflow
+
+    assert flags() == flags("logger=none") == (False, False)
+    assert flags("logger=tensorboard") == (True, False)
+    assert flags("logger=mlflow") == (False, True)
+    assert flags("logger=both") == flags("logger=[tensorboard,mlflow]") == (True, True)
+    cfg = compose_config("logger=[mlflow,tensorboard]", "logger.tracking_uri=sqlite:///x.db")
+    assert cfg.logger.tracking_uri == "sqlite:///x.db" and cfg.logger.tensorboard
+    hydra = compose_config("logger=both", "seed=3", return_hydra_config=True).hydra
+    assert hydra.job.override_dirname == "seed=3"  # a run-control key: not in dir names
+
+
+@pytest.mark.parametrize("extra", ["tensorboard", "mlflow"])
+def test_a_missing_package_stops_the_run_with_one_line(tmp_path: Path, extra: str) -> None:
+    block = f"import sys\nsys.modules[{extra!r}] = None  # import {extra} fails\n"
+    proc = run_app(tmp_path, f"logger={extra}", f"hydra.run.dir={tmp_path / 'run'}", code=block)
+    line = one_line_error(proc)
+    assert f"pip install 'agop_sweep[{extra}]'" in line and f"logger={extra}" in line
+    assert not (tmp_path / "run" / "models").exists()  # nothing trained
+
+
+def test_outputs_store_and_experiment_names(tmp_path: Path, monkeypatch) -> None:
+    from agop_sweep.loggers.base import group_label, run_context
+    from agop_sweep.loggers.mlflow_hook import default_tracking_uri
+
+    job = tmp_path / "outputs" / "multirun" / "2026-01-01" / "12-00-00" / "seed=1"
+    db = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    assert default_tracking_uri(job) == db
+    assert group_label(job.parent) == "outputs/multirun/2026-01-01/12-00-00"
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri(tmp_path / "elsewhere" / "run") == db  # ./outputs
+    ctx = run_context(job)  # outside a Hydra job: named after its dir
+    assert (ctx.name, ctx.group) == ("seed=1", job.parent)
+
+
+# -- what the trackers hold --------------------------------------------------------------------------
+
+
+def test_both_trackers_hold_every_number_of_results_json(tmp_path: Path, store: str) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli(*ARGS, "logger=both", f"logger.tracking_uri={store}", "logger.experiment=single",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not warnings_in(proc), proc.stderr[-3000:]
+    want = expected(run_dir)
+    assert_once_each(tensorboard_scalars(run_dir / "tensorboard"), want, rel=1e-6)  # float32
+    assert tensorboard_text(run_dir / "tensorboard", "status") == ["completed"]
+    (run,) = mlflow_runs(store, "single")
+    assert_once_each(mlflow_metrics(store, run.info.run_id), want, rel=1e-12)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    config = json.loads((run_dir / "results.json").read_text())["config"]
+    assert run.data.params["optimizer.name"] == "adam" == config["optimizer"]["name"]
+    assert run.data.params["model.width"] == "16" and run.data.params["seed"] == str(config["seed"])
+    assert "optimizer=adam" in run.info.run_name  # named by its overrides
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    files |= {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"results.json", "plots/training_analysis.png", "plots/training_analysis.pdf",
+            "plots/features.png", "plots/features.pdf"} <= files
+    local = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path)))
+    assert json.loads(local.read_text()) == json.loads((run_dir / "results.json").read_text())
+
+
+def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path) -> None:
+    """Three jobs at once into the default store, outputs/mlflow.db; a TensorBoard log dir
+    per job, which ``--logdir <sweep dir>`` finds."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    sweep = tmp_path / "outputs" / "multirun" / "sweep"
+    proc = run_cli("-m", "cluster=joblib", "seed=1,2,3", *ARGS, "logger=both", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not warnings_in(proc), proc.stderr[-3000:]
+    store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    runs = mlflow_runs(store, "outputs/multirun/sweep")
+    assert sorted(r.info.run_name.rsplit("seed=", 1)[1] for r in runs) == ["1", "2", "3"]
+    for run in runs:
+        run_dir = Path(run.data.tags["run_dir"])
+        assert run_dir.parent == sweep and run.data.tags["status"] == "completed"
+        assert_once_each(mlflow_metrics(store, run.info.run_id), expected(run_dir), rel=1e-12)
+    mux = EventMultiplexer().AddRunsFromDirectory(str(sweep))
+    assert sorted(mux.Runs()) == sorted(f"{Path(r.data.tags['run_dir']).name}/tensorboard" for r in runs)
+
+
+# -- resume, failures --------------------------------------------------------------------------------
+
+
+KILL_AFTER_EPOCH_2 = """
+import os, signal
+from agop_sweep.loggers.mlflow_hook import MlflowHook
+_log = MlflowHook._log_new_epochs
+def _log_then_die(self, record, current):
+    _log(self, record, current)
+    if current == 2:  # both trackers hold epoch 2; state.pt was saved before they logged it
+        os.kill(os.getpid(), signal.SIGKILL)
+MlflowHook._log_new_epochs = _log_then_die
+"""
+
+
+def test_kill9_then_resume_logs_every_epoch_once(tmp_path: Path, store: str) -> None:
+    run_dir = tmp_path / "run"
+    args = ["logger=both", f"logger.tracking_uri={store}", "logger.experiment=resumed",
+            f"hydra.run.dir={run_dir}"]
+    killed = run_app(tmp_path, *args, code=KILL_AFTER_EPOCH_2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "running", "the kill did not interrupt the run"
+    assert [e["epoch"] for e in results["epochs"]] == [0, 1, 2]
+    assert max(step for step, _ in tensorboard_scalars(run_dir / "tensorboard")["loss/train"]) == 2
+    resumed = run_cli(*ARGS, *args, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not warnings_in(resumed), resumed.stderr[-3000:]
+    want = expected(run_dir)
+    assert max(want["loss/train"]) == 3
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert_once_each(tensorboard_scalars(run_dir / "tensorboard"), want, rel=1e-6)
+    (run,) = mlflow_runs(store, "resumed")  # the same run continued
+    assert_once_each(mlflow_metrics(store, run.info.run_id), want, rel=1e-12)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+
+
+def test_a_tracker_that_is_gone_warns_once_and_the_run_completes(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port where no server listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    proc = run_cli(*ARGS, "logger=both", f"logger.tracking_uri=http://127.0.0.1:{port}",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (warning,) = warnings_in(proc)
+    assert "MLflow" in warning and "off for the rest of this run" in warning
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    assert_once_each(tensorboard_scalars(run_dir / "tensorboard"), expected(run_dir), rel=1e-6)
+
+
+def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
+        compose_config, tmp_path: Path, store: str, monkeypatch, caplog) -> None:
+    """A full disk under TensorBoard and a store that fails from epoch 2 on, in-process."""
+    import torch
+    from mlflow import MlflowClient
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agop_sweep.config import to_container
+    from agop_sweep.device import Placement
+    from agop_sweep.loggers import build_loggers
+    from agop_sweep.rundir import claim
+    from agop_sweep.train import Trainer
+
+    def fail_from_epoch_2(original, step_of):
+        def call(self, *args, **kwargs):
+            if step_of(*args, **kwargs) >= 2:
+                raise OSError(28, "No space left on device")
+            return original(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", fail_from_epoch_2(
+        SummaryWriter.add_scalar, lambda tag, value, step, *a, **k: step))
+    monkeypatch.setattr(MlflowClient, "log_batch", fail_from_epoch_2(
+        MlflowClient.log_batch, lambda run_id, metrics=(), **k: max((m.step for m in metrics), default=0)))
+    cfg = compose_config(*ARGS, "logger=both", f"logger.tracking_uri={store}", "logger.experiment=failing")
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING), claim(run_dir, to_container(cfg), False) as claimed:
+        Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads()),
+                hooks=build_loggers(cfg, run_dir)).run(claimed.state)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 2, warned
+    assert "TensorBoard logging failed" in warned[0] and "MLflow logging failed" in warned[1]
+    assert "No space left on device" in warned[0]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and [e["epoch"] for e in results["epochs"]] == [0, 1, 2, 3]
+    assert max(step for step, _ in tensorboard_scalars(run_dir / "tensorboard")["loss/train"]) == 1
+    (run,) = mlflow_runs(store, "failing")
+    assert sorted(s for s, _ in mlflow_metrics(store, run.info.run_id)["loss/train"]) == [0, 1]
+
+
+def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
+    from agop_sweep.hooks import EpochEnd
+    from agop_sweep.loggers.base import RunContext
+    from agop_sweep.loggers.mlflow_hook import MlflowHook
+    from agop_sweep.loggers.tensorboard_hook import TensorBoardHook
+    from agop_sweep.record import RunRecord
+
+    config = {"seed": 1, "optimizer": {"lr": 0.1}}
+    record = RunRecord.new({"optimizer": "sgd"}, config, tmp_path / "results.json")
+    entry = {"epoch": 0, "train_loss": 0.5, "val_loss": None, "train_acc": 0.1, "val_acc": 0.2,
+             "seconds": 1.0}
+    record.add_epoch(entry)
+    ctx = RunContext(tmp_path, "seed=1", tmp_path.parent)
+    hooks = [TensorBoardHook(ctx), MlflowHook(ctx, store, "failed")]
+    for hook in hooks:
+        hook.on_epoch_end(EpochEnd(0, 5, entry, None, record, tmp_path, False))
+    record.set_status("failed", error="RuntimeError: boom")
+    record.save()
+    for hook in hooks:
+        hook.on_run_end(record, tmp_path)
+    assert tensorboard_text(tmp_path / "tensorboard", "status") == ["failed"]
+    (run,) = mlflow_runs(store, "failed")
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert run.data.tags["error"] == "RuntimeError: boom"
+    assert mlflow_metrics(store, run.info.run_id) == {"loss/train": [(0, 0.5)], "acc/train": [(0, 0.1)],
+                                                      "acc/val": [(0, 0.2)], "time/epoch_seconds": [(0, 1.0)]}
+
+
+# -- a real MLflow server --------------------------------------------------------------------------
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, env=app_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not start in 180 s"
+                time.sleep(1)
+        run_dir = tmp_path / "run"
+        proc = run_cli(*ARGS, "logger=mlflow", f"logger.tracking_uri={base}", "logger.experiment=served",
+                       f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not warnings_in(proc), proc.stderr[-3000:]
+        experiment = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served")
+        experiment_id = experiment["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [experiment_id]}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (run,) = json.loads(response.read())["runs"]
+        assert run["info"]["status"] == "FINISHED"
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["status"] == "completed"
+        run_id = run["info"]["run_id"]
+        logged = {}
+        for key in expected(run_dir):
+            history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}")
+            logged[key] = [(int(m.get("step", 0)), m["value"]) for m in history["metrics"]]
+        assert_once_each(logged, expected(run_dir), rel=1e-12)
+        artifacts = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+        assert "results.json" in {f["path"] for f in artifacts["files"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
