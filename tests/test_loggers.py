@@ -351,12 +351,12 @@ def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, env=app_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        cwd=tmp_path, env=app_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -364,7 +364,7 @@ def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
                 urllib.request.urlopen(f"{base}/health", timeout=2).read()
                 break
             except OSError:
-                assert server.poll() is None, "mlflow server exited"
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "mlflow server did not start in 180 s"
                 time.sleep(1)
         run_dir = tmp_path / "run"
@@ -390,9 +390,19 @@ def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
         artifacts = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
         assert "results.json" in {f["path"] for f in artifacts["files"]}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        _stop(server)
+        log.close()
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (it started its own workers), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
         try:
             server.wait(timeout=30)
+            return
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+            continue

@@ -174,3 +174,20 @@ def test_validation_rejects_before_data(make_cfg, tmp_path: Path) -> None:
         cfg.optimizer.lr = -1.0
     with pytest.raises(UserError, match=r"optimizer.lr=-1.0: must be > 0"):
         validate(cfg)
+
+
+def test_checkpoints_without_optimizer_state(make_cfg, tmp_path: Path) -> None:
+    """trainer.checkpoint_optimizer=false: checkpoints carry {} as their optimizer state, the
+    resumable state keeps it, and the weights are those of a default run."""
+    from agop_sweep import checkpoint
+
+    full = run(make_cfg("optimizer=adam"), tmp_path / "full")
+    slim = run(make_cfg("optimizer=adam", "trainer.checkpoint_optimizer=false"), tmp_path / "slim")
+    for epoch, rel in slim["checkpoints"].items():
+        small = checkpoint.load(tmp_path / "slim" / rel)
+        big = checkpoint.load(tmp_path / "full" / full["checkpoints"][epoch])
+        assert small["optimizer"] == {}
+        assert bool(big["optimizer"]["adam"]["state"]) == (epoch != "0")  # moments after a step
+        for key, value in big["state_dict"].items():
+            assert torch.equal(small["state_dict"][key], value)
+    assert checkpoint.load(tmp_path / "slim" / "state.pt")["optimizer"]["adam"]["state"]
