@@ -75,3 +75,18 @@ def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path
     assert proc.returncode == 1
     assert error_lines(proc.stderr) == [
         f"agop-analyze: error: {run_dir / 'models'} holds no model_epoch_*.pth checkpoints"]
+
+
+def test_analyze_after_analysis_off_records_it_enabled_and_stays_quiet(tmp_path: Path) -> None:
+    """A run trained with analysis=off, analyzed later: results.json then says the analysis
+    ran (enabled: true), and matplotlib's per-font INFO lines stay out of the output."""
+    proc = run_cli(*TINY, "analysis=off", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    before = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert before["analysis"] == [] and before["config"]["analysis"]["enabled"] is False
+    proc = _analyze(tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [a["epoch"] for a in after["analysis"]] == [0, 1, 2, 3]
+    assert after["config"]["analysis"]["enabled"] is True
+    assert "fontTools" not in proc.stdout + proc.stderr

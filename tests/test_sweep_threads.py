@@ -42,3 +42,14 @@ def test_joblib_jobs_split_the_cores_among_those_running(tmp_path: Path, seeds: 
     threads = [json.loads(p.read_text())["run"]["threads"] for p in sweep.glob("*/results.json")]
     assert threads == [max(1, available_cores() // running)] * running
     assert "AGOP_SWEEP_JOBS" not in os.environ  # set in the sweep's process only
+
+
+@pytest.mark.slow
+def test_submitit_local_jobs_split_the_cores(tmp_path: Path) -> None:
+    """cluster=local runs all of a sweep's jobs at once: two jobs on this machine share its cores."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "cluster=local", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = [json.loads(p.read_text())["run"]["threads"] for p in sweep.glob("*/results.json")]
+    assert threads == [max(1, available_cores() // 2)] * 2

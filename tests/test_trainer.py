@@ -191,3 +191,20 @@ def test_checkpoints_without_optimizer_state(make_cfg, tmp_path: Path) -> None:
         for key, value in big["state_dict"].items():
             assert torch.equal(small["state_dict"][key], value)
     assert checkpoint.load(tmp_path / "slim" / "state.pt")["optimizer"]["adam"]["state"]
+
+
+def test_epochs_past_the_last_checkpoint_are_announced(make_cfg, tmp_path: Path, caplog) -> None:
+    with caplog.at_level("WARNING", logger="agop_sweep.train"):
+        res = run(make_cfg("schedule.epochs=5"), tmp_path)  # smoke's checkpoints stop at 3
+    assert [a["epoch"] for a in res["analysis"]] == [0, 1, 2, 3]
+    assert any("the last 2 epoch(s) up to 5 are trained but neither analysed nor checkpointed" in r.message
+               for r in caplog.records)
+
+
+def test_the_run_clock_starts_with_the_trainer(make_cfg, tmp_path: Path) -> None:
+    """wall time = finished_at - started_at counts the run, not the interpreter's imports."""
+    import time
+
+    before = time.time()
+    res = run(make_cfg(), tmp_path)
+    assert before <= res["timing"]["started_at"] <= res["timing"]["finished_at"] <= time.time()
