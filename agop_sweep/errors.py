@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 from hydra.errors import CompactHydraException
 
 
@@ -20,3 +24,19 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Missing, corrupt or unusable input data."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(prog: str) -> Iterator[None]:
+    """For a command's ``main``: a :class:`UserError` (a results.json that cannot be read
+    included) or an ``OSError`` ends the command with ``<prog>: error: <one line>`` on stderr
+    and exit code 1, without a traceback."""
+    try:
+        yield
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,7 +1,7 @@
 """results.json, the record of one run (SPEC schema 1): its one owner. Everything that writes
 or reads results.json goes through :class:`RunRecord`. The document stays a plain dict
 (``record.data``) so that keys this version does not know survive a rewrite; the TypedDicts
-below name the keys SPEC fixes."""
+of :mod:`agop_sweep.record_schema` name the keys SPEC fixes."""
 
 from __future__ import annotations
 
@@ -9,151 +9,32 @@ import json
 import math
 import os
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 
 import numpy as np
 
 from agop_sweep.atomic import write_json
 from agop_sweep.nfa import DEFAULT_METRIC
+from agop_sweep.record_schema import (
+    FILENAME,
+    SCHEMA_VERSION,
+    AnalysisEntry,
+    EpochEntry,
+    LayerEntry,
+    RecordError,
+    RunInfo,
+    Status,
+    finite_or_none,
+    number,
+    path_value,
+    validate,
+)
 
-SCHEMA_VERSION = 1
-FILENAME = "results.json"
-
-
-class Status(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-
-
-class RunInfo(TypedDict):
-    optimizer: str
-    lr: float
-    seed: int
-    dataset: str
-    width: int
-    depth: int
-    act: str
-    loss: str
-    n_train: int
-    n_val: int
-    device: str
-    torch: str
-    version: NotRequired[str]
-    git: NotRequired[str | None]
-
-
-class EpochEntry(TypedDict):
-    """One epoch's losses and accuracies (of the epoch-E weights); null when undefined."""
-
-    epoch: int
-    train_loss: float | None
-    val_loss: float | None
-    train_acc: float | None
-    val_acc: float | None
-    seconds: NotRequired[float]
-    train_seconds: NotRequired[float]
-    running_train_loss: NotRequired[float | None]
-    running_train_acc: NotRequired[float | None]
-
-
-class LayerEntry(TypedDict):
-    layer: int
-    shape: list[int]
-    corr: float | None
-    metrics: dict[str, float | None]
-    weight_change: NotRequired[float | None]
-    alpha_star: NotRequired[float | None]
-    alpha_corr: NotRequired[float | None]
-    spectra: NotRequired[dict[str, Any]]
-
-
-class AnalysisEntry(TypedDict):
-    epoch: int
-    n_samples: int
-    seconds: float
-    layers: list[LayerEntry]
-    train_loss: NotRequired[float]
-    train_acc: NotRequired[float]
-
-
-class RecordError(ValueError):
-    """A file that is not a results.json this version can read (the message says why)."""
-
-
-def finite_or_none(obj: Any) -> Any:
-    """Replace NaN and +-inf anywhere in ``obj`` with None (JSON null)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
-def number(value: Any) -> float:
-    """A finite number as float; anything else (null, text, bool, inf) as NaN."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else math.nan
-
-
-def _require_list_of_entries(data: dict[str, Any], key: str, item_key: str) -> None:
-    items = data[key]
-    if not isinstance(items, list) or not all(isinstance(e, dict) and item_key in e for e in items):
-        raise RecordError(f"{key!r} is not a list of records with {item_key!r}")
-
-
-def _validate_layers(analysis: list[dict[str, Any]]) -> None:
-    """Layer indices in 0..n-1 (n: the most layers of any analysis, as in ``n_layers``), metrics."""
-    for entry in analysis:
-        _require_list_of_entries(entry, "layers", "layer")
-    n = max((len(a["layers"]) for a in analysis), default=0)
-    for epoch, entry in ((a["epoch"], e) for a in analysis for e in a["layers"]):
-        where, index = f"the analysis of epoch {epoch}", entry["layer"]
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
-            raise RecordError(f"{where} has layer {index!r}, outside 0..{n - 1}")
-        if not isinstance(entry.get("metrics"), dict):
-            raise RecordError(f"layer {index} of {where} has no 'metrics' object")
-
-
-def _path_value(entry: Any, path: str) -> Any:
-    """The value at a dotted path into nested dicts and lists (a list element by its index)."""
-    for part in path.split("."):
-        if isinstance(entry, dict):
-            entry = entry.get(part)
-        elif isinstance(entry, list) and part.isdigit() and int(part) < len(entry):
-            entry = entry[int(part)]
-        else:
-            return None
-    return entry
-
-
-def validate(data: Any) -> None:
-    """Raise :class:`RecordError` unless ``data`` has the shape SPEC gives results.json."""
-    if not isinstance(data, dict):
-        raise RecordError("not a JSON object")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RecordError(
-            f"schema_version {version!r}, but this version of agop_sweep reads schema {SCHEMA_VERSION}"
-        )
-    for key in ("status", "run", "epochs", "analysis"):
-        if key not in data:
-            raise RecordError(f"lacks the key {key!r}")
-    if data["status"] not in tuple(Status):
-        raise RecordError(f"unknown status {data['status']!r}")
-    if not isinstance(data["run"], dict):
-        raise RecordError("'run' is not an object")
-    _require_list_of_entries(data, "epochs", "epoch")
-    _require_list_of_entries(data, "analysis", "epoch")
-    _validate_layers(data["analysis"])
-    for key in ("config", "checkpoints", "timing"):
-        if not isinstance(data.get(key, {}), dict):
-            raise RecordError(f"{key!r} is not an object")
+__all__ = [
+    "FILENAME", "SCHEMA_VERSION", "AnalysisEntry", "EpochEntry", "LayerEntry", "RecordError", "RunInfo",
+    "RunRecord", "Status", "finite_or_none", "number", "validate",
+]
 
 
 class RunRecord:
@@ -318,7 +199,7 @@ class RunRecord:
     def layer_field(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`layer_metric`, for a dotted path into each layer entry, a list element by
         its index (``spectra.agop.effective_rank``, ``spectra.agop.top5_share.0``)."""
-        return self._per_layer(lambda entry: _path_value(entry, path))
+        return self._per_layer(lambda entry: path_value(entry, path))
 
     def metric_names(self) -> list[str]:
         """The correlation variants recorded in the layers' ``metrics``, in first-seen order."""

@@ -232,7 +232,7 @@ class Trainer:
             record.add_checkpoint(epoch, self.save_checkpoint(epoch))
         if epoch == last and not diverged:
             record.set_status(Status.COMPLETED)
-        if record.status != Status.RUNNING:
+        if Status(record.status).ended:
             record.timing["finished_at"] = time.time()
         event = EpochEnd(epoch, last, entry, analysis, record, self.run_dir, diverged)
         for hook in self.hooks:

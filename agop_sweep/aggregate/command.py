@@ -7,7 +7,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from agop_sweep.aggregate.lr_search import lr_search_figure, searches
 from agop_sweep.aggregate.report import ReportInput, report, status_counts
 from agop_sweep.aggregate.tables import runs_table, tidy_table
 from agop_sweep.atomic import write_atomic
-from agop_sweep.errors import UserError
+from agop_sweep.errors import exit_on_user_error
 from agop_sweep.figures.style import save_figure, schedule_switch, style
 from agop_sweep.nfa import DEFAULT_METRIC, VARIANTS
 
@@ -217,15 +216,9 @@ def main(argv: list[str] | None = None) -> None:
                              f"interrupted (default: {DEFAULT_STALE_HOURS:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
-    try:
+    with exit_on_user_error(PROG):
         summary = aggregate(args.dirs, args.out, args.metric, args.by, args.fmt, args.figures,
                             stale_after_hours=args.stale_after)
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except OSError as e:
-        print(f"{PROG}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(f"Aggregated {summary.runs} runs: {status_counts(summary.table)}. Wrote into {summary.out}: "
           + ", ".join(p.name for p in summary.files))
 

@@ -129,8 +129,8 @@ class MuonConfig(TorchOptimizerConfig):
     adjust_lr_fn: AdjustLR = AdjustLR.original
     scope: MuonScope = MuonScope.all
     aux_lr: float = 0.001
-    aux_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     aux_eps: float = 1e-8
+    aux_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass

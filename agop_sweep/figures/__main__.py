@@ -8,11 +8,11 @@ Bad input (no results.json, not one this version reads) gives one line on stderr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from agop_sweep.errors import exit_on_user_error
 from agop_sweep.figures.run import save_run_figures
-from agop_sweep.record import FILENAME, RecordError, RunRecord
+from agop_sweep.record import RunRecord
 
 PROG = "python -m agop_sweep.figures"
 
@@ -23,19 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-channel", action="store_true",
                         help="show each colour channel of the feature images separately")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error(PROG):
         record = RunRecord.in_dir(args.run_dir)
-    except RecordError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except OSError as e:
-        print(f"{PROG}: error: cannot read {args.run_dir / FILENAME}: {e.strerror or e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    try:
         written = save_run_figures(record, args.run_dir, per_channel=args.per_channel)
-    except OSError as e:
-        print(f"{PROG}: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
-        raise SystemExit(1) from None
     for path in written:
         print(path)
 
