@@ -14,22 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from agop_sweep import record_schema as schema
 from agop_sweep.atomic import write_json
 from agop_sweep.nfa import DEFAULT_METRIC
-from agop_sweep.record_schema import (
-    FILENAME,
-    SCHEMA_VERSION,
-    AnalysisEntry,
-    EpochEntry,
-    LayerEntry,
-    RecordError,
-    RunInfo,
-    Status,
-    finite_or_none,
-    number,
-    path_value,
-    validate,
-)
+from agop_sweep.record_schema import AnalysisEntry, EpochEntry, RecordError, RunInfo, Status
+
+# Readers import everything about results.json from here.
+FILENAME, SCHEMA_VERSION, LayerEntry = schema.FILENAME, schema.SCHEMA_VERSION, schema.LayerEntry
+finite_or_none, number, validate = schema.finite_or_none, schema.number, schema.validate
 
 __all__ = [
     "FILENAME", "SCHEMA_VERSION", "AnalysisEntry", "EpochEntry", "LayerEntry", "RecordError", "RunInfo",
@@ -199,7 +191,7 @@ class RunRecord:
     def layer_field(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`layer_metric`, for a dotted path into each layer entry, a list element by
         its index (``spectra.agop.effective_rank``, ``spectra.agop.top5_share.0``)."""
-        return self._per_layer(lambda entry: path_value(entry, path))
+        return self._per_layer(lambda entry: schema.path_value(entry, path))
 
     def metric_names(self) -> list[str]:
         """The correlation variants recorded in the layers' ``metrics``, in first-seen order."""
