@@ -20,7 +20,11 @@ step, so a stopped check still leaves what it measured):
 
 The whole check keeps to ``--budget`` seconds (default 470, under 8 minutes): a step that
 would run past it is stopped (its process group is ended) and recorded as ``timeout`` with
-what it had done; a step that cannot start in time is ``skipped``. Without CUDA the check
+what it had done (epochs per run); a step that cannot start in time is ``skipped``. The
+parallel sweep leaves the sequential one at least 40 % of the time left when it starts;
+where a sweep was stopped, ``sweep.faster`` compares epochs per second instead of wall
+times (``sweep.basis`` says which). ``--sweep-override KEY=VALUE`` adds an override to both
+sweeps (e.g. ``trainer.plots=end`` to leave the live figures out). Without CUDA the check
 says so in one line and exits 0. ``--dry-run`` runs every step on the CPU at tiny sizes
 (tiny synthetic data, ``schedule=smoke``, small widths) to check the plumbing; the figures of
 a dry run mean nothing.
@@ -65,6 +69,7 @@ DRY_TRAIN = ["--width", "32", "--depth", "3", "--n", "1024", "--n-val", "256", "
              "--matmul-size", "256"]
 RESERVE_S = 10.0  # kept back from a step's time limit for stopping it and writing the JSON
 MIN_STEP_S = 20.0  # a step that cannot have this much is skipped
+SEQUENTIAL_SHARE = 0.4  # of the time left when the parallel sweep starts, kept for the sequential one
 # Correctness thresholds: float32 with exact (non-TF32) matmuls against float64, and float64.
 TOL_F32, TOL_F64 = 1e-4, 1e-10
 
@@ -78,6 +83,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
     p.add_argument("--workdir", default=None, help="where the sweeps write (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the sweeps' output directories")
+    p.add_argument("--sweep-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override for both sweeps (repeatable), e.g. trainer.plots=end")
     return p.parse_args(argv)
 
 
@@ -242,18 +249,35 @@ def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]
     return result
 
 
+def throughput(sweep_result: dict[str, Any]) -> float | None:
+    """Epochs completed per second, all runs together, while the sweep ran."""
+    if not sweep_result.get("seconds") or "runs" not in sweep_result:
+        return None
+    return sum(r["epochs_done"] for r in sweep_result["runs"]) / sweep_result["seconds"]
+
+
 def faster(parallel: dict[str, Any] | None, sequential: dict[str, Any] | None) -> dict[str, Any]:
-    """Which way the three runs finish sooner, where the measurements decide it."""
+    """Which way the three runs finish sooner: from the wall times where both sweeps
+    completed (or one completed sooner than the other had run); otherwise, where both ran
+    but at least one was stopped at the budget, from their epochs per second (``basis``
+    says which; the sequential sweep's runs go sgd, adam, muon, so a stopped one has done
+    the cheaper runs first)."""
     p, s = parallel or {}, sequential or {}
     out: dict[str, Any] = {"parallel_seconds": p.get("seconds"), "sequential_seconds": s.get("seconds"),
-                           "faster": None}
+                           "parallel_epochs_per_s": throughput(p), "sequential_epochs_per_s": throughput(s),
+                           "faster": None, "basis": None}
     if p.get("status") == "ok" and s.get("status") == "ok":
         out["faster"] = "parallel" if p["seconds"] <= s["seconds"] else "sequential"
         out["sequential_over_parallel"] = s["seconds"] / p["seconds"]
+        out["basis"] = "wall time"
     elif p.get("status") == "ok" and s.get("status") == "timeout" and s["seconds"] >= p["seconds"]:
-        out["faster"] = "parallel"  # the sequential sweep had run longer and was not done
+        out["faster"], out["basis"] = "parallel", "wall time"  # sequential ran longer, not done
     elif s.get("status") == "ok" and p.get("status") == "timeout" and p["seconds"] >= s["seconds"]:
-        out["faster"] = "sequential"
+        out["faster"], out["basis"] = "sequential", "wall time"
+    elif {p.get("status"), s.get("status")} <= {"ok", "timeout"} and out["parallel_epochs_per_s"] \
+            and out["sequential_epochs_per_s"]:
+        par, seq = out["parallel_epochs_per_s"], out["sequential_epochs_per_s"]
+        out["faster"], out["basis"] = ("parallel" if par >= seq else "sequential"), "epochs per second"
     return out
 
 
@@ -274,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock, contention = Clock(args.budget), Contention()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
     sweep_base = DRY_SWEEP if args.dry_run else SWEEP
-    sweep_common = [*sweep_base, f"device={device.type}"]
+    sweep_common = [*sweep_base, f"device={device.type}", *args.sweep_override]
     report: dict[str, Any] = {
         "schema": 1, "dry_run": args.dry_run, "device": str(device), "budget_s": args.budget,
         "started_at": time.time(), "steps": {}, "workdir": str(workdir) if args.keep else None,
@@ -284,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "correctness": lambda _: correctness(device),
         "agop": lambda _: bench("agop", [*dev, *(DRY_AGOP if args.dry_run else [])]),
         "train": lambda _: bench("train", [*dev, *(DRY_TRAIN if args.dry_run else [])]),
-        "sweep_parallel": lambda limit: sweep([*sweep_common, *PARALLEL], workdir / "parallel", limit),
+        # the parallel sweep leaves the sequential one at least SEQUENTIAL_SHARE of the time left
+        "sweep_parallel": lambda limit: sweep(
+            [*sweep_common, *PARALLEL], workdir / "parallel",
+            limit if "sweep_sequential" in skip else limit - max(MIN_STEP_S, SEQUENTIAL_SHARE * limit)),
         "sweep_sequential": lambda limit: sweep(sweep_common, workdir / "sequential", limit),
     }
     dry = " (dry run: tiny sizes, the figures mean nothing)" if args.dry_run else ""
@@ -329,8 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name}: {entry['status']}{extra}")
     s = report["sweep"]
     if s["faster"]:
-        print(f"  sweep: {s['faster']} is faster (parallel {s['parallel_seconds']:.0f} s, "
-              f"sequential {s['sequential_seconds']:.0f} s)")
+        print(f"  sweep: {s['faster']} is faster, by {s['basis']} (parallel {s['parallel_seconds']:.0f} s, "
+              f"{s['parallel_epochs_per_s']:.2f} epochs/s; sequential {s['sequential_seconds']:.0f} s, "
+              f"{s['sequential_epochs_per_s']:.2f} epochs/s)")
     print(f"  total {report['seconds']:.0f} s; {contention.report()}")
     print(f"  written: {args.out}")
     return 1 if failed else 0

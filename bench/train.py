@@ -289,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 bf16.sample()
                 bf16_1024.sample()
         h.close()
+        print(f"  {name}: step {step_s * 1e3:.1f} ms, update {prof['step'] * 1e3:.2f} ms, original loop "
+              f"{r['peer_step_s'] * 1e3:.1f} ms", flush=True)
 
     bw = statistics.median(bandwidth)
     for name, r in res.items():

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from agop_sweep.nfa import VARIANTS
+from agop_sweep.nfa import METRICS, VARIANTS
 from agop_sweep.record import RunRecord
 
 TINY = [
@@ -32,10 +32,11 @@ def env() -> dict[str, str]:
 
 
 def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str], depth: int = 2,
-                   epochs: int = 3, lr: float | None = None) -> RunRecord:
+                   epochs: int = 3, lr: float | None = None, new_keys: bool = False) -> RunRecord:
     """A run directory as the app writes it (results.json, .hydra/, features.npz) with
-    made-up numbers that differ per optimizer and seed."""
-    rng = np.random.default_rng(zlib.crc32(f"{optimizer}{seed}".encode()))
+    made-up numbers that differ per optimizer and seed; ``new_keys``: also the centered
+    variants and the per-layer weight_change, alpha_star, alpha_corr (as newer runs write)."""
+    rng = np.random.default_rng(zlib.crc32(f"{optimizer}{seed}{lr if new_keys else ''}".encode()))
     lr = LRS[optimizer] if lr is None else lr
     config = {"optimizer": {"name": optimizer, "lr": lr}, "seed": seed,
               "model": {"width": 16, "depth": depth, "act": "relu"},
@@ -51,9 +52,15 @@ def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str
                           "seconds": 0.5})
         layers = []
         for l in range(depth):
-            metrics = {v: None if e == 0 and v.startswith("delta") else float(rng.random()) for v in VARIANTS}
+            names = METRICS if new_keys else VARIANTS
+            metrics = {v: None if e == 0 and v.startswith("delta") else float(rng.random()) for v in names}
             spectrum = {"effective_rank": float(1 + 10 * rng.random()), "top5_share": [0.3, 0.2, 0.1, 0, 0]}
+            extra = {} if not new_keys else {
+                "weight_change": 0.0 if e == 0 else float(e * rng.random()),
+                "alpha_star": None if e == 0 else float(2 * rng.random()),
+                "alpha_corr": None if e == 0 else float(rng.random())}
             layers.append({
+                **extra,
                 "layer": l, "shape": [16, 64 if l == 0 else 16], "corr": metrics["delta_cos_agop"],
                 "metrics": metrics,
                 "spectra": {"agop": spectrum, "nfm_raw": dict(spectrum),
@@ -80,12 +87,23 @@ def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str
     return record
 
 
-def make_fake_sweep(sweep: Path) -> Path:
+def make_fake_sweep(sweep: Path, new_keys: bool = False) -> Path:
     for opt in ("sgd", "adam", "muon"):
         for seed in (1, 2):
             overrides = ["data=synthetic", "model.width=16", "data.n_train=128", f"optimizer={opt}",
                          f"seed={seed}"]
-            write_fake_run(sweep / ",".join(overrides), opt, seed, overrides)
+            write_fake_run(sweep / ",".join(overrides), opt, seed, overrides, new_keys=new_keys)
+    return sweep
+
+
+def make_lr_sweep(sweep: Path, lrs: tuple[float, ...] = (1e-2, 1e-4, 1e-3)) -> Path:
+    """adam and sgd at each of ``lrs`` (written out of numeric order), two seeds each, with
+    the new keys."""
+    for opt in ("adam", "sgd"):
+        for lr in lrs:
+            for seed in (1, 2):
+                overrides = [f"optimizer={opt}", f"optimizer.lr={lr:g}", f"seed={seed}"]
+                write_fake_run(sweep / ",".join(overrides), opt, seed, overrides, lr=lr, new_keys=True)
     return sweep
 
 

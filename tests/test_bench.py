@@ -201,6 +201,12 @@ def test_gpu_check_sweep_bookkeeping(tmp_path: Path) -> None:
     assert gpu_check.faster(ok, {"status": "timeout", "seconds": 120.0})["faster"] == "parallel"
     assert gpu_check.faster(ok, {"status": "timeout", "seconds": 80.0})["faster"] is None
     assert gpu_check.faster(None, None)["faster"] is None
+    # both stopped at the budget: epochs per second decide
+    par = {"status": "timeout", "seconds": 100.0, "runs": [{"epochs_done": 20}] * 3}
+    seq = {"status": "timeout", "seconds": 100.0, "runs": [{"epochs_done": 50}, {"epochs_done": 0}]}
+    verdict = gpu_check.faster(par, seq)
+    assert verdict["faster"] == "parallel" and verdict["basis"] == "epochs per second"
+    assert verdict["parallel_epochs_per_s"] == pytest.approx(0.6)
 
 
 @pytest.mark.slow

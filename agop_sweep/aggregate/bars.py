@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from agop_sweep.aggregate.groups import Groups
-from agop_sweep.aggregate.layout import is_correlation, layers_of, legend_below, new_figure, wrap
+from agop_sweep.aggregate.layout import layers_of, legend_below, new_figure, wrap
 from agop_sweep.aggregate.tables import final_values
-from agop_sweep.figures.style import DPI
+from agop_sweep.figures.style import ALPHA_ANSATZ, DPI, alpha_handle, metric_limits
 
 UPRIGHT_SLOT = 34  # pixels per bar when value labels stand upright (a few groups)
 TURNED_SLOT = 18  # pixels per bar when they are turned by 90 degrees
@@ -52,11 +52,15 @@ def _label_bars(ax: Axes, x: np.ndarray, mean: np.ndarray, top: np.ndarray, pres
 
 def _set_ylim(ax: Axes, finals: pd.DataFrame, tops: list[float], metric: str, label_px: float,
               axes_px: float) -> None:
-    """Room above the highest bar for its label; correlations on 0..1 (or -1..1)."""
+    """Room above the highest bar for its label; correlations on 0..1 (or -1..1), alpha_star
+    on 0..2 (with the ansatz's 0.5 dotted), weight_change from 0."""
     values = finals["value"].to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     low = min(0.0, float(finite.min()) if finite.size else 0.0)
-    high = max([t for t in tops if np.isfinite(t)] + [1.0 if is_correlation(metric) else 0.0])
+    top = metric_limits(metric, values)[1] or 0.0
+    high = max([t for t in tops if np.isfinite(t)] + [top])
+    if metric == "alpha_star":
+        ax.axhline(ALPHA_ANSATZ, color="0.3", ls=":", lw=1.3, zorder=1)
     high = high if high > low else low + 1.0
     share = min(0.5, (label_px + 10) / axes_px)  # of the axes' height kept free above
     ax.set_ylim(low, low + (high - low) / (1 - share))
@@ -92,6 +96,7 @@ def final_correlation_figure(df: pd.DataFrame, groups: Groups, metric: str) -> F
     _set_ylim(ax, finals, tops, metric, LABEL_PX[turned] if labelled else 0, (HEIGHT - 1.2) * DPI)
     ax.grid(axis="y", alpha=0.25)
     handles = [Patch(color=groups.colors[g], label=wrap(groups.legend_label(g))) for g in groups.order]
+    handles += [alpha_handle()] if metric == "alpha_star" else []
     legend_below(fig, handles, title="bars: mean over runs; whiskers: min-max")
     epochs = sorted(set(finals["epoch"].astype(int)))
     at = f"epoch {epochs[0]}" if len(epochs) == 1 else "each run's last analysed epoch"

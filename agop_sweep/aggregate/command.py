@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from agop_sweep.aggregate.alignment import alignment_figure
 from agop_sweep.aggregate.discover import (
     DEFAULT_STALE_HOURS,
     RUN_COLUMNS,
@@ -35,11 +36,12 @@ from agop_sweep.aggregate.figures import (
 from agop_sweep.aggregate.groups import Groups, make_groups
 from agop_sweep.aggregate.lr_search import lr_search_figure, searches
 from agop_sweep.aggregate.report import ReportInput, report, status_counts
+from agop_sweep.aggregate.sweep_x import figure_name, sweep_figure, x_values
 from agop_sweep.aggregate.tables import runs_table, tidy_table
 from agop_sweep.atomic import write_atomic
 from agop_sweep.errors import exit_on_user_error
-from agop_sweep.figures.style import save_figure, schedule_switch, style
-from agop_sweep.nfa import DEFAULT_METRIC, VARIANTS
+from agop_sweep.figures.style import LAYER_KEYS, save_figure, schedule_switch, style
+from agop_sweep.nfa import DEFAULT_METRIC, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,9 @@ def line_groups(runs: Sequence[Run], table: pd.DataFrame, by: str) -> Groups:
 
 
 def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
-                    by: str) -> dict[str, Callable[[], Figure | None]]:
-    """Per figure, a function that draws it (None when the runs have no data for it)."""
+                    by: str, x: str | None = None) -> dict[str, Callable[[], Figure | None]]:
+    """Per figure, a function that draws it (None when the runs have no data for it); with
+    ``x`` (a numeric swept key) also sweep_<x>."""
     groups = line_groups(runs, table, by)
     switch = _switch(runs)
     analysed = bool(layers_of(df))
@@ -121,24 +124,26 @@ def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, 
         "effective_rank": lambda: effective_rank_figure(df, groups, metric, switch) if ranks else None,
         "features": lambda: features_comparison_figure(runs, groups, metric),
         "lr_search": lambda: lr_search_figure(searches(runs, table)),
+        "alignment": lambda: alignment_figure(df, groups, switch),
+        **({figure_name(x): lambda: sweep_figure(df, table, x_values(runs, x), metric, by, x)} if x else {}),
     }
 
 
 def build_figures(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
-                  by: str) -> dict[str, Figure]:
+                  by: str, x: str | None = None) -> dict[str, Figure]:
     """Every figure the data allows, by name, in the shared style, not saved."""
     with style():
-        built = {name: build() for name, build in figure_builders(runs, table, df, metric, by).items()}
+        built = {name: build() for name, build in figure_builders(runs, table, df, metric, by, x).items()}
     return {name: fig for name, fig in built.items() if fig is not None}
 
 
 def _draw_figures(out_dir: Path, runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame,
-                  metric: str, by: str) -> tuple[list[str], list[Path]]:
+                  metric: str, by: str, x: str | None = None) -> tuple[list[str], list[Path]]:
     """Every figure the data allows, one at a time: the names drawn and the files written."""
     drawn: list[str] = []
     written: list[Path] = []
     with style():
-        for name, build in figure_builders(runs, table, df, metric, by).items():
+        for name, build in figure_builders(runs, table, df, metric, by, x).items():
             fig = build()
             if fig is None:
                 log.info("No data for %s; figure left out", name)
@@ -148,7 +153,8 @@ def _draw_figures(out_dir: Path, runs: Sequence[Run], table: pd.DataFrame, df: p
     return drawn, written
 
 
-def _check_options(runs: Sequence[Run], df: pd.DataFrame, table: pd.DataFrame, metric: str, by: str) -> None:
+def _check_options(runs: Sequence[Run], df: pd.DataFrame, table: pd.DataFrame, metric: str, by: str,
+                   x: str | None = None) -> None:
     layer_metrics = sorted(set(df.loc[df["layer"].notna(), "metric"]))
     if metric not in layer_metrics and layer_metrics:
         raise AggregateError(
@@ -156,16 +162,21 @@ def _check_options(runs: Sequence[Run], df: pd.DataFrame, table: pd.DataFrame, m
     if by not in table.columns:
         options = [*RUN_COLUMNS[1:], *override_columns(runs)]
         raise AggregateError(f"--by {by} is not a column of these runs; choose one of {', '.join(options)}")
+    if x is not None:
+        x_values(runs, x)
 
 
 def aggregate(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None,
               metric: str | None = None, by: str = "optimizer", fmt: str = "auto",
-              figures: bool = True, stale_after_hours: float = DEFAULT_STALE_HOURS) -> Summary:
+              figures: bool = True, stale_after_hours: float = DEFAULT_STALE_HOURS,
+              x: str | None = None) -> Summary:
     """Find the runs below ``dirs`` and write the tables, figures and report into ``out``.
 
     ``figures=False`` writes the tables and the report only (fast, for large sweeps). A run
     whose results.json says running counts as interrupted when its process is gone: it ran on
     this host and its pid is not alive, or it wrote nothing for ``stale_after_hours``.
+    ``x`` (a numeric swept key, e.g. ``optimizer.lr``) adds the figure sweep_<x>: the final
+    ``metric`` per layer and the final val accuracy against it.
 
     Raises AggregateError (one line) when there is nothing to aggregate or an option does
     not fit the runs.
@@ -181,14 +192,14 @@ def aggregate(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     metric = metric or default_metric(runs)
     df = tidy_table(runs)
     table = runs_table(runs, df, metric)
-    _check_options(runs, df, table, metric, by)
+    _check_options(runs, df, table, metric, by, x)
     fmt = _metrics_format(fmt)
     written = _write_tables(out_dir, table, df, fmt)
     drawn: list[str] = []
     if figures:
-        drawn, files = _draw_figures(out_dir, runs, table, df, metric, by)
+        drawn, files = _draw_figures(out_dir, runs, table, df, metric, by, x)
         written += files
-    text = report(runs, table, ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped))
+    text = report(runs, table, ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped, x))
     written.append(_write_bytes(out_dir / "report.md", text.encode()))
     return Summary(out_dir, len(runs), skipped, written, table, df)
 
@@ -201,8 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="directories searched for runs")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the first DIR)")
     parser.add_argument("--metric", default=None,
-                        help=f"the correlation to plot: one of {', '.join(VARIANTS)} or a spectra metric "
+                        help=f"the layer metric to plot: one of {', '.join(METRICS)}, "
+                             f"{', '.join(LAYER_KEYS)} or a spectra metric "
                              "(default: the runs' analysis.primary)")
+    parser.add_argument("--x", default=None, metavar="KEY",
+                        help="a numeric swept key (e.g. optimizer.lr, model.width): adds sweep_<KEY>, the "
+                             "final metric per layer and val accuracy against it, one line per --by value")
     parser.add_argument("--by", default="optimizer",
                         help="the column whose values make the lines (default: optimizer), e.g. lr, "
                              "optimizer.lr, model.width")
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
     with exit_on_user_error(PROG):
         summary = aggregate(args.dirs, args.out, args.metric, args.by, args.fmt, args.figures,
-                            stale_after_hours=args.stale_after)
+                            stale_after_hours=args.stale_after, x=args.x)
     print(f"Aggregated {summary.runs} runs: {status_counts(summary.table)}. Wrote into {summary.out}: "
           + ", ".join(p.name for p in summary.files))
 

@@ -31,7 +31,14 @@ from agop_sweep.aggregate.layout import (
     layers_of,
     legend_below,
 )
-from agop_sweep.figures.style import draw_switch, log_axis, switch_handle, use_log
+from agop_sweep.figures.style import (
+    alpha_handle,
+    apply_metric_limits,
+    draw_switch,
+    log_axis,
+    switch_handle,
+    use_log,
+)
 
 __all__ = ["comparison_figure", "effective_rank_figure", "features_comparison_figure",
            "final_correlation_figure", "is_correlation", "layers_of", "losses_figure"]
@@ -92,10 +99,10 @@ def comparison_figure(df: pd.DataFrame, groups: Groups, metric: str, switch: int
     for ax, l in zip(axes, layers, strict=True):
         for g in groups.order:
             _draw_group(ax, _series(df, groups.members[g], metric, l), groups.colors[g], g, groups.marker(g))
-        if is_correlation(metric):
-            ax.set_ylim(0 if values.min() >= 0 else -1, 1)
+        apply_metric_limits(ax, metric, values.to_numpy(dtype=float))
         _epoch_panel(ax, f"layer {l}", metric, switch)
-    legend_below(fig, [*group_handles(groups), *_extras(switch)])
+    extra = [alpha_handle()] if metric == "alpha_star" else []
+    legend_below(fig, [*group_handles(groups), *extra, *_extras(switch)])
     fig.suptitle(f"{metric} per layer over training", fontsize=13)
     return fig
 

@@ -20,8 +20,10 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 
 from agop_sweep.aggregate.groups import Groups
-from agop_sweep.figures.style import DPI, PANEL_WIDTH, grid_shape
-from agop_sweep.nfa import VARIANTS
+from agop_sweep.figures.style import DPI, PANEL_WIDTH, grid_shape, is_correlation
+
+__all__ = ["grid_figure", "group_handles", "is_correlation", "layers_of", "legend_below", "new_figure",
+           "panel_grid", "wrap"]
 
 LEGEND_TITLE = "lines: mean over runs; band: min-max"
 WRAP = 56  # characters per line of a legend label
@@ -47,10 +49,6 @@ def wrap(text: str, width: int = WRAP) -> str:
 
 def layers_of(df: pd.DataFrame) -> list[int]:
     return sorted(int(v) for v in df["layer"].dropna().unique())
-
-
-def is_correlation(metric: str) -> bool:
-    return metric in VARIANTS or metric.startswith("top_eigvec_cos")
 
 
 def group_handles(groups: Groups, marker: bool = True) -> list[Line2D]:

@@ -34,6 +34,7 @@ class ReportInput:
     figures: list[str]
     metrics_file: str
     skipped: list[str]
+    x: str | None = None
 
 
 def short_names(names: Sequence[str]) -> dict[str, str]:
@@ -69,13 +70,18 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _captions(metric: str, by: str) -> dict[str, str]:
+def _captions(metric: str, by: str, x: str | None = None) -> dict[str, str]:
+    sweep = {} if x is None else {
+        f"sweep_{x}": f"final {metric} per layer and final val accuracy against {x}, one line per {by}"}
     return {
         "comparison": f"{metric} per layer over epochs, one line per {by}",
         "losses": "train and val loss and accuracy",
         "final_correlation": f"{metric} per layer at the last analysed epoch",
         "effective_rank": "effective rank of the AGOP and the NFM per layer",
         "features": "layer-0 NFM and AGOP diagonals and top eigenvectors, one row per line",
+        "alignment": "alignment exponent alpha_star (0.5: the ansatz) and weight change per layer "
+                     "over epochs",
+        **sweep,
     }
 
 
@@ -121,7 +127,7 @@ def _ended_sections(runs: Sequence[Run]) -> list[str]:
 
 def report(runs: Sequence[Run], table: pd.DataFrame, what: ReportInput) -> str:
     """The markdown text of report.md."""
-    captions = _captions(what.metric, what.by)
+    captions = _captions(what.metric, what.by, what.x)
     parts = [
         "# agop_sweep: aggregate report",
         "",

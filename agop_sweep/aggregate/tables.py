@@ -12,6 +12,7 @@ import pandas as pd
 
 from agop_sweep.aggregate.discover import RUN_COLUMNS, Run, override_columns
 from agop_sweep.aggregate.discover import is_missing as _missing
+from agop_sweep.figures.style import LAYER_KEYS
 from agop_sweep.record import RunRecord, number
 
 EPOCH_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -43,7 +44,7 @@ def _run_rows(record: RunRecord) -> pd.DataFrame:
     """A run's rows: the losses and accuracies by epoch, then every layer metric by epoch and
     layer (the spectral summaries when the run recorded spectra)."""
     per_epoch = [_long(*record.epoch_metric(m), m) for m in EPOCH_METRICS]
-    per_layer = [_long(*record.layer_metric(m), m) for m in record.metric_names()]
+    per_layer = [_long(*record.layer_metric(m), m) for m in [*record.metric_names(), *layer_keys(record)]]
     spectra = {name: record.layer_field(path) for name, path in SPECTRA_FIELDS.items()}
     if any(np.isfinite(values).any() for _, values in spectra.values()):
         per_layer += [_long(epochs, values, name) for name, (epochs, values) in spectra.items()]
@@ -52,6 +53,12 @@ def _run_rows(record: RunRecord) -> pd.DataFrame:
         parts.append(pd.concat(per_layer).sort_values(["epoch", "layer"], kind="stable"))
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=LONG_COLUMNS)
+
+
+def layer_keys(record: RunRecord) -> list[str]:
+    """The per-layer keys (weight_change, alpha_star, alpha_corr) that any layer entry of the
+    record has (older results have none)."""
+    return [k for k in LAYER_KEYS if any(k in entry for a in record.analysis for entry in a["layers"])]
 
 
 def _clean_column(values: list[Any]) -> pd.Series:

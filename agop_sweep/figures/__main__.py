@@ -1,6 +1,9 @@
 """Redraw the figures of one run from its files:
 
-    python -m agop_sweep.figures RUN_DIR [--per-channel]
+    python -m agop_sweep.figures RUN_DIR [--per-channel] [--metric M]
+
+``--metric``: the per-layer curve of training_analysis, a name in ``metrics``
+(agop_sweep.nfa.METRICS) or weight_change, alpha_star, alpha_corr (default: the run's primary).
 
 Bad input (no results.json, not one this version reads) gives one line on stderr, exit 1.
 """
@@ -10,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agop_sweep.errors import exit_on_user_error
+from agop_sweep.errors import UserError, exit_on_user_error
 from agop_sweep.figures.run import save_run_figures
+from agop_sweep.figures.style import LAYER_KEYS
 from agop_sweep.record import RunRecord
 
 PROG = "python -m agop_sweep.figures"
@@ -22,12 +26,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--per-channel", action="store_true",
                         help="show each colour channel of the feature images separately")
+    parser.add_argument("--metric", default=None,
+                        help="the per-layer curve of training_analysis: a correlation variant or "
+                             f"{', '.join(LAYER_KEYS)} (default: the run's primary)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROG):
         record = RunRecord.in_dir(args.run_dir)
-        written = save_run_figures(record, args.run_dir, per_channel=args.per_channel)
+        _check_metric(record, args.metric)
+        written = save_run_figures(record, args.run_dir, per_channel=args.per_channel, metric=args.metric)
     for path in written:
         print(path)
+
+
+
+def _check_metric(record: RunRecord, metric: str | None) -> None:
+    known = [*record.metric_names(), *(k for k in LAYER_KEYS if any(
+        k in entry for a in record.analysis for entry in a["layers"]))]
+    if metric is not None and metric not in known:
+        raise UserError(f"--metric {metric} is not in this run; choose one of {', '.join(known) or '(none)'}")
 
 
 if __name__ == "__main__":

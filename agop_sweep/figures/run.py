@@ -25,8 +25,11 @@ from agop_sweep.figures.style import (
     DPI,
     TRAIN_COLOR,
     VAL_COLOR,
+    alpha_handle,
+    apply_metric_limits,
     blank_panel,
     draw_switch,
+    is_correlation,
     layer_colors,
     layer_grid,
     log_axis,
@@ -85,20 +88,20 @@ class _Curves:
     xmax: float
 
     @classmethod
-    def of(cls, record: RunRecord) -> _Curves:
+    def of(cls, record: RunRecord, metric: str | None = None) -> _Curves:
         epochs, train = record.epoch_metric("train_loss")
         _, val = record.epoch_metric("val_loss")
         order = np.argsort(epochs, kind="stable")
-        analysed, corr = record.layer_metric()
+        analysed, corr = record.layer_metric(metric)
         last_epoch = record.setting("schedule.epochs")
         xmax = max([*epochs.tolist(), *analysed.tolist(), float(last_epoch or 0), 1.0])
-        return cls(epochs[order], train[order], val[order], analysed, corr, record.primary_metric(),
+        return cls(epochs[order], train[order], val[order], analysed, corr, metric or record.primary_metric(),
                    schedule_switch(record.checkpoint_epochs()), xmax)
 
-    def corr_limits(self) -> tuple[float, float]:
-        """0 to 1, the range of every cosine between PSD matrices; a Pearson variant may dip below."""
-        low = np.nanmin(self.corr) if np.isfinite(self.corr).any() else 0.0
-        return (0.0, 1.0) if low >= 0 else (-1.0, 1.0)
+    def set_ylim(self, ax: Axes) -> None:
+        """Correlations 0 to 1 (a Pearson variant may dip below: -1 to 1), alpha_star 0 to 2
+        with the ansatz's 0.5 dotted, weight_change from 0."""
+        apply_metric_limits(ax, self.metric, self.corr)
 
     def set_xlim(self, ax: Axes) -> None:
         ax.set_xlim(-0.02 * self.xmax, 1.02 * self.xmax)
@@ -119,7 +122,7 @@ def _layer_panel(ax: Axes, c: _Curves, layer: int, record: RunRecord, log_loss: 
     ax.grid(alpha=0.25)
     rax = ax.twinx()
     rax.plot(c.analysed, c.corr[:, layer], color=CORR_COLOR, marker="o", ms=4, lw=1.4, label=c.metric)
-    rax.set_ylim(*c.corr_limits())
+    c.set_ylim(rax)
     rax.set_ylabel(c.metric, color=CORR_COLOR)
     rax.tick_params(axis="y", colors=CORR_COLOR)
     rax.spines["right"].set_color(CORR_COLOR)
@@ -137,7 +140,7 @@ def _overview_panel(ax: Axes, c: _Curves) -> None:
     colors = layer_colors(n_layers)
     for l in range(n_layers):
         ax.plot(c.analysed, c.corr[:, l], color=colors[l], marker="o", ms=3.5, lw=1.4, label=f"layer {l}")
-    ax.set_ylim(*c.corr_limits())
+    c.set_ylim(ax)
     c.set_xlim(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(c.metric)
@@ -148,10 +151,11 @@ def _overview_panel(ax: Axes, c: _Curves) -> None:
         ax.legend(loc="best", ncols=2 if n_layers > 4 else 1, frameon=True, framealpha=0.85)
 
 
-def training_analysis_figure(record: RunRecord) -> Figure:
-    """One panel per analysed layer (losses left, primary correlation right) plus an
-    overview panel with every layer's correlation; the title names the run."""
-    c = _Curves.of(record)
+def training_analysis_figure(record: RunRecord, metric: str | None = None) -> Figure:
+    """One panel per analysed layer (losses left, ``metric`` right: a name in ``metrics`` or a
+    per-layer key such as alpha_star; default the primary correlation) plus an overview panel
+    with every layer's ``metric``; the title names the run."""
+    c = _Curves.of(record, metric)
     n_layers = c.corr.shape[1]
     log_loss = use_log(c.train, c.val)
     fig, layer_axes, overview = layer_grid(n_layers, row_height=3.5, extra_height=1.2)
@@ -163,6 +167,8 @@ def training_analysis_figure(record: RunRecord) -> Figure:
         Line2D([], [], color=VAL_COLOR, lw=1.6, ls="-.", label="val loss (left axis)"),
         Line2D([], [], color=CORR_COLOR, marker="o", ms=4, lw=1.4, label=f"{c.metric} (right axis)"),
     ]
+    if c.metric == "alpha_star":
+        handles.append(alpha_handle())
     if c.switch is not None:
         handles.append(switch_handle(c.switch))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
@@ -180,7 +186,7 @@ def _run_subtitle(record: RunRecord, metric: str) -> str:
     if last is not None:
         parts.append(f"epoch {last['epoch']}: train acc {_fmt(last.get('train_acc'))}, "
                      f"val acc {_fmt(last.get('val_acc'))}")
-    parts.append(f"correlation = {metric}")
+    parts.append(f"correlation = {metric}" if is_correlation(metric) else metric)
     return "  \u00b7  ".join(parts)
 
 
@@ -307,14 +313,14 @@ def feature_arrays(
 
 def save_run_figures(record: RunRecord, run_dir: str | os.PathLike[str],
                      features: FeatureLog | None = None, per_channel: bool = False,
-                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Draw plots/training_analysis and, when layer-0 features exist, plots/features, in
-    each of ``formats``."""
+                     formats: Sequence[str] = ("png", "pdf"), metric: str | None = None) -> list[Path]:
+    """Draw plots/training_analysis (of ``metric``, default the primary) and, when layer-0
+    features exist, plots/features, in each of ``formats``."""
     run_dir = Path(run_dir)
     out = run_dir / PLOTS_DIR
     written = []
     with style():
-        fig = training_analysis_figure(record)
+        fig = training_analysis_figure(record, metric)
         written += save_figure(fig, out / "training_analysis", formats)
         arrays = feature_arrays(record, run_dir, features)
         if arrays is not None and len(arrays.get("epochs", [])):

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from agop_sweep.atomic import write_atomic
+from agop_sweep.nfa import METRICS
 
 DPI = 100
 SWITCH_GID = "schedule-switch"
@@ -60,6 +61,47 @@ def save_figure(
             # solving the constrained layout again (about half of the drawing time).
             fig.set_layout_engine("none")
     return paths
+
+
+# -- metrics -------------------------------------------------------------------------------------
+# Per-layer keys of a layer entry, besides its ``metrics``, that can be plotted like them.
+LAYER_KEYS = ("weight_change", "alpha_star", "alpha_corr")
+ALPHA_ANSATZ = 0.5  # the exponent the ansatz predicts (raw NFM ~ AGOP^(1/2))
+ALPHA_RANGE = (0.0, 2.0)
+
+
+def is_correlation(metric: str) -> bool:
+    return metric in METRICS or metric == "alpha_corr" or metric.startswith("top_eigvec_cos")
+
+
+def metric_limits(metric: str, values: np.ndarray) -> tuple[float | None, float | None]:
+    """The y range of ``metric``: correlations 0..1 (-1..1 when one is negative), alpha_star
+    0..2, weight_change from 0 up; (None, None): automatic."""
+    if metric == "alpha_star":
+        return ALPHA_RANGE
+    if metric == "weight_change":
+        return 0.0, None
+    if is_correlation(metric):
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        return (0.0, 1.0) if not v.size or v.min() >= 0 else (-1.0, 1.0)
+    return None, None
+
+
+def apply_metric_limits(ax: Axes, metric: str, values: np.ndarray) -> None:
+    """:func:`metric_limits` on ``ax`` (after drawing: an open end stays automatic), and for
+    alpha_star a dotted line at the ansatz's prediction."""
+    low, high = metric_limits(metric, values)
+    if low is not None:
+        ax.set_ylim(bottom=low)
+    if high is not None:
+        ax.set_ylim(top=high)
+    if metric == "alpha_star":
+        ax.axhline(ALPHA_ANSATZ, color="0.3", ls=":", lw=1.3, zorder=1)
+
+
+def alpha_handle() -> Line2D:
+    return Line2D([], [], color="0.3", ls=":", lw=1.3, label=f"ansatz: alpha = {ALPHA_ANSATZ:g}")
 
 
 # -- axes ----------------------------------------------------------------------------------------
