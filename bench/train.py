@@ -92,8 +92,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="minibatch (default: trainer.batch_size)")
     p.add_argument("--n-val", type=int, default=N_SVHN_TEST, help="val samples evaluated per epoch")
     p.add_argument("--optimizers", default="sgd,adam,muon")
-    p.add_argument("--steps", type=int, default=100, help="timed steps per repeat (scaled to the epoch)")
-    p.add_argument("--muon-steps", type=int, default=20, help="timed Muon steps per repeat")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per repeat (scaled to the epoch)")
+    p.add_argument("--muon-steps", type=int, default=10, help="timed Muon steps per repeat")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
     p.add_argument("--peer-workers", type=int, default=0,

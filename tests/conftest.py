@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import subprocess
@@ -76,17 +77,27 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith(frame)]
 
 
+@contextlib.contextmanager
+def composing() -> Iterator[Callable[..., DictConfig]]:
+    """``with composing() as make: make(*overrides, return_hydra_config=False)``: the app's
+    config, composed in-process (any fixture scope)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("agop_sweep.conf", version_base="1.3"):
+            def make(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+                return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+            yield make
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_config() -> Iterator[Callable[..., DictConfig]]:
     """``compose_config(*overrides, return_hydra_config=False)``: the app's config, composed."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("agop_sweep.conf", version_base="1.3"):
-        def make(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
-            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
-
+    with composing() as make:
         yield make
-    GlobalHydra.instance().clear()
 
 
 # -- SVHN-format files ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, error_lines, make_svhn_files, run_cli, run_cli_many, strip_timing
+from conftest import TINY, composing, error_lines, make_svhn_files, run_cli, run_cli_many, strip_timing
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
@@ -195,15 +195,8 @@ def check_run(run_dir: Path, optimizer: str, n_features: int, check_metrics_at: 
 @pytest.fixture(scope="module")
 def trainer_run(tmp_path_factory: pytest.TempPathFactory):
     """``trainer_run(name, *overrides)``: a Trainer run in-process (figures skipped); its dir."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from agop_sweep.config import register_configs
-
     root = tmp_path_factory.mktemp("runs")
-    register_configs()
-    GlobalHydra.instance().clear()
-    with pytest.MonkeyPatch.context() as mp, initialize_config_module("agop_sweep.conf", version_base="1.3"):
+    with pytest.MonkeyPatch.context() as mp, composing() as compose:
         mp.setattr(figures_run, "save_run_figures", lambda *args, **kwargs: [])
 
         def run(name: str, *overrides: str) -> Path:
@@ -211,12 +204,11 @@ def trainer_run(tmp_path_factory: pytest.TempPathFactory):
             # Another dataset option replaces TINY's synthetic one, and its keys with it.
             base = [o for o in TINY if not o.startswith("data")] if any(
                 o.startswith("data=") for o in overrides) else TINY
-            Trainer(compose("config", overrides=[*base, *overrides]), run_dir,
+            Trainer(compose(*base, *overrides), run_dir,
                     Placement("cpu", torch.get_num_threads())).run()
             return run_dir
 
         yield run
-    GlobalHydra.instance().clear()
 
 
 def test_tiny_run_matches_its_checkpoints(trainer_run) -> None:

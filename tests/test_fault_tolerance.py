@@ -8,7 +8,6 @@ and every checkpoint with an uninterrupted run of the same config.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import strip_timing
+from conftest import app_env, strip_timing
 
 # Enough steps per epoch (256) that kills land inside epochs, analyses and writes alike.
 RUN_ARGS = [
@@ -35,12 +34,8 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "agop_sweep", *RUN_ARGS, f"hydra.run.dir={run_dir}", *extra]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
-
-
 def run_app(run_dir: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(run_dir, *extra), cwd=cwd, env=_env(), capture_output=True, text=True,
+    return subprocess.run(_cmd(run_dir, *extra), cwd=cwd, env=app_env(), capture_output=True, text=True,
                           timeout=300)
 
 
@@ -49,7 +44,7 @@ def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedPro
     launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
     code = patch + launch
     return subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
-                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=300)
 
 
 def comparable(run_dir: Path) -> dict[str, Any]:
@@ -83,7 +78,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _kill_and_resume(tmp_path: Path, reference: Path, sig: int, rng: random.Random) -> dict[str, Any]:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(run_dir), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(run_dir), cwd=tmp_path, env=app_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     # Wait until training has started (results.json exists), then kill at a random moment.
     deadline = time.monotonic() + 120
@@ -167,7 +162,7 @@ def test_divergence_is_a_result(tmp_path: Path) -> None:
          "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
          "data.image_shape=[1,8,8]", "model.width=32", "schedule=smoke", "trainer.plots=off",
          f"hydra.sweep.dir={tmp_path}/sw"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sw").glob("*/results.json")}

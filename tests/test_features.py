@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from conftest import composing
 
 from agop_sweep import checkpoint as ckpt
 from agop_sweep.analysis import Analysis
-from agop_sweep.config import register_configs
 from agop_sweep.device import Placement
 from agop_sweep.features import FeatureLog, load_features, nearest_epochs, orient, to_image
 from agop_sweep.nfa import effective_rank, spectrum_of_gram
@@ -137,15 +135,12 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     from agop_sweep.train import Trainer
 
     monkeypatch.setattr(figures_run, "save_run_figures", lambda *a, **k: None)  # figures: test_plots
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("agop_sweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
+    with composing() as compose:
+        cfg = compose(
             "data=synthetic", "data.n_train=96", "data.n_val=16", "data.n_features=48",
             "data.image_shape=[3,4,4]", "model.width=12", "model.depth=2", "optimizer=adam",
             "schedule=smoke", "trainer.precision=fp32", "trainer.plots=end",
-        ])
-    GlobalHydra.instance().clear()
+        )
     Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads())).run()  # a fresh dir: no claim needed
     yield tmp_path, cfg
 

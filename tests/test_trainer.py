@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import strip_timing
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from conftest import composing, strip_timing
 from omegaconf import DictConfig, open_dict
 
-from agop_sweep.config import register_configs, to_container, upgrade_saved_config
+from agop_sweep.config import to_container, upgrade_saved_config
 from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
 from agop_sweep.record import RunRecord
@@ -33,11 +31,8 @@ TINY = [
 
 @pytest.fixture
 def make_cfg() -> Iterator:
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("agop_sweep.conf", version_base="1.3"):
-        yield lambda *overrides: compose("config", overrides=[*TINY, *overrides])
-    GlobalHydra.instance().clear()
+    with composing() as compose:
+        yield lambda *overrides: compose(*TINY, *overrides)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
