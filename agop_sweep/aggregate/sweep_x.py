@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from agop_sweep.aggregate.discover import AggregateError, Run, value_key
 from agop_sweep.aggregate.layout import grid_figure, layers_of, legend_below
@@ -86,8 +87,11 @@ def sweep_figure(df: pd.DataFrame, table: pd.DataFrame, xs: dict[str, float], me
     for ax in axes:
         ax.set_xlabel(key)
         ax.grid(alpha=0.25)
-        if log_x:
+        if log_x:  # ticks at the swept values, as plain numbers: no crowded minor labels
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(x_all))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     handles = [Line2D([], [], color=colors[g], marker="o", ms=4, lw=2, label=f"{by}={g}") for g in order]
     legend_below(fig, [*handles, *([alpha_handle()] if metric == "alpha_star" else [])],
                  title="lines: mean over runs (seeds); band: min-max")
