@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from agop_sweep.agop import jacobian_kernels
 from agop_sweep.model import MLP
-from agop_sweep.nfa import Spectrum, compare_layer, top_eigvec_cosine
+from agop_sweep.nfa import LayerComparison, Spectrum, compare_layer, top_eigvec_cosine
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,38 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
     return out
 
 
+def _layer_entry(layer: int, w: torch.Tensor, cmp: LayerComparison, cfg: DictConfig) -> dict[str, Any]:
+    """The results.json entry of one layer (SPEC: layer, shape, corr, metrics, ...)."""
+    entry: dict[str, Any] = {
+        "layer": layer,
+        "shape": list(w.shape),
+        "corr": cmp.metrics[cfg.primary],
+        "metrics": cmp.metrics,
+        "weight_change": cmp.weight_change,
+        "alpha_star": cmp.alpha_star,
+        "alpha_corr": cmp.alpha_corr,
+    }
+    if cfg.spectra:
+        entry["spectra"] = _spectral_summary(cmp.spectra)
+    return entry
+
+
+def _layer0_features(w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, cmp: LayerComparison,
+                     top: int) -> dict[str, np.ndarray]:
+    """features.npz's layer-0 arrays: the diagonals (d,) of W^T W, (W-W0)^T (W-W0) and the
+    AGOP W^T K W, and the ``top`` leading eigenvectors (top, d) of both NFMs and the AGOP."""
+    wd, w0d = w.double(), w0.double()
+    d = w.shape[1]
+    return {
+        "nfm_diag": (wd * wd).sum(0).cpu().numpy(),
+        "nfm_delta_diag": ((wd - w0d) ** 2).sum(0).cpu().numpy(),
+        "agop_diag": ((k @ wd) * wd).sum(0).cpu().numpy(),
+        "nfm_eigvecs": _top_vectors(cmp.spectra.get("nfm_raw"), top, d),
+        "nfm_delta_eigvecs": _top_vectors(cmp.spectra.get("nfm_delta"), top, d),
+        "agop_eigvecs": _top_vectors(cmp.spectra.get("agop"), top, d),
+    }
+
+
 def analyze_model(
     model: MLP,
     init_weights: Sequence[torch.Tensor],
@@ -96,36 +128,15 @@ def analyze_model(
         )
         layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
         for layer, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
-            cmp = compare_layer(w, w0.to(w.device), k, with_spectra=cfg.spectra, primary=cfg.primary)
-            entry: dict[str, Any] = {
-                "layer": layer,
-                "shape": list(w.shape),
-                "corr": cmp.metrics[cfg.primary],
-                "metrics": cmp.metrics,
-                "weight_change": cmp.weight_change,
-                "alpha_star": cmp.alpha_star,
-                "alpha_corr": cmp.alpha_corr,
-            }
+            w0 = w0.to(w.device)
+            cmp = compare_layer(w, w0, k, with_spectra=cfg.spectra, primary=cfg.primary)
+            layers.append(_layer_entry(layer, w, cmp, cfg))
             if cfg.spectra:
-                entry["spectra"] = _spectral_summary(cmp.spectra)
                 for name in eigvals:
                     s = cmp.spectra.get(name)
-                    eigvals[name].append(
-                        np.zeros(0) if s is None else s.values.cpu().numpy()
-                    )
-            layers.append(entry)
+                    eigvals[name].append(np.zeros(0) if s is None else s.values.cpu().numpy())
             if layer == 0 and cfg.save_features:
-                wd, w0d = w.double(), w0.to(w.device).double()
-                agop_diag = ((k @ wd) * wd).sum(0)
-                d = w.shape[1]
-                layer0 = {
-                    "nfm_diag": (wd * wd).sum(0).cpu().numpy(),
-                    "nfm_delta_diag": ((wd - w0d) ** 2).sum(0).cpu().numpy(),
-                    "agop_diag": agop_diag.cpu().numpy(),
-                    "nfm_eigvecs": _top_vectors(cmp.spectra.get("nfm_raw"), cfg.top_eigvecs, d),
-                    "nfm_delta_eigvecs": _top_vectors(cmp.spectra.get("nfm_delta"), cfg.top_eigvecs, d),
-                    "agop_eigvecs": _top_vectors(cmp.spectra.get("agop"), cfg.top_eigvecs, d),
-                }
+                layer0 = _layer0_features(w, w0, k, cmp, cfg.top_eigvecs)
     seconds = time.perf_counter() - start
     record = {
         "epoch": epoch,
