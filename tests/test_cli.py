@@ -350,3 +350,23 @@ def test_svhn_from_files_of_ones_own_and_without_network(tmp_path: Path) -> None
     (line,) = error_lines(proc.stderr)
     assert "train_32x32.mat" in line and "test_32x32.mat" in line and str(empty) in line
     assert not (tmp_path / "offline" / "results.json").exists()
+
+
+def test_experiment_seed_runs_as_the_original_script_did(tmp_path: Path) -> None:
+    """experiment=seed on this CPU: the original's Muon, identical initial middle layers, its
+    80/20 split of digits' 1,797 images, and fp32 (fp16 applies on CUDA only)."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("experiment=seed", "data=digits", "schedule=smoke", "model.width=32", "device=cpu",
+                   "trainer.plots=off", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "completed"
+    assert res["config"]["optimizer"]["name"] == "muon_seed"
+    assert res["config"]["data"]["split"] == "seed"
+    assert (res["run"]["n_train"], res["run"]["n_val"]) == (1437, 360)
+    assert res["config"]["trainer"]["precision"] == "fp16_on_cuda" and res["run"]["precision"] == "fp32"
+    state = _load(run_dir / res["checkpoints"]["0"])["state_dict"]
+    middle = [v for k, v in state.items() if k.startswith("middle.")]
+    assert len(middle) == 4 and all(torch.equal(middle[0], m) for m in middle[1:])
+    first = _load(run_dir / res["checkpoints"]["3"])["state_dict"]
+    assert not torch.equal(first["middle.0.weight"], first["middle.1.weight"])  # they train apart

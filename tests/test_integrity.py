@@ -76,6 +76,11 @@ def test_jobs_failing_at_start_leave_a_failed_record(tmp_path: Path) -> None:
     assert failed["error"] == "ConfigError: Invalid config: model.width=0: must be >= 1"
     assert failed["run"]["width"] == 0 and failed["config"]["model"]["width"] == 0
     assert records["16"]["status"] == "completed"
+    summary = run_cli(str(sweep), cwd=tmp_path, module="agop_sweep.aggregate")
+    assert summary.returncode == 0, summary.stderr
+    assert "Aggregated 2 runs: 1 completed, 1 failed." in summary.stdout
+    report = (sweep / "report.md").read_text()
+    assert "Failed runs" in report and "model.width=0: must be >= 1" in report
     # The failed job's directory can be reused once the cause is fixed.
     failed_dir = next(sweep.glob("*model.width=0,*"))
     proc = run_cli(*TINY, "model.width=4", f"hydra.run.dir='{failed_dir}'", cwd=tmp_path)
