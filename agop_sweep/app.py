@@ -145,8 +145,10 @@ def error_report(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, OverrideParseException):
         return f"Cannot parse the override {error.override!r}: {error.message.splitlines()[0]}"
-    if isinstance(error, (ConfigCompositionException, MissingConfigException, OmegaConfBaseException)):
-        line = _one_line(str(error)).rstrip(".")
+    if isinstance(error, MissingConfigException):
+        return _one_line(str(error))
+    if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
+        line = str(error).strip().splitlines()[0].rstrip(".")
         cause = error.__cause__
         if cause is not None and str(cause).strip():
             line += ": " + str(cause).strip().splitlines()[0]

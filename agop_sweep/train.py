@@ -79,11 +79,13 @@ class Trainer:
         except Preempted as p:
             log.warning("Stopped by a signal at epoch %d step %d; state saved. Continue with resume=true",
                         p.epoch, p.step)
+            self.end_hooks()
             guard.chain()
             return math.nan
         except BaseException as e:
             if not isinstance(e, KeyboardInterrupt):  # an interruption like a signal, not a failure
                 self.record_failure(e)
+                self.end_hooks()
             raise
         return self.record.objective()
 
@@ -275,6 +277,15 @@ class Trainer:
         for hook in self.hooks:
             hook.load_state_dict(state.hooks.get(hook.name, {}))
         return None if state.progress is None else EpochProgress.from_dict(state.progress, self.device)
+
+    def end_hooks(self) -> None:
+        """Tell the hooks that the run stopped early (failed or preempted): trackers close their
+        run with its status. Each hook on its own: one that fails never hides the others."""
+        for hook in self.hooks:
+            try:
+                hook.on_run_end(self.record, self.run_dir)
+            except Exception:
+                log.exception("Hook %s failed at the end of the run", hook.name)
 
     def record_failure(self, error: BaseException) -> None:
         self.record.set_status(Status.FAILED, error=f"{type(error).__name__}: {error}".splitlines()[0])

@@ -155,12 +155,14 @@ def original_layer(model: MLP, w0: torch.Tensor, x: torch.Tensor, layer: int,
     return agop, float(nfm @ g / (nfm.norm() * g.norm()))
 
 
-def reference_flops(d: Sequence[int], n_classes: int, n: int, layer: int) -> dict[str, int]:
+def reference_flops(d: Sequence[int], n_classes: int, n: int, layer: int,
+                    with_nfm: bool = False) -> dict[str, int]:
     """Matmul FLOPs of :func:`original_agop` for hidden layer ``layer`` over n samples.
 
     inputs: the forward of the layers below; forward: the sub-network's (readout included);
     vjp: jacrev's backward, one row per class, input gradients only (readout 2 c c d_L, then
     2 c d_out d_in per layer down to ``layer``); jtj: the einsum, 2 c d_l^2 per sample.
+    ``with_nfm``: also :func:`original_layer`'s NFM product, 2 d_out d_in^2 once.
     """
     layers = [(d[k], d[k + 1]) for k in range(len(d) - 1)]
     below = sum(i * o for i, o in layers[:layer])
@@ -171,6 +173,8 @@ def reference_flops(d: Sequence[int], n_classes: int, n: int, layer: int) -> dic
         "vjp": 2 * n * n_classes * (n_classes * d[-1] + above),
         "jtj": 2 * n * n_classes * d[layer] ** 2,
     }
+    if with_nfm:
+        out["nfm"] = 2 * d[layer + 1] * d[layer] ** 2
     out["total"] = sum(out.values())
     return out
 
@@ -336,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # -- report -------------------------------------------------------------------------------
     scale = n / ref_n
     ref_full = [t * scale for t in t_ref]
-    ref_flops = [reference_flops(d, N_CLASSES, n, l)["total"] for l in range(len(hidden))]
+    ref_flops = [reference_flops(d, N_CLASSES, n, l, with_nfm=True)["total"] for l in range(len(hidden))]
     rows, layers = [], []
     for l in range(len(hidden)):
         mine = shares.get(l, 0.0) * t_pass

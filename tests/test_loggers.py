@@ -10,104 +10,34 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import TINY, app_env, one_line_error, run_cli
+from conftest import app_env, one_line_error, run_cli
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 
-ARGS = [*TINY, "optimizer=adam"]
-Series = dict[str, dict[int, float]]
-
-
-# -- what results.json says the trackers must hold -------------------------------------------------
-
-
-def expected(run_dir: Path) -> Series:
-    """Every non-null number of results.json by tracker key and epoch."""
-    data = json.loads((run_dir / "results.json").read_text())
-    out: Series = {}
-
-    def put(key: str, epoch: int, value: Any) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.setdefault(key, {})[epoch] = float(value)
-
-    names = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
-             "val_acc": "acc/val", "seconds": "time/epoch_seconds"}
-    for e in data["epochs"]:
-        for field, key in names.items():
-            put(key, e["epoch"], e.get(field))
-    for a in data["analysis"]:
-        put("time/analysis_seconds", a["epoch"], a["seconds"])
-        for layer in a["layers"]:
-            where = f"layer{layer['layer']}"
-            for name, value in layer["metrics"].items():
-                put(f"{name}/{where}", a["epoch"], value)
-            put(f"weight_change/{where}", a["epoch"], layer["weight_change"])
-            put(f"alpha_star/{where}", a["epoch"], layer["alpha_star"])
-            for spectrum in ("agop", "nfm_raw", "nfm_delta"):  # null where undefined (epoch 0's delta)
-                rank = (layer["spectra"][spectrum] or {}).get("effective_rank")
-                put(f"effective_rank_{spectrum}/{where}", a["epoch"], rank)
-    return out
-
-
-def assert_once_each(logged: dict[str, list[tuple[int, float]]], want: Series, rel: float) -> None:
-    """``logged`` (key -> [(step, value)] as the tracker returns them) holds every value of
-    ``want`` exactly once and nothing else."""
-    assert set(logged) == set(want), set(logged) ^ set(want)
-    for key, points in logged.items():
-        steps = [step for step, _ in points]
-        assert sorted(steps) == sorted(set(steps)), f"{key}: a step logged twice: {steps}"
-        assert dict(points) == pytest.approx(want[key], rel=rel), key
-
-
-def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def tensorboard_text(logdir: Path, tag: str) -> list[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
-    acc.Reload()
-    return [t.tensor_proto.string_val[0].decode() for t in acc.Tensors(f"{tag}/text_summary")]
-
-
-def mlflow_runs(uri: str, experiment: str) -> list[Any]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, [e.name for e in client.search_experiments()]
-    return client.search_runs([found.experiment_id])
-
-
-def mlflow_metrics(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    keys = client.get_run(run_id).data.metrics
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
-
-
-def warnings_in(proc: subprocess.CompletedProcess[str]) -> list[str]:
-    """The warning lines of a run's output (Hydra logs to stdout; Python warnings go to stderr)."""
-    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
-    return [line for line in lines if "WARNING" in line or "Warning:" in line]
+from tracker_readers import (
+    ARGS,
+    assert_once_each,
+    expected,
+    free_port,
+    get_json,
+    mlflow_metrics,
+    mlflow_runs,
+    run_app,
+    stop_group,
+    tensorboard_scalars,
+    tensorboard_text,
+    warnings_in,
+)
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +48,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()
     return uri
-
-
-def run_app(tmp_path: Path, *extra: str, code: str = "") -> subprocess.CompletedProcess[str]:
-    """The app in a fresh interpreter, after ``code`` (which may patch something)."""
-    launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
-    return subprocess.run([sys.executable, "-c", code + launch, *ARGS, *extra], cwd=tmp_path,
-                          env=app_env(), capture_output=True, text=True, timeout=300)
 
 
 # -- the config group ------------------------------------------------------------------------------
@@ -288,9 +211,7 @@ def test_kill9_at_a_random_moment_then_resume_logs_every_epoch_once(tmp_path: Pa
 
 
 def test_a_tracker_that_is_gone_warns_once_and_the_run_completes(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port where no server listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # no server listens there
     run_dir = tmp_path / "run"
     proc = run_cli(*ARGS, "logger=both", f"logger.tracking_uri=http://127.0.0.1:{port}",
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -372,20 +293,13 @@ def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
 # -- a real MLflow server --------------------------------------------------------------------------
 
 
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.slow
 def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
     import sqlalchemy
 
     if int(sqlalchemy.__version__.split(".")[0]) < 2:  # mlflow/store/db/trace_rollups.py: sa.Engine
         pytest.skip(f"mlflow server needs SQLAlchemy 2, this env has {sqlalchemy.__version__}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
@@ -408,7 +322,7 @@ def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
                        f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert not warnings_in(proc), proc.stderr[-3000:]
-        experiment = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served")
+        experiment = get_json(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served")
         experiment_id = experiment["experiment"]["experiment_id"]
         body = json.dumps({"experiment_ids": [experiment_id]}).encode()
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
@@ -420,25 +334,11 @@ def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
         run_id = run["info"]["run_id"]
         logged = {}
         for key in expected(run_dir):
-            history = _get(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}")
+            history = get_json(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}")
             logged[key] = [(int(m.get("step", 0)), m["value"]) for m in history["metrics"]]
         assert_once_each(logged, expected(run_dir), rel=1e-12)
-        artifacts = _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+        artifacts = get_json(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
         assert "results.json" in {f["path"] for f in artifacts["files"]}
     finally:
-        _stop(server)
+        stop_group(server)
         log.close()
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (it started its own workers), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=30)
-            return
-        except subprocess.TimeoutExpired:
-            continue

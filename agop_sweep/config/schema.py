@@ -300,5 +300,5 @@ DATASETS: dict[str, type[DataConfig]] = {
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {"optimizer": OPTIMIZERS, "data": DATASETS}
 # Groups whose options share one schema: the type of the group's node.
 GROUP_SCHEMAS: dict[str, type] = {
-    "model": ModelConfig, "schedule": ScheduleConfig, "analysis": AnalysisConfig,
+    "model": ModelConfig, "schedule": ScheduleConfig, "analysis": AnalysisConfig, "logger": LoggerConfig,
 }
