@@ -36,7 +36,7 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
 
 def run_app(run_dir: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_cmd(run_dir, *extra), cwd=cwd, env=app_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
 
 
 def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
