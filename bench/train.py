@@ -3,7 +3,7 @@
 Project: the config is composed as ``python -m agop_sweep optimizer=<name>`` composes it;
 the model and optimizer come from agop_sweep.model.build_model and
 agop_sweep.optim.build_optimizer, and the timed steps are Trainer.train_epoch itself, over
-``--steps`` minibatches (median of ``--repeats``), scaled to the epoch's ceil(n / batch)
+``--steps`` minibatches (the fastest of ``--repeats``), scaled to the epoch's ceil(n / batch)
 steps. The evaluation is agop_sweep.evaluate.evaluate over ``--eval-n`` samples, scaled to
 the train and val sets.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,8 +48,8 @@ from common import (
     base_parser,
     compose_config,
     eval_flops,
+    fastest_time,
     gflops,
-    median_time,
     ns_flops,
     setup,
     stream_rate,
@@ -94,7 +93,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizers", default="sgd,adam,muon")
     p.add_argument("--steps", type=int, default=50, help="timed steps per repeat (scaled to the epoch)")
     p.add_argument("--muon-steps", type=int, default=10, help="timed Muon steps per repeat")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
     p.add_argument("--peer-workers", type=int, default=0,
                    help="DataLoader workers of the original loop (0: in this process; the original "
@@ -209,12 +208,12 @@ def ns_matmuls(shape: tuple[int, ...], steps: int, device: torch.device) -> floa
             u = g @ g
             u @ x
 
-    return median_time(run, device, repeats=3)
+    return fastest_time(run, device, repeats=3)
 
 
 def step_time(run_steps: Callable[[int], float], steps: int, repeats: int) -> float:
     run_steps(min(3, steps))  # warm-up: optimizer state, allocator, kernels
-    return statistics.median(run_steps(steps) for _ in range(repeats)) / steps
+    return min(run_steps(steps) for _ in range(repeats)) / steps  # fastest: see common.fastest_time
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             h.trainer.optimizer.optimizers[name] = opt
         peer = OriginalLoop(cfg, x, y, steps, device, args.peer_workers)
         r["peer_step_s"] = step_time(lambda k, p=peer: timed(p.epoch, device)[0], steps, args.repeats)
-        r["peer_loading_s"] = median_time(peer.loading, device, repeats=args.repeats) / steps
+        r["peer_loading_s"] = fastest_time(peer.loading, device, repeats=args.repeats) / steps
         r["peer_ratio"] = r["peer_step_s"] / step_s
         del peer
         if name == "muon":
@@ -292,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {name}: step {step_s * 1e3:.1f} ms, update {prof['step'] * 1e3:.2f} ms, original loop "
               f"{r['peer_step_s'] * 1e3:.1f} ms", flush=True)
 
-    bw = statistics.median(bandwidth)
+    bw = max(bandwidth)  # the fastest sample: the lowest floor
     for name, r in res.items():
         r["update_floor_s"] = r["update_bytes"] / bw
         elementwise = r["profile"]["update"] if name == "muon" else r["update_s"]
@@ -318,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "eval s/epoch", "epoch s"], rows,
           title=f"One epoch: {args.n:,} train samples ({n_steps} steps) + evaluation of {args.n:,} "
                 f"train and {args.n_val:,} val samples")
-    print(f"step: Trainer.train_epoch over the timed steps, median of {args.repeats}, scaled to the "
+    print(f"step: Trainer.train_epoch over the timed steps, the fastest of {args.repeats}, scaled to the "
           f"epoch's {n_steps} steps; fwd+bwd: forward, loss and backward alone; update: torch's "
           f"Optimizer.step range in profiled steps; evaluation: evaluate.evaluate over {eval_n:,} samples, "
           f"scaled to {args.n + args.n_val:,}.")
@@ -335,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table(["optimizer", "measured", "ms", "B/param", "MB moved", "floor ms", "of floor"], upd_rows,
           title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
     print(f"bandwidth: a += b on float32 arrays past the caches (in place, as the updates: 12 bytes "
-          f"per element), median of "
+          f"per element), the fastest of "
           f"{len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s "
           f"(range {min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f})")
     for name, r in res.items():

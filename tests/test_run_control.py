@@ -17,34 +17,38 @@ from agop_sweep.config import RUN_CONTROL_KEYS, is_run_control_key, run_control_
 RUN_CONTROL_OVERRIDES = [
     "resume=true", "device=cpu", "threads=1", "data.root=/elsewhere", "data.download=false",
     "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=64",
-    "analysis.chunk_size=16",
+    "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false",
 ]
 
 
 def test_the_run_control_keys() -> None:
     assert {
         "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
-        "trainer.plots", "eval.batch_size", "analysis.chunk_size", "cluster", "hparams_search", "logger",
+        "trainer.plots", "trainer.checkpoint_optimizer", "eval.batch_size", "analysis.chunk_size",
+        "cluster", "hparams_search", "logger",
     } == RUN_CONTROL_KEYS
     assert is_run_control_key("logger") and is_run_control_key("logger.tracking_uri")
     assert not is_run_control_key("loggers") and not is_run_control_key("data.name")
 
 
 def test_one_list_feeds_resume_and_hydra(compose_config) -> None:
-    assert resume.RUN_CONTROL_KEYS is RUN_CONTROL_KEYS  # the same object, not a copy
+    assert resume.is_run_control_key is is_run_control_key  # the resume check uses this very list
     raw = yaml.safe_load((resources.files("agop_sweep.conf") / "config.yaml").read_text())
     assert raw["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] == (
         "${agop_sweep.run_control_keys:}")
     cfg = compose_config(return_hydra_config=True)
-    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted(RUN_CONTROL_KEYS)
-    assert run_control_exclude_keys() == sorted(RUN_CONTROL_KEYS)
+    excluded = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    # The list itself, and the keys the composed config holds under its entries (logger.*).
+    assert set(excluded) >= RUN_CONTROL_KEYS and all(is_run_control_key(k) for k in excluded)
+    assert excluded == sorted(excluded) and set(run_control_exclude_keys()) == RUN_CONTROL_KEYS
 
 
 def test_keys_under_a_run_control_key_are_left_out_too(compose_config) -> None:
     """Hydra compares keys exactly: every key under ``logger`` in the config is listed."""
     cfg = compose_config("+logger.backend=tensorboard", "+logger.tracking.uri=x", return_hydra_config=True)
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    assert excluded == RUN_CONTROL_KEYS | {"logger.backend", "logger.tracking", "logger.tracking.uri"}
+    assert excluded >= RUN_CONTROL_KEYS | {"logger.backend", "logger.tracking", "logger.tracking.uri"}
+    assert all(is_run_control_key(k) for k in excluded)
     assert cfg.hydra.job.override_dirname == ""
 
 
@@ -80,7 +84,8 @@ def test_a_real_sweep_names_its_job_dirs_without_run_control_keys(tmp_path: Path
         "-m", "model.width=8", "model.depth=2", "schedule=smoke", "seed=3",
         "resume=false", "device=cpu", "threads=1", f"data.root={tmp_path / 'svhn'}", "data.download=false",
         "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=16",
-        "analysis.chunk_size=16", "cluster=joblib", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}",
+        "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false", "cluster=joblib",
+        "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}",
     ]
     proc = run_cli(*overrides, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
