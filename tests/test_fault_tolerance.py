@@ -44,7 +44,7 @@ def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedPro
     launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
     code = patch + launch
     return subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
-                          cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=300)
+                          cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=900)
 
 
 def comparable(run_dir: Path) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def test_divergence_is_a_result(tmp_path: Path) -> None:
          "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
          "data.image_shape=[1,8,8]", "model.width=32", "schedule=smoke", "trainer.plots=off",
          f"hydra.sweep.dir={tmp_path}/sw"],
-        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=app_env(), capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sw").glob("*/results.json")}
