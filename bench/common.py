@@ -209,13 +209,14 @@ def compose_config(overrides: Sequence[str] = ()) -> Any:
 
 
 def stream_rate(device: torch.device, mib: int | None = None) -> float:
-    """Memory bandwidth in bytes/s of a += b on ``mib`` MiB float32 arrays (default 64 on a
-    CPU, past its caches; 1024 on a GPU): 12 bytes per element (a and b read, a written in
-    place), the access pattern of an optimizer update. (An out-of-place c = a + b also reads
-    c's cache lines before writing them on most CPUs, so counting 12 bytes for it would
-    understate the bandwidth by up to a quarter.)"""
+    """Memory bandwidth in bytes/s of a += b on ``mib`` MiB float32 arrays (default 256 on a
+    CPU, far past its caches; 1024 on a GPU): 12 bytes per element (a and b read, a written
+    in place), the access pattern of an optimizer update. (An out-of-place c = a + b also
+    reads c's cache lines before writing them on most CPUs, so counting 12 bytes for it would
+    understate the bandwidth by up to a quarter.) Freshly allocated arrays stream slower
+    until their pages settle, so the fastest of 7 runs after a warm-up is taken."""
     if mib is None:
-        mib = 1024 if device.type == "cuda" else 64
+        mib = 1024 if device.type == "cuda" else 256
     n = mib * 2**20 // 4
     a, b = (torch.rand(n, device=device) for _ in range(2))
     t = fastest_time(lambda: a.add_(b), device, repeats=7)

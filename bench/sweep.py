@@ -257,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 analysis_s = analysis_subset(h, min(args.analysis_n, args.n), args.n)
         h.close()
 
-    rate.sample()
-    bf16.sample()
+    for _ in range(2):
+        rate.sample()
+        bf16.sample()
 
     # -- the projection -----------------------------------------------------------------------
     sched = compose_config().schedule
