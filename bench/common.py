@@ -223,6 +223,22 @@ def stream_rate(device: torch.device, mib: int | None = None) -> float:
     return 3 * 4 * n / t
 
 
+def tensor_stream(shapes: Sequence[Sequence[int]], arrays: int,
+                  device: torch.device) -> tuple[Callable[[], None], int]:
+    """a += b over tensors of the given shapes, ``arrays // 2`` pairs per shape, and the
+    bytes it moves: the working set of an update that touches ``arrays`` float32 tensors per
+    parameter, at the same per-tensor granularity. Repeated, the caches stay warm: the
+    fastest the same bytes can stream where they partly fit in cache."""
+    pairs = [(torch.rand(*s, device=device), torch.rand(*s, device=device))
+             for s in shapes for _ in range(max(1, arrays // 2))]
+
+    def stream() -> None:
+        for a, b in pairs:
+            a.add_(b)
+
+    return stream, sum(12 * a.numel() for a, _ in pairs)
+
+
 # -- memory ------------------------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from common import (
     stream_rate,
     svhn_shaped,
     table,
+    tensor_stream,
     timed,
     train_flops,
     verdict,
@@ -78,6 +79,9 @@ TARGET_NS = 1.3  # Newton-Schulz time / its FLOPs at the bf16 matmul rate
 # buf.lerp_(g) 12, g.lerp(buf) 12, p.mul_ 8, p.add_(bf16 update) 10 (its Newton-Schulz is
 # compute-bound and compared with the bf16 matmul rate instead).
 UPDATE_BYTES = {"sgd": 12, "adam": 28, "muon": 42}
+# float32 tensors per parameter in an update's working set (SGD p, g; Adam p, g, m, v; Muon p,
+# g, its buffer and the lerp result): the warm floor streams as many over the same shapes.
+WORKING_ARRAYS = {"sgd": 2, "adam": 4, "muon": 4}
 # torch's other kernels for SGD and Adam; on the CPU, torch's default (fused and foreach
 # unset) is the per-parameter loop, on CUDA foreach.
 KERNEL_VARIANTS = {"foreach": {"fused": None, "foreach": True},
@@ -216,6 +220,24 @@ def step_time(run_steps: Callable[[int], float], steps: int, repeats: int) -> fl
     return min(run_steps(steps) for _ in range(repeats)) / steps  # fastest: see common.fastest_time
 
 
+def update_alone(h: TrainerHarness, shapes: list[tuple[int, ...]], arrays: int, step: bool,
+                 device: torch.device, rounds: int = 20) -> tuple[float | None, int, float]:
+    """The optimizer's step alone (repeated on the last step's gradients; when ``step``) and
+    its warm floor stream (:func:`common.tensor_stream`), interleaved round by round so that
+    both see the same machine state: a shared host's memory bandwidth drifts by up to 1.5x
+    within minutes. Returns (fastest step s or None, stream bytes, fastest stream s)."""
+    stream, nbytes = tensor_stream(shapes, arrays, device)
+    stream()
+    if step:
+        h.trainer.optimizer.step()
+    alone, warm = [], []
+    for _ in range(rounds):
+        if step:
+            alone.append(timed(h.trainer.optimizer.step, device)[0])
+        warm.append(timed(stream, device)[0])
+    return (min(alone) if step else None), nbytes, min(warm)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement, printed as tables; returns them as a dict (also --json)."""
     device = setup(args)
@@ -246,16 +268,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with MatmulFlops() as counter:
             h.train_steps(1)
         # the same update alone, repeated on the last step's gradients (caches warm, no step around it)
-        alone_s = None if name == "muon" else fastest_time(h.trainer.optimizer.step, device, repeats=20)
         rate.sample()
         bandwidth.append(stream_rate(device))
+        pshapes = [tuple(p.shape) for p in h.trainer.model.parameters()]
+        alone_s, warm_bytes, warm_s = update_alone(h, pshapes, WORKING_ARRAYS[name], name != "muon", device)
         params = sum(p.numel() for p in h.trainer.model.parameters())
         fl = train_flops(shapes, bs)
         r: dict[str, Any] = {"step_s": step_s, "grad_s": grad_s, "batch": bs, "epoch_steps": n_steps,
                              "timed_steps": steps, "params": params, "train_flops_step": fl["total"],
                              "train_flops_step_naive_6x": fl["naive_6x"], "eval_s_per_sample": eval_s,
                              "update_s": prof["step"], "update_alone_s": alone_s, "profile": prof,
-                             "counted_flops_step": counter.total}
+                             "counted_flops_step": counter.total, "warm_bandwidth": warm_bytes / warm_s}
         r["train_efficiency"] = gflops(fl["total"], step_s) / (rate.rate / 1e9)
         r["eval_efficiency"] = gflops(eval_flops(shapes, 1), eval_s) / (rate.rate / 1e9)
         r["epoch_train_s"], r["epoch_eval_s"] = step_s * n_steps, eval_s * (args.n + args.n_val)
@@ -301,6 +324,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["update_vs_floor"] = elementwise / r["update_floor_s"]
         alone = r["update_alone_s"]
         r["update_alone_vs_floor"] = None if alone is None else alone / r["update_floor_s"]
+        r["update_warm_floor_s"] = r["update_bytes"] / r["warm_bandwidth"]
+        r["update_vs_warm_floor"] = elementwise / r["update_warm_floor_s"]
+        r["update_alone_vs_warm_floor"] = None if alone is None else alone / r["update_warm_floor_s"]
         rows.append([name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}",
                      f"{r['grad_s'] * 1e3:.1f}",
                      f"{r['update_s'] * 1e3:.2f}", f"{r['epoch_train_s']:.1f}", f"{r['epoch_eval_s']:.1f}",
@@ -309,12 +335,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{gflops(r['train_flops_step'], r['step_s']):.0f}", f"{r['train_efficiency']:.0%}",
                          f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}",
                          f"{r['eval_efficiency']:.0%}"])
-        what = "elementwise part (lerp_, lerp, mul_, add_)" if name == "muon" else "Optimizer.step range"
-        upd_rows.append([name, what, f"{elementwise * 1e3:.2f}",
-                         "-" if alone is None else f"{alone * 1e3:.2f}", UPDATE_BYTES[name],
-                         f"{r['update_bytes'] / 1e6:.0f}", f"{r['update_floor_s'] * 1e3:.2f}",
-                         f"{r['update_vs_floor']:.2f}x",
-                         "-" if alone is None else f"{r['update_alone_vs_floor']:.2f}x"])
+        upd_rows.append([name, f"{elementwise * 1e3:.2f}", "-" if alone is None else f"{alone * 1e3:.2f}",
+                         UPDATE_BYTES[name], f"{r['update_bytes'] / 1e6:.0f}",
+                         f"{r['update_floor_s'] * 1e3:.2f}", f"{r['update_vs_floor']:.2f}x",
+                         "-" if alone is None else f"{r['update_alone_vs_floor']:.2f}x",
+                         f"{r['update_warm_floor_s'] * 1e3:.2f}", f"{r['update_vs_warm_floor']:.2f}x",
+                         "-" if alone is None else f"{r['update_alone_vs_warm_floor']:.2f}x"])
         peer_rows.append([name, f"{r['step_s'] * 1e3:.1f}", f"{r['peer_step_s'] * 1e3:.1f}",
                           f"{r['peer_loading_s'] * 1e3:.2f}", f"{r['peer_ratio']:.2f}x"])
 
@@ -338,14 +364,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"dispatched in one step: "
           + ", ".join(f"{k} {r['counted_flops_step'] / 1e9:.2f}" for k, r in res.items()) + " GFLOP.")
     print(rate.describe())
-    table(["optimizer", "measured in the steps", "ms", "alone ms", "B/param", "MB moved", "floor ms",
-           "in steps / floor", "alone / floor"], upd_rows,
+    table(["optimizer", "in steps ms", "alone ms", "B/param", "MB moved", "floor ms", "steps/floor",
+           "alone/floor", "warm floor ms", "steps/warm", "alone/warm"], upd_rows,
           title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
-    print(f"in the steps: the profiled range in real Trainer.train_epoch steps (after a backward; "
-          f"the gradients new each step); alone: optimizer.step() repeated on the last step's gradients "
-          f"(fastest of 20). bandwidth: a += b on 256 MiB float32 arrays (in place, as the updates: "
-          f"12 bytes per element), the fastest of {len(bandwidth)} samples in this process: "
-          f"{bw / 1e9:.1f} GB/s (range {min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f})")
+    warm = ", ".join(f"{k} {r['warm_bandwidth'] / 1e9:.1f}" for k, r in res.items())
+    print(f"in steps: SGD's and Adam's Optimizer.step range, Muon's elementwise part (lerp_, lerp, mul_, "
+          f"add_), profiled in real Trainer.train_epoch steps (after a backward; the gradients new each "
+          f"step); alone: optimizer.step() repeated on the last step's gradients (fastest of 20). floor: "
+          f"at the bandwidth of a += b on 256 MiB float32 arrays (in place, as the updates: 12 bytes per "
+          f"element), the fastest of {len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s (range "
+          f"{min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f}). warm floor: at the bandwidth of "
+          f"a += b repeated over the update's working set (as many float32 tensors of the parameters' "
+          f"shapes; partly cache-resident): {warm} GB/s.")
     for name, r in res.items():
         for label, v in r.get("kernels", {}).items():
             v["update_vs_floor"] = v["update_s"] / r["update_floor_s"]
@@ -402,7 +432,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             v = r["update_vs_floor"]
             print(f"  {name} update in the steps / its memory-traffic floor: {v:.2f}x "
                   f"(target <= {TARGET_UPDATE}x: {verdict(v, TARGET_UPDATE, higher_is_better=False)}); "
-                  f"the same update alone {r['update_alone_vs_floor']:.2f}x")
+                  f"alone {r['update_alone_vs_floor']:.2f}x; against the warm floor: in the steps "
+                  f"{r['update_vs_warm_floor']:.2f}x, alone {r['update_alone_vs_warm_floor']:.2f}x")
     for name, r in res.items():
         print(f"  {name} evaluation FLOP/s / matmul: {r['eval_efficiency']:.0%} "
               f"(target >= {TARGET_EVAL:.0%}: {verdict(r['eval_efficiency'], TARGET_EVAL)})")
