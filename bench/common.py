@@ -9,6 +9,7 @@ the CPU share other processes took while it ran.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -249,6 +250,20 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return peak_rss_bytes()
+
+
+def trimmed_rss_bytes() -> int:
+    """RSS after glibc's malloc_trim returns the allocator's free pages to the system (where
+    there is glibc): what live allocations hold, without the allocator's cached pages, which
+    come and go by tens of MiB between epochs and would hide or fake a leak."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)
+    return rss_bytes()
 
 
 def peak_rss_bytes() -> int:

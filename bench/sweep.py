@@ -1,4 +1,4 @@
-"""Benchmark of a whole run (issue 7.1): the default schedule projected from measured parts.
+"""Benchmark of a whole run: the default schedule projected from measured parts.
 
 Three measurements, all with the project's own code:
 
@@ -53,6 +53,7 @@ from common import (
     table,
     timed,
     train_flops,
+    trimmed_rss_bytes,
     verdict,
     weight_shapes,
     write_json,
@@ -128,7 +129,7 @@ class ProbeTrainer(Trainer):
         t0 = time.perf_counter()
         event = super().finish_epoch(entry, analysis)
         cuda = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        self.probe.append({"epoch": entry["epoch"], "rss": rss_bytes(), "cuda": cuda,
+        self.probe.append({"epoch": entry["epoch"], "rss": trimmed_rss_bytes(), "cuda": cuda,
                            "analysed": analysis is not None, "finish": time.perf_counter() - t0,
                            "seconds": entry["seconds"], "train_seconds": entry["train_seconds"]})
         return event
@@ -153,7 +154,7 @@ def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, An
     # The first half settles allocator pools, lazy imports and matplotlib's caches (they grow
     # in steps, e.g. when the epoch axis gets two-digit labels); a leak keeps growing after.
     settle = (len(rss) - 1) // 2
-    growth = (rss[-1] - rss[settle]) / max(1, len(rss) - 1 - settle)
+    growth = statistics.linear_regression(range(settle, len(rss)), rss[settle:]).slope  # bytes/epoch
     return {"rss": rss, "cuda": [p["cuda"] for p in t.probe], "settle": settle, "growth": growth,
             "plots": t.figures.live_seconds, "final_plots": t.figures.final_seconds}
 
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settled = mem["rss"][mem["settle"]] / MIB
     print(f"  memory over {args.mem_epochs} epochs: {settled:.0f} MiB at epoch {mem['settle']} -> "
           f"{mem['rss'][-1] / MIB:.0f} MiB at epoch {args.mem_epochs}, {mem['growth'] / MIB:+.2f} MiB/epoch "
+          f"(least-squares slope over epochs {mem['settle']}-{args.mem_epochs}, RSS after malloc_trim) "
           f"(limit {GROWTH_LIMIT_MIB} MiB/epoch: {verdict(mem['growth'] / MIB, GROWTH_LIMIT_MIB, False)})")
 
     for name, b in bounds.items():
