@@ -21,7 +21,7 @@ Also: exact matmul FLOPs of both (formulas checked against the matmuls dispatche
 pass's FLOP/s against a plain fp32 matmul timed in the same process, the pass's split by
 layer, float32 and float64 agreement, and the analysis's extra peak memory at the full n.
 
-    python bench/agop.py                    # width 1024, depth 5, n = 73,257 on the CPU (~4 min)
+    python bench/agop.py                    # width 1024, depth 5, n = 73,257 on the CPU (~3 min)
     python bench/agop.py --n 8192 --ref-n 256
 """
 

@@ -3,8 +3,9 @@
 Three measurements, all with the project's own code:
 
 1. Memory over a run: a real Trainer (data=synthetic, ``--mem-width``) trains and analyses
-   ``--mem-epochs`` epochs in this process; the RSS after every epoch shows whether memory
-   grows (it must not, beyond the few hundred KB per analysis that features.npz keeps).
+   ``--mem-epochs`` epochs in this process; the RSS after every epoch (after malloc_trim)
+   shows whether memory grows: the least-squares slope over the second half must stay
+   under 1 MiB per epoch (the few hundred KB per analysis that features.npz keeps).
 2. A default-sized run: a real Trainer at width/depth/n of the defaults, one training epoch
    and one analysis (schedule.epochs=1, checkpoints=[1]); its peak RSS (and peak GPU
    memory with --device cuda) and its measured epoch, evaluation and analysis seconds.
