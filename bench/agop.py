@@ -37,13 +37,10 @@ from common import (
     GIB,
     N_CLASSES,
     Contention,
-    MatmulFlops,
-    MatmulRate,
     base_parser,
     compose_config,
     dims,
     gflops,
-    peak_memory,
     setup,
     svhn_shaped,
     table,
@@ -51,7 +48,9 @@ from common import (
     verdict,
     write_json,
 )
-from torch.func import jacrev, vmap
+from flops import MatmulFlops
+from machine import MatmulRate, peak_memory
+from original import ORIGINAL_BATCH, original_agop, original_layer, reference_flops
 
 from agop_sweep.agop import jacobian_kernels, panel_rows, pass_flops
 from agop_sweep.analysis import analyze_model, exact_matmuls
@@ -63,7 +62,6 @@ TARGET_PASS = 5.0  # the pass at least this many times faster than the original 
 TARGET_ANALYSIS = 3.0  # the whole analysis, all variants and spectra
 TARGET_EFFICIENCY = 0.70
 TARGET_MEMORY_GIB = 4.0
-ORIGINAL_BATCH = 128  # the original's batch, both for the layer inputs and for egop
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,83 +98,6 @@ def weights(model: MLP) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 # -- the reference: the original script's method ------------------------------------------
-
-
-def subnetwork(model: MLP, layer: int) -> MLP:
-    """The network above hidden layer ``layer``: its first layer is W_layer, then the hidden
-    layers above it and the readout, sharing the model's weights (as the original's
-    build_subnetwork does with a shallower Net)."""
-    hidden = model.hidden_weights()
-    width = hidden[layer].shape[0]
-    sub = MLP(hidden[layer].shape[1], width, len(hidden) - layer, model.last.weight.shape[0],
-              model.act_name).to(device=hidden[0].device, dtype=hidden[0].dtype)
-    for linear, w in zip([*sub.hidden, sub.last], [*hidden[layer:], model.last.weight], strict=True):
-        linear.weight = w
-    return sub.eval()
-
-
-def layer_inputs(model: MLP, x: torch.Tensor, layer: int, batch: int) -> torch.Tensor:
-    """h_layer of every sample, in batches of ``batch``: the correct inputs (the original's
-    helper applies one more middle layer for layers 2-4)."""
-    hidden = model.hidden_weights()
-    out = []
-    with torch.no_grad():
-        for xb in torch.split(x, batch):
-            h = xb
-            for w in hidden[:layer]:
-                h = model.act(h @ w.T)
-            out.append(h)
-    return torch.cat(out)
-
-
-def original_agop(model: MLP, x: torch.Tensor, layer: int, batch: int = ORIGINAL_BATCH) -> torch.Tensor:
-    """AGOP of hidden layer ``layer`` over the samples ``x`` by the original's method:
-    vmap(jacrev) of the sub-network above the layer at every h_l, in batches of ``batch``,
-    sum_i J_i^T J_i accumulated in the model's dtype, divided by n."""
-    h = layer_inputs(model, x, layer, batch)
-    jac = vmap(jacrev(subnetwork(model, layer)))
-    total = None
-    with torch.no_grad():
-        for hb in torch.split(h, batch):
-            j = jac(hb)  # (b, c, d)
-            part = torch.einsum("bcp,bcq->pq", j, j)
-            total = part if total is None else total + part
-    return total / x.shape[0]
-
-
-def original_layer(model: MLP, w0: torch.Tensor, x: torch.Tensor, layer: int,
-                   batch: int = ORIGINAL_BATCH) -> tuple[torch.Tensor, float]:
-    """One layer of the original routine: the AGOP, and its one correlation, the cosine of
-    the delta NFM (W - W0)^T (W - W0) / d_out with the AGOP (in float64, as its correlate)."""
-    agop = original_agop(model, x, layer, batch)
-    d = (model.hidden_weights()[layer].detach() - w0).cpu()
-    nfm = (d.T @ d / d.shape[0]).double().reshape(-1)
-    g = agop.double().cpu().reshape(-1)
-    return agop, float(nfm @ g / (nfm.norm() * g.norm()))
-
-
-def reference_flops(d: Sequence[int], n_classes: int, n: int, layer: int,
-                    with_nfm: bool = False) -> dict[str, int]:
-    """Matmul FLOPs of :func:`original_agop` for hidden layer ``layer`` over n samples.
-
-    inputs: the forward of the layers below; forward: the sub-network's (readout included);
-    vjp: jacrev's backward, one row per class, input gradients only (readout 2 c c d_L, then
-    2 c d_out d_in per layer down to ``layer``); jtj: the einsum, 2 c d_l^2 per sample.
-    ``with_nfm``: also :func:`original_layer`'s NFM product, 2 d_out d_in^2 once.
-    """
-    layers = [(d[k], d[k + 1]) for k in range(len(d) - 1)]
-    below = sum(i * o for i, o in layers[:layer])
-    above = sum(i * o for i, o in layers[layer:])
-    out = {
-        "inputs": 2 * n * below,
-        "forward": 2 * n * (above + d[-1] * n_classes),
-        "vjp": 2 * n * n_classes * (n_classes * d[-1] + above),
-        "jtj": 2 * n * n_classes * d[layer] ** 2,
-    }
-    if with_nfm:
-        out["nfm"] = 2 * d[layer + 1] * d[layer] ** 2
-    out["total"] = sum(out.values())
-    return out
 
 
 # -- helpers ---------------------------------------------------------------------------------

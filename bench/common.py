@@ -9,22 +9,18 @@ the CPU share other processes took while it ran.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
@@ -159,43 +155,6 @@ def svhn_shaped(n: int, device: torch.device, seed: int = 0, n_classes: int = N_
     return x.to(device), y.to(device)
 
 
-class MatmulRate:
-    """The FLOP/s of a plain (size x size) @ (size x size) matmul, sampled repeatedly.
-
-    Take :meth:`sample` before and after (or between) the phases being measured; the fastest
-    sample is the rate that efficiencies are relative to (each sample is a median of a few
-    products), so contention while sampling cannot make an efficiency look better.
-    """
-
-    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096):
-        self.device, self.dtype, self.size = device, dtype, size
-        g = torch.Generator().manual_seed(0)
-        self.a = torch.randn(size, size, generator=g).to(device, dtype)
-        self.b = torch.randn(size, size, generator=g).to(device, dtype)
-        self.samples: list[float] = []
-        self.a @ self.b  # warm up (library init, page faults)
-
-    def sample(self, repeats: int | None = None) -> float:
-        if repeats is None:  # about as long for sizes 1024..4096: 3 products at 4096
-            repeats = max(3, min(192, 3 * (4096 // self.size) ** 3))
-        t = median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=0)
-        rate = 2 * self.size**3 / t
-        self.samples.append(rate)
-        return rate
-
-    @property
-    def rate(self) -> float:
-        if not self.samples:
-            self.sample()
-        return max(self.samples)
-
-    def describe(self) -> str:
-        lo, hi = min(self.samples), max(self.samples)
-        name = str(self.dtype).removeprefix("torch.")
-        return (f"{name} matmul {self.size}^3: {self.rate / 1e9:.0f} GFLOP/s, the fastest of "
-                f"{len(self.samples)} samples (range {lo / 1e9:.0f}-{hi / 1e9:.0f})")
-
-
 def compose_config(overrides: Sequence[str] = ()) -> Any:
     """The project's full config as ``python -m agop_sweep <overrides>`` composes it."""
     from hydra import compose, initialize_config_module
@@ -209,109 +168,7 @@ def compose_config(overrides: Sequence[str] = ()) -> Any:
         return compose("config", overrides=list(overrides))
 
 
-def stream_rate(device: torch.device, mib: int | None = None) -> float:
-    """Memory bandwidth in bytes/s of a += b on ``mib`` MiB float32 arrays (default 256 on a
-    CPU, far past its caches; 1024 on a GPU): 12 bytes per element (a and b read, a written
-    in place), the access pattern of an optimizer update. (An out-of-place c = a + b also
-    reads c's cache lines before writing them on most CPUs, so counting 12 bytes for it would
-    understate the bandwidth by up to a quarter.) Freshly allocated arrays stream slower
-    until their pages settle, so the fastest of 7 runs after a warm-up is taken."""
-    if mib is None:
-        mib = 1024 if device.type == "cuda" else 256
-    n = mib * 2**20 // 4
-    a, b = (torch.rand(n, device=device) for _ in range(2))
-    t = fastest_time(lambda: a.add_(b), device, repeats=7)
-    return 3 * 4 * n / t
-
-
-def tensor_stream(shapes: Sequence[Sequence[int]], arrays: int,
-                  device: torch.device) -> tuple[Callable[[], None], int]:
-    """a += b over tensors of the given shapes, ``arrays // 2`` pairs per shape, and the
-    bytes it moves: the working set of an update that touches ``arrays`` float32 tensors per
-    parameter, at the same per-tensor granularity. Repeated, the caches stay warm: the
-    fastest the same bytes can stream where they partly fit in cache."""
-    pairs = [(torch.rand(*s, device=device), torch.rand(*s, device=device))
-             for s in shapes for _ in range(max(1, arrays // 2))]
-
-    def stream() -> None:
-        for a, b in pairs:
-            a.add_(b)
-
-    return stream, sum(12 * a.numel() for a, _ in pairs)
-
-
 # -- memory ------------------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process now."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss_bytes()
-
-
-def trimmed_rss_bytes() -> int:
-    """RSS after glibc's malloc_trim returns the allocator's free pages to the system (where
-    there is glibc): what live allocations hold, without the allocator's cached pages, which
-    come and go by tens of MiB between epochs and would hide or fake a leak."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc
-            ctypes.CDLL(name).malloc_trim(0)
-    return rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (since start or the last :func:`reset_peak_rss`)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
-    """Yields a dict that gets, on exit: ``rss_before``, ``rss_peak`` and ``rss_delta`` (bytes;
-    the delta is the peak over the RSS at entry), and on CUDA ``cuda_before``/``cuda_peak``/
-    ``cuda_delta`` (allocated tensor bytes). ``rss_exact`` is False where the peak mark could
-    not be reset, so the delta is then an upper bound."""
-    out: dict[str, float] = {}
-    exact = reset_peak_rss()
-    out["rss_before"] = rss_bytes()
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out["cuda_before"] = torch.cuda.memory_allocated(device)
-    try:
-        yield out
-    finally:
-        if device.type == "cuda":
-            sync(device)
-            out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
-            out["cuda_delta"] = out["cuda_peak"] - out["cuda_before"]
-        out["rss_peak"] = peak_rss_bytes()
-        out["rss_delta"] = out["rss_peak"] - out["rss_before"]
-        out["rss_exact"] = exact
 
 
 # -- output ------------------------------------------------------------------------------
@@ -365,70 +222,6 @@ def write_json(path: str | Path, obj: Any) -> None:
 # (activations, masks, losses, optimizer updates) is not counted: it is memory-bound and
 # under 0.1 % of the matmul FLOPs here. MatmulFlops counts the same thing at run time, from
 # the aten matmuls dispatched, and tests/test_bench.py checks every formula against it.
-
-
-def train_flops(shapes: Sequence[tuple[int, int]], batch: int) -> dict[str, int]:
-    """Matmul FLOPs of one training step (forward, loss, backward) of the bias-free MLP with
-    weights of ``shapes`` (d_out, d_in), forward order, at ``batch`` samples.
-
-    forward: 2 b d_in d_out per layer; backward: the weight gradient (2 b d_in d_out) of
-    every layer and the input gradient (2 b d_in d_out) of every layer but the first: the
-    input does not require grad, so autograd never computes d loss / d x.
-    """
-    macs = [o * i for o, i in shapes]
-    out = {"forward": 2 * batch * sum(macs), "weight_grads": 2 * batch * sum(macs),
-           "input_grads": 2 * batch * sum(macs[1:])}
-    out["total"] = sum(out.values())
-    out["naive_6x"] = 6 * batch * sum(macs)  # the usual 6 x params x batch count, for comparison
-    return out
-
-
-def eval_flops(shapes: Sequence[tuple[int, int]], n: int) -> int:
-    """Matmul FLOPs of evaluating ``n`` samples (forward only)."""
-    return 2 * n * sum(o * i for o, i in shapes)
-
-
-def ns_flops(shape: Sequence[int], steps: int) -> int:
-    """Matmul FLOPs of torch.optim.Muon's Newton-Schulz on one (rows, cols) matrix.
-
-    torch/optim/_muon.py works on X (m, k), m = min(rows, cols) (tall matrices transposed);
-    each of the ``steps`` iterations is gram = X X^T (2 m^2 k), addmm(gram, gram, gram)
-    (2 m^3) and addmm(X, update, X) (2 m^2 k).
-    """
-    m, k = min(shape), max(shape)
-    return steps * (4 * m * m * k + 2 * m**3)
-
-
-class MatmulFlops(TorchDispatchMode):
-    """Counts the matmul FLOPs that are actually dispatched (mm, addmm, bmm, baddbmm, and
-    the vector forms), under autograd and torch.func transforms alike; ``by_op`` splits them.
-
-    torch.utils.flop_counter.FlopCounterMode does the same for plain autograd but cannot run
-    under torch.func.jacrev (its module hooks break autograd.grad), which the reference uses.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-        self.by_op: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        op = func._overloadpacket
-        flops = 0
-        if op in (aten.mm, aten.bmm):
-            a, b = args[0], args[1]
-            flops = 2 * a.numel() * b.shape[-1]
-        elif op in (aten.addmm, aten.baddbmm):
-            a, b = args[1], args[2]
-            flops = 2 * a.numel() * b.shape[-1]
-        elif op in (aten.mv, aten.addmv, aten.dot, aten.vdot):
-            a = args[1] if op is aten.addmv else args[0]
-            flops = 2 * a.numel()
-        if flops:
-            self.total += flops
-            self.by_op[str(op)] = self.by_op.get(str(op), 0) + flops
-        return out
 
 
 # -- the project's training code, driven piece by piece ----------------------------------

@@ -38,27 +38,21 @@ from common import (
     N_CLASSES,
     N_SVHN_TEST,
     Contention,
-    MatmulRate,
     TrainerHarness,
     base_parser,
     compose_config,
     dims,
-    eval_flops,
-    ns_flops,
-    peak_rss_bytes,
-    reset_peak_rss,
-    rss_bytes,
     setup,
     svhn_shaped,
     sync,
     table,
     timed,
-    train_flops,
-    trimmed_rss_bytes,
     verdict,
     weight_shapes,
     write_json,
 )
+from flops import eval_flops, ns_flops, train_flops
+from machine import MatmulRate, peak_rss_bytes, reset_peak_rss, rss_bytes, trimmed_rss_bytes
 from omegaconf import DictConfig
 
 from agop_sweep.agop import jacobian_kernels, pass_flops

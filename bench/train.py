@@ -41,36 +41,26 @@ from typing import Any
 
 import torch
 from common import (
-    N_CLASSES,
     N_SVHN_TEST,
     Contention,
-    MatmulFlops,
-    MatmulRate,
     TrainerHarness,
     base_parser,
     compose_config,
-    eval_flops,
     fastest_time,
     gflops,
-    ns_flops,
     setup,
-    stream_rate,
     svhn_shaped,
     table,
-    tensor_stream,
     timed,
-    train_flops,
     verdict,
     weight_shapes,
     write_json,
 )
+from flops import MatmulFlops, eval_flops, ns_flops, train_flops
+from machine import MatmulRate, stream_rate, tensor_stream
 from omegaconf import DictConfig
-from torch import nn
-from torch.nn import functional as F
+from original import OriginalLoop
 from torch.profiler import ProfilerActivity, profile
-
-from agop_sweep.model import build_model
-from agop_sweep.optim import build_optimizer
 
 TARGET_TRAIN = 0.75  # SGD training FLOP/s / fp32 matmul FLOP/s
 TARGET_EVAL = 0.60
@@ -115,53 +105,6 @@ def config(name: str, args: argparse.Namespace) -> DictConfig:
 
 
 # -- the original script's training loop -----------------------------------------------------
-
-
-def peer_optimizer(cfg: DictConfig, model: nn.Module) -> Any:
-    """The configured optimizer (same hyperparameters) with torch's default kernels: the
-    project's builder with ``fused=false``, i.e. torch.optim.SGD / Adam / Muon as a plain
-    script constructs them."""
-    from omegaconf import OmegaConf
-
-    plain = OmegaConf.merge(cfg, {"fused": False}) if "fused" in cfg else cfg
-    return build_optimizer(plain, model)
-
-
-class OriginalLoop:
-    """The original script's loop over ``steps`` batches: a DataLoader over per-item tensors
-    (on the host, as the original's list of (image, one-hot) pairs), nn.MSELoss, torch's
-    optimizer defaults, one loss.item() per step. Same initial model as the Trainer's."""
-
-    def __init__(self, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, steps: int,
-                 device: torch.device, workers: int = 0):
-        bs = cfg.trainer.batch_size
-        torch.manual_seed(cfg.seed)  # as Trainer.setup: the same initial weights
-        self.model = build_model(x.shape[1], cfg.model.width, cfg.model.depth, N_CLASSES, "relu").to(device)
-        self.optimizer = peer_optimizer(cfg.optimizer, self.model)
-        xs, ys = x[: steps * bs].cpu(), F.one_hot(y[: steps * bs].cpu(), N_CLASSES).float()
-        items = [(xs[i].clone(), ys[i].clone()) for i in range(xs.shape[0])]
-        self.loader = torch.utils.data.DataLoader(items, batch_size=bs, shuffle=True, num_workers=workers)
-        self.criterion = nn.MSELoss()
-        self.device = device
-
-    def epoch(self) -> float:
-        net, opt, device = self.model, self.optimizer, self.device
-        net.train()
-        total = 0.0
-        for inputs, labels in self.loader:
-            opt.zero_grad()  # OptimizerSet: set_to_none=True, as the original
-            inputs, labels = inputs.to(device), labels.to(device)
-            loss = self.criterion(net(inputs), labels)
-            loss.backward()
-            opt.step()
-            net.zero_grad(set_to_none=True)
-            total += loss.item() * len(inputs)
-        return total
-
-    def loading(self) -> None:
-        """The DataLoader alone: batches collated and moved, no compute."""
-        for inputs, labels in self.loader:
-            inputs.to(self.device), labels.to(self.device)
 
 
 # -- the update, through torch.profiler ---------------------------------------------------------

@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 common = importlib.import_module("common")
+flops = importlib.import_module("flops")
+original = importlib.import_module("original")
 bench_agop = importlib.import_module("agop")
 bench_train = importlib.import_module("train")
 gpu_check = importlib.import_module("gpu_check")
@@ -46,27 +48,27 @@ def shapes() -> list[tuple[int, int]]:
 
 def test_train_flops_are_what_a_step_dispatches(model: torch.nn.Module) -> None:
     x, y = torch.rand(8, D_IN), torch.randint(0, C, (8,))
-    with common.MatmulFlops() as mine, FlopCounterMode(display=False) as torchs:
+    with flops.MatmulFlops() as mine, FlopCounterMode(display=False) as torchs:
         loss = F.mse_loss(model(x), F.one_hot(y, C).float())
         loss.backward()
-    fl = common.train_flops(shapes(), 8)
+    fl = flops.train_flops(shapes(), 8)
     assert mine.total == torchs.get_total_flops() == fl["total"]
     # the input does not require grad: the first layer has no input gradient
     assert fl["naive_6x"] - fl["total"] == 2 * 8 * D_IN * WIDTH
 
 
 def test_eval_flops(model: torch.nn.Module) -> None:
-    with torch.no_grad(), common.MatmulFlops() as fc:
+    with torch.no_grad(), flops.MatmulFlops() as fc:
         model(torch.rand(5, D_IN))
-    assert fc.total == common.eval_flops(shapes(), 5)
+    assert fc.total == flops.eval_flops(shapes(), 5)
 
 
 def test_ns_flops_are_what_muon_dispatches(model: torch.nn.Module) -> None:
     opt = torch.optim.Muon(model.parameters(), lr=0.01, weight_decay=0.0)
     F.mse_loss(model(torch.rand(4, D_IN)), torch.zeros(4, C)).backward()
-    with common.MatmulFlops() as fc:
+    with flops.MatmulFlops() as fc:
         opt.step()
-    assert fc.total == sum(common.ns_flops(p.shape, 5) for p in model.parameters())
+    assert fc.total == sum(flops.ns_flops(p.shape, 5) for p in model.parameters())
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -79,10 +81,10 @@ def test_original_method_agrees_with_the_pass(model: torch.nn.Module, dtype: tor
     kp = jacobian_kernels(hidden, readout, model.act, model.act_grad, x, chunk_size=128)
     d = [D_IN] + [WIDTH] * DEPTH
     for l, (w, k) in enumerate(zip(hidden, kp.kernels, strict=True)):
-        with common.MatmulFlops() as fc:
-            ref = bench_agop.original_agop(model, x, l)
+        with flops.MatmulFlops() as fc:
+            ref = original.original_agop(model, x, l)
         assert bench_agop.rel_err(agop_from_kernel(w.double(), k), ref) < tol
-        assert fc.total == bench_agop.reference_flops(d, C, 300, l)["total"]
+        assert fc.total == original.reference_flops(d, C, 300, l)["total"]
 
 
 def test_layer_inputs_are_the_layers_inputs(model: torch.nn.Module) -> None:
@@ -90,14 +92,14 @@ def test_layer_inputs_are_the_layers_inputs(model: torch.nn.Module) -> None:
     x = torch.rand(130, D_IN)
     w = [p.detach() for p in model.hidden_weights()]
     h2 = torch.relu(torch.relu(x @ w[0].T) @ w[1].T)
-    assert torch.allclose(bench_agop.layer_inputs(model, x, 2, 128), h2)
-    assert torch.equal(bench_agop.layer_inputs(model, x, 0, 128), x)
+    assert torch.allclose(original.layer_inputs(model, x, 2, 128), h2)
+    assert torch.equal(original.layer_inputs(model, x, 0, 128), x)
 
 
 def test_pass_flops_are_what_the_pass_dispatches(model: torch.nn.Module) -> None:
     hidden, readout = bench_agop.weights(model.eval())
     x = torch.rand(200, D_IN)
-    with common.MatmulFlops() as fc:
+    with flops.MatmulFlops() as fc:
         jacobian_kernels(hidden, readout, model.act, model.act_grad, x, chunk_size=64)
     once = 2 * WIDTH * C * WIDTH  # R^T R for the top layer, once per pass
     assert fc.total - once == pass_flops([D_IN] + [WIDTH] * DEPTH, C, 200)["total"]
