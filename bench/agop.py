@@ -6,7 +6,7 @@ agop_sweep.analysis.analyze_model (the pass, then per layer W^T K W, every metri
 the spectra, alpha_star and the layer-0 features), both timed at the full n.
 
 Reference: the method of the original training_100epochs.py (its ``egop`` routine), written
-anew here: per hidden layer l, the layer's inputs h_l in batches of 128, then per batch of
+anew in bench/original.py: per hidden layer l, the layer's inputs h_l in batches of 128, then per batch of
 128 the Jacobians of the sub-network above layer l, ``torch.func.vmap(jacrev(subnet))``,
 summed as J^T J (einsum) into a float32 matrix, divided by n; and the one correlation the
 original computes per layer (cosine of (W - W0)^T (W - W0) with that AGOP). The original's
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,9 +96,6 @@ def make_model(width: int, depth: int, device: torch.device,
 
 def weights(model: MLP) -> tuple[list[torch.Tensor], torch.Tensor]:
     return [w.detach() for w in model.hidden_weights()], model.last.weight.detach()
-
-
-# -- the reference: the original script's method ------------------------------------------
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -166,192 +164,239 @@ def counted_flops(model: MLP, x: torch.Tensor, chunk: int, batch: int) -> dict[s
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement, printed as tables; returns them as a dict (also --json)."""
-    device = setup(args)
-    contention = Contention()
-    d = dims(args.width, args.depth)
-    n = args.n
-    batch = args.batch
-    ref_n = max(batch, min(args.ref_n, n) // batch * batch)
-    print(f"model: {d[0]} -> {' -> '.join(map(str, d[1:]))} -> {N_CLASSES}, relu, no bias; "
-          f"n = {n:,} SVHN-shaped samples, chunk {args.chunk}")
-    x, y = svhn_shaped(max(n, ref_n), device)
-    model, init = make_model(args.width, args.depth, device)
-    hidden, readout = weights(model)
-    rate = MatmulRate(device, size=args.matmul_size)
-    rate.sample()
-    analysis_cfg = compose_config(["analysis=default"]).analysis
+@dataclass
+class Setup:
+    """The model, data and reference rate every phase shares."""
 
-    # -- timed phases, ``--repeats`` rounds (the fastest of each kept): the pass and the whole
-    # analysis at the full n, the reference on ``ref_n`` samples; each with the CPU share
-    # other processes took while it ran ---------------------------------------------------------
-    sub = x[:ref_n]
-    best: dict[str, tuple[float, float | None]] = {}
-    t_ref: list[float] = []
-    mem: dict[str, float] = {}
+    args: argparse.Namespace
+    device: torch.device
+    model: MLP
+    init: list[torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    ref_n: int
+    rate: MatmulRate
 
-    def keep(phase: str, seconds: float, share: float | None) -> bool:
-        if phase not in best or seconds < best[phase][0]:
-            best[phase] = (seconds, share)
+    @property
+    def weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return weights(self.model)
+
+
+@dataclass
+class Timed:
+    """The timed phases: the fastest of ``--repeats`` rounds of each, with the CPU share other
+    processes took while it ran; the reference per layer on ``ref_n`` samples."""
+
+    best: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    reference: list[float] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+    errs32: list[float] = field(default_factory=list)
+    reference_corr: list[float] = field(default_factory=list)
+    n_metrics: int = 0
+
+    def keep(self, phase: str, seconds: float, share: float | None) -> bool:
+        if phase not in self.best or seconds < self.best[phase][0]:
+            self.best[phase] = (seconds, share)
             return True
         return False
 
+
+def time_phases(su: Setup) -> Timed:
+    """The pass and the whole analysis at the full n, and the reference on ``ref_n`` samples,
+    ``--repeats`` rounds; in the first round also the float32 agreement on those samples."""
+    args, model, n = su.args, su.model, su.args.n
+    hidden, readout = su.weights
+    sub, batch = su.x[: su.ref_n], args.batch
+    cfg = compose_config(["analysis=default"]).analysis
+    out = Timed()
     for rep in range(args.repeats):
         with exact_matmuls():
             c = Contention()
-            t, _ = timed(lambda: jacobian_kernels(hidden, readout, model.act, model.act_grad, x[:n], y[:n],
-                                                  chunk_size=args.chunk), device)
-            keep("pass", t, c.share())
-        rate.sample()
+            t, _ = timed(lambda: jacobian_kernels(hidden, readout, model.act, model.act_grad, su.x[:n],
+                                                  su.y[:n], chunk_size=args.chunk), su.device)
+            out.keep("pass", t, c.share())
+        su.rate.sample()
         c = Contention()
-        with peak_memory(device) as m:
-            t, analysis = timed(lambda: analyze_model(model, init, x[:n], y[:n], analysis_cfg, "mse", 1,
-                                                      progress=False), device)
-        keep("analysis", t, c.share())
-        mem = mem or m
-        rate.sample()
+        with peak_memory(su.device) as m:
+            t, analysis = timed(lambda: analyze_model(model, su.init, su.x[:n], su.y[:n], cfg, "mse", 1,
+                                                      progress=False), su.device)
+        out.keep("analysis", t, c.share())
+        out.memory = out.memory or m
+        out.n_metrics = len(analysis.record["layers"][0]["metrics"])
+        su.rate.sample()
         with exact_matmuls():
-            c, times, ref_agops, ref_corr = Contention(), [], [], []
+            c, times, agops, corrs = Contention(), [], [], []
             for l in range(len(hidden)):
                 if rep == 0:
-                    original_layer(model, init[l], sub[:batch], l, batch)  # warm-up: vmap/jacrev set-up
-                t, (a, corr) = timed(lambda l=l: original_layer(model, init[l], sub, l, batch), device)
+                    original_layer(model, su.init[l], sub[:batch], l, batch)  # warm-up: vmap/jacrev set-up
+                t, (a, corr) = timed(lambda l=l: original_layer(model, su.init[l], sub, l, batch), su.device)
                 times.append(t)
-                ref_agops.append(a)
-                ref_corr.append(corr)
-            if keep("reference", sum(times), c.share()):
-                t_ref = times
+                agops.append(a)
+                corrs.append(corr)
+            if out.keep("reference", sum(times), c.share()):
+                out.reference = times
             if rep == 0:  # agreement: the project's AGOP on the same samples
-                kp_sub = jacobian_kernels(hidden, readout, model.act, model.act_grad, sub,
-                                          chunk_size=args.chunk)
-                errs32 = [rel_err(agop_from_kernel(w.double(), k), a)
-                          for w, k, a in zip(hidden, kp_sub.kernels, ref_agops, strict=True)]
-                corr0 = ref_corr
-            del ref_agops
-        rate.sample()
-    t_pass, t_analysis = best["pass"][0], best["analysis"][0]
-    ref_corr = corr0
-    flops = pass_flops(d, N_CLASSES, n)
-    efficiency = gflops(flops["total"], t_pass) / (rate.rate / 1e9)
+                kp = jacobian_kernels(hidden, readout, model.act, model.act_grad, sub, chunk_size=args.chunk)
+                out.errs32 = [rel_err(agop_from_kernel(w.double(), k), a)
+                              for w, k, a in zip(hidden, kp.kernels, agops, strict=True)]
+                out.reference_corr = corrs
+        su.rate.sample()
+    return out
 
-    # -- per-layer split of the pass ----------------------------------------------------------
-    if device.type == "cpu":
-        prof_n = min(n, args.profile_chunks * args.chunk)
-        with exact_matmuls():
-            shares = layer_shares(model, x[:prof_n], args.chunk)
-        split = f"measured: profiler ranges over {prof_n:,} samples, scaled to the full pass"
-    else:
-        shares = flop_shares(d, N_CLASSES)
-        split = "apportioned by FLOPs (the profile split is CPU-only)"
 
-    # -- float64 agreement on a small subset ----------------------------------------------------
-    m64 = make_model(args.width, args.depth, device)[0].double()
-    h64, r64 = weights(m64)
-    x64 = x[: args.f64_n].double()
-    kp64 = jacobian_kernels(h64, r64, m64.act, m64.act_grad, x64, chunk_size=args.chunk)
-    errs64 = [rel_err(agop_from_kernel(w, k), original_agop(m64, x64, l, batch))
-              for l, (w, k) in enumerate(zip(h64, kp64.kernels, strict=True))]
-    del m64, h64, x64, kp64
-
-    # -- exact FLOPs: formulas against the matmuls dispatched --------------------------------------
+def pass_split(su: Setup) -> tuple[dict[int, float], str]:
+    """The pass's time per layer as shares, and how they were found."""
+    d = dims(su.args.width, su.args.depth)
+    if su.device.type != "cpu":
+        return flop_shares(d, N_CLASSES), "apportioned by FLOPs (the profile split is CPU-only)"
+    prof_n = min(su.args.n, su.args.profile_chunks * su.args.chunk)
     with exact_matmuls():
-        check = counted_flops(model, x, min(args.chunk, n), batch)
+        shares = layer_shares(su.model, su.x[:prof_n], su.args.chunk)
+    return shares, f"measured: profiler ranges over {prof_n:,} samples, scaled to the full pass"
 
-    # -- report -------------------------------------------------------------------------------
-    scale = n / ref_n
-    ref_full = [t * scale for t in t_ref]
-    ref_flops = [reference_flops(d, N_CLASSES, n, l, with_nfm=True)["total"] for l in range(len(hidden))]
+
+def float64_errors(su: Setup) -> list[float]:
+    """Per layer, the pass against the original method on ``--f64-n`` samples of a float64 copy."""
+    m64 = make_model(su.args.width, su.args.depth, su.device)[0].double()
+    h64, r64 = weights(m64)
+    x64 = su.x[: su.args.f64_n].double()
+    kp64 = jacobian_kernels(h64, r64, m64.act, m64.act_grad, x64, chunk_size=su.args.chunk)
+    return [rel_err(agop_from_kernel(w, k), original_agop(m64, x64, l, su.args.batch))
+            for l, (w, k) in enumerate(zip(h64, kp64.kernels, strict=True))]
+
+
+def layer_table(su: Setup, tm: Timed, shares: dict[int, float], errs64: list[float]) -> list[dict[str, Any]]:
+    """Print the per-layer table (project against original, seconds at the full n); return its rows."""
+    hidden = su.weights[0]
+    n, rate = su.args.n, su.rate.rate / 1e9
+    t_pass, t_analysis = tm.best["pass"][0], tm.best["analysis"][0]
+    ref_full = [t * n / su.ref_n for t in tm.reference]
+    ref_flops = [reference_flops(dims(su.args.width, su.args.depth), N_CLASSES, n, l, with_nfm=True)["total"]
+                 for l in range(len(hidden))]
     rows, layers = [], []
-    for l in range(len(hidden)):
+    for l, w in enumerate(hidden):
         mine = shares.get(l, 0.0) * t_pass
-        layers.append({"layer": l, "shape": list(hidden[l].shape), "pass_share_s": mine,
+        layers.append({"layer": l, "shape": list(w.shape), "pass_share_s": mine,
                        "reference_s": ref_full[l], "speedup": ref_full[l] / mine if mine else None,
                        "reference_flops": ref_flops[l],
-                       "reference_efficiency": gflops(ref_flops[l], ref_full[l]) / (rate.rate / 1e9),
-                       "rel_err_f32": errs32[l], "rel_err_f64": errs64[l], "reference_corr": ref_corr[l]})
-        rows.append([f"layer {l}", f"{hidden[l].shape[0]}x{hidden[l].shape[1]}", f"{mine:.2f}",
-                     f"{ref_full[l]:.1f}", f"{ref_full[l] / mine:.1f}x" if mine else "-",
-                     f"{ref_flops[l] / 1e12:.2f}", f"{layers[-1]['reference_efficiency']:.0%}",
-                     f"{errs32[l]:.1e}", f"{errs64[l]:.1e}"])
-    other = (1 - sum(shares.values())) * t_pass
+                       "reference_efficiency": gflops(ref_flops[l], ref_full[l]) / rate,
+                       "rel_err_f32": tm.errs32[l], "rel_err_f64": errs64[l],
+                       "reference_corr": tm.reference_corr[l]})
+        rows.append([f"layer {l}", f"{w.shape[0]}x{w.shape[1]}", f"{mine:.2f}", f"{ref_full[l]:.1f}",
+                     f"{ref_full[l] / mine:.1f}x" if mine else "-", f"{ref_flops[l] / 1e12:.2f}",
+                     f"{layers[-1]['reference_efficiency']:.0%}", f"{tm.errs32[l]:.1e}", f"{errs64[l]:.1e}"])
     ref_total = sum(ref_full)
-    rows.append(["other", "", f"{other:.2f}", "", "", "", "", "", ""])
+    rows.append(["other", "", f"{(1 - sum(shares.values())) * t_pass:.2f}", "", "", "", "", "", ""])
     rows.append(["all layers (pass)", "", f"{t_pass:.2f}", f"{ref_total:.1f}", f"{ref_total / t_pass:.1f}x",
-                 f"{sum(ref_flops) / 1e12:.2f}",
-                 f"{gflops(sum(ref_flops), ref_total) / (rate.rate / 1e9):.0%}",
-                 f"{max(errs32):.1e}", f"{max(errs64):.1e}"])
+                 f"{sum(ref_flops) / 1e12:.2f}", f"{gflops(sum(ref_flops), ref_total) / rate:.0%}",
+                 f"{max(tm.errs32):.1e}", f"{max(errs64):.1e}"])
     rows.append(["whole analysis", "", f"{t_analysis:.2f}", f"{ref_total:.1f}",
                  f"{ref_total / t_analysis:.1f}x", "", "", "", ""])
     table(["", "W", "project s", "original s", "ratio", "orig TFLOP", "orig of mm", "rel err f32",
            "rel err f64"], rows,
           title=f"AGOP of all {n:,} samples, seconds: the project against the original script's method")
-    print(f"project: the pass (jacobian_kernels) split by layer ({split}; 'other' = logits, loss, "
-          f"float64 accumulation); whole analysis = analyze_model: all "
-          f"{len(analysis.record['layers'][0]['metrics'])} variants, spectra, alpha_star, layer-0 features.")
-    print(f"original: per layer, inputs + vmap(jacrev(sub-network)) in batches of {batch} + sum J^T J "
-          f"+ its one correlation; timed on {ref_n:,} samples ({ref_n // batch} batches) and scaled "
-          f"x{scale:.2f} to n. "
-          f"rel err: the AGOPs on those {ref_n:,} samples (float32), and on {args.f64_n} samples in float64.")
+    return layers
 
+
+def flop_table(flops: dict[str, float], ref_flops: float, n_layers: int, check: dict[str, Any]) -> None:
     table(["part", "TFLOP", "share"], [
         [k, f"{flops[k] / 1e12:.2f}", f"{flops[k] / flops['total']:.0%}"]
         for k in ("forward", "propagate", "kernels")
     ] + [["total", f"{flops['total'] / 1e12:.2f}", "100%"],
          ["(dense_total)", f"{flops['dense_total'] / 1e12:.2f}", "full products, per-class top layer"],
-         [f"original, {len(hidden)} layers", f"{sum(ref_flops) / 1e12:.2f}",
-          f"{sum(ref_flops) / flops['total']:.1f}x the pass"]],
+         [f"original, {n_layers} layers", f"{ref_flops / 1e12:.2f}",
+          f"{ref_flops / flops['total']:.1f}x the pass"]],
         title="Matmul FLOPs at the full n (pass: agop_sweep.agop.pass_flops; original: reference_flops)")
     print(f"formulas vs matmuls dispatched (one chunk of the pass, one batch of the original per layer): "
           f"{'equal' if check['equal'] else 'DIFFERENT: ' + str(check)}")
-    print(rate.describe())
+
+
+def memory_line(su: Setup, mem: dict[str, float]) -> float:
+    """Print the analysis's extra peak memory; return it in GiB (CUDA memory on a GPU)."""
+    exact = "" if mem["rss_exact"] else " (upper bound: the peak mark could not be reset)"
+    gib = mem["rss_delta"] / GIB
+    line = f"extra peak RSS of the analysis at n = {su.args.n:,}: {gib:.2f} GiB{exact}"
+    if su.device.type == "cuda":
+        gib = mem["cuda_delta"] / GIB
+        line += f"; extra peak CUDA memory {gib:.2f} GiB"
+    print(line)
+    return gib
+
+
+def key_ratios(r: dict[str, Any]) -> None:
+    print("\nKey ratios")
+    print(f"  original method / project pass, all layers, n = {r['n']:,}: {r['speedup_pass']:.1f}x "
+          f"(target >= {TARGET_PASS:.0f}x: {verdict(r['speedup_pass'], TARGET_PASS)})")
+    print(f"  original method / whole analysis (analyze_model): {r['speedup_analysis']:.1f}x "
+          f"(target >= {TARGET_ANALYSIS:.0f}x: {verdict(r['speedup_analysis'], TARGET_ANALYSIS)})")
+    print(f"  pass FLOP/s / fp32 matmul FLOP/s: {r['pass_efficiency']:.0%} "
+          f"(target >= {TARGET_EFFICIENCY:.0%}: {verdict(r['pass_efficiency'], TARGET_EFFICIENCY)})")
+    print(f"  relative error vs the original method: float32 {r['rel_err_f32']:.1e} (~1e-6), "
+          f"float64 {r['rel_err_f64']:.1e} (~1e-12)")
+    print(f"  extra memory: {r['extra_memory_gib']:.2f} GiB (target < {TARGET_MEMORY_GIB:.0f} GiB: "
+          f"{verdict(r['extra_memory_gib'], TARGET_MEMORY_GIB, higher_is_better=False)})")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, printed as tables; returns them as a dict (also --json)."""
+    device = setup(args)
+    contention = Contention()
+    d, n, batch = dims(args.width, args.depth), args.n, args.batch
+    ref_n = max(batch, min(args.ref_n, n) // batch * batch)
+    print(f"model: {d[0]} -> {' -> '.join(map(str, d[1:]))} -> {N_CLASSES}, relu, no bias; "
+          f"n = {n:,} SVHN-shaped samples, chunk {args.chunk}")
+    x, y = svhn_shaped(max(n, ref_n), device)
+    model, init = make_model(args.width, args.depth, device)
+    su = Setup(args, device, model, init, x, y, ref_n, MatmulRate(device, size=args.matmul_size))
+    su.rate.sample()
+
+    tm = time_phases(su)
+    shares, split = pass_split(su)
+    errs64 = float64_errors(su)
+    with exact_matmuls():
+        check = counted_flops(model, x, min(args.chunk, n), batch)
+
+    t_pass, t_analysis = tm.best["pass"][0], tm.best["analysis"][0]
+    flops = pass_flops(d, N_CLASSES, n)
+    layers = layer_table(su, tm, shares, errs64)
+    ref_total, ref_flops = sum(v["reference_s"] for v in layers), sum(v["reference_flops"] for v in layers)
+    print(f"project: the pass (jacobian_kernels) split by layer ({split}; 'other' = logits, loss, "
+          f"float64 accumulation); whole analysis = analyze_model: all {tm.n_metrics} variants, spectra, "
+          f"alpha_star, layer-0 features.")
+    print(f"original: per layer, inputs + vmap(jacrev(sub-network)) in batches of {batch} + sum J^T J "
+          f"+ its one correlation; timed on {ref_n:,} samples ({ref_n // batch} batches) and scaled "
+          f"x{n / ref_n:.2f} to n. rel err: the AGOPs on those {ref_n:,} samples (float32), and on "
+          f"{args.f64_n} samples in float64.")
+    flop_table(flops, ref_flops, len(layers), check)
+    print(su.rate.describe())
     print(f"pass: {t_pass:.1f} s = {gflops(flops['total'], t_pass):.0f} GFLOP/s performed "
           f"({gflops(flops['dense_total'], t_pass):.0f} GFLOP/s counted as the dense pass)")
     print(f"analysis: {t_analysis:.1f} s = the pass + {t_analysis - t_pass:.1f} s of per-layer work "
           f"({(t_analysis - t_pass) / t_analysis:.0%}: W^T K W, eigendecompositions, correlations, features)")
-    exact = "" if mem["rss_exact"] else " (upper bound: the peak mark could not be reset)"
-    mem_gib = mem["rss_delta"] / GIB
-    line = f"extra peak RSS of the analysis at n = {n:,}: {mem_gib:.2f} GiB{exact}"
-    if device.type == "cuda":
-        mem_gib = mem["cuda_delta"] / GIB
-        line += f"; extra peak CUDA memory {mem_gib:.2f} GiB"
-    print(line)
-
-    speedup_pass, speedup_analysis = ref_total / t_pass, ref_total / t_analysis
-    share = contention.share()
-    phase_shares = {k: v[1] for k, v in best.items()}
+    mem_gib = memory_line(su, tm.memory)
+    phase_shares = {k: v[1] for k, v in tm.best.items()}
     print("CPU share of other processes during the timed phases: " + ", ".join(
         f"{k} {'unknown' if v is None else f'{v:.0%}'}" for k, v in phase_shares.items())
         + (f" (fastest of {args.repeats} rounds each)" if args.repeats > 1 else ""))
-    print("\nKey ratios")
-    print(f"  original method / project pass, all layers, n = {n:,}: {speedup_pass:.1f}x "
-          f"(target >= {TARGET_PASS:.0f}x: {verdict(speedup_pass, TARGET_PASS)})")
-    print(f"  original method / whole analysis (analyze_model): {speedup_analysis:.1f}x "
-          f"(target >= {TARGET_ANALYSIS:.0f}x: {verdict(speedup_analysis, TARGET_ANALYSIS)})")
-    print(f"  pass FLOP/s / fp32 matmul FLOP/s: {efficiency:.0%} "
-          f"(target >= {TARGET_EFFICIENCY:.0%}: {verdict(efficiency, TARGET_EFFICIENCY)})")
-    print(f"  relative error vs the original method: float32 {max(errs32):.1e} (~1e-6), "
-          f"float64 {max(errs64):.1e} (~1e-12)")
-    print(f"  extra memory: {mem_gib:.2f} GiB (target < {TARGET_MEMORY_GIB:.0f} GiB: "
-          f"{verdict(mem_gib, TARGET_MEMORY_GIB, higher_is_better=False)})")
-    print(contention.report())
-
-    return {
+    results = {
         "script": "agop", "device": str(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "args": vars(args), "n": n, "ref_n": ref_n, "ref_scale": scale, "batch": batch,
-        "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
+        "args": vars(args), "n": n, "ref_n": ref_n, "ref_scale": n / ref_n, "batch": batch,
+        "matmul_fp32_flops": su.rate.rate, "matmul_samples": su.rate.samples,
         "pass_seconds": t_pass, "analysis_seconds": t_analysis, "reference_seconds": ref_total,
-        "reference_seconds_measured": sum(t_ref),
-        "speedup_pass": speedup_pass, "speedup_analysis": speedup_analysis,
-        "pass_flops": flops, "reference_flops": sum(ref_flops), "pass_efficiency": efficiency,
-        "rel_err_f32": max(errs32), "rel_err_f64": max(errs64), "flop_check": check,
+        "reference_seconds_measured": sum(tm.reference),
+        "speedup_pass": ref_total / t_pass, "speedup_analysis": ref_total / t_analysis,
+        "pass_flops": flops, "reference_flops": ref_flops,
+        "pass_efficiency": gflops(flops["total"], t_pass) / (su.rate.rate / 1e9),
+        "rel_err_f32": max(tm.errs32), "rel_err_f64": max(errs64), "flop_check": check,
         "extra_memory_gib": mem_gib, "layers": layers, "layer_split": split,
         "phase_contention": phase_shares,
         "targets": {"speedup_pass": TARGET_PASS, "speedup_analysis": TARGET_ANALYSIS,
                     "pass_efficiency": TARGET_EFFICIENCY, "extra_memory_gib": TARGET_MEMORY_GIB},
-        "contention": share,
     }
+    key_ratios(results)
+    print(contention.report())
+    return results | {"contention": contention.share()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

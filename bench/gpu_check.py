@@ -284,6 +284,40 @@ def faster(parallel: dict[str, Any] | None, sequential: dict[str, Any] | None) -
 # -- the check -----------------------------------------------------------------------------------
 
 
+def run_step(name: str, step: Callable[[float], Any], skipped: bool, left: float) -> dict[str, Any]:
+    """One step of the check, with ``left`` seconds of the budget: its report entry. A step
+    that raises is recorded as failed, and the check goes on with the next."""
+    if skipped:
+        return {"status": "skipped", "reason": "--skip"}
+    if left < MIN_STEP_S:
+        return {"status": "skipped", "reason": f"budget: {max(0.0, left):.0f} s left"}
+    print(f"\n== {name} ==", flush=True)
+    t0 = time.monotonic()
+    try:
+        value = step(left)
+    except Exception as e:
+        traceback.print_exc()
+        return {"status": "failed", "seconds": time.monotonic() - t0,
+                "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    if name.startswith("sweep"):
+        return value  # the sweeps write their own entries (status, runs, seconds)
+    return {"status": "ok", "seconds": time.monotonic() - t0, "result": value}
+
+
+def summary(report: dict[str, Any], contention: Contention, out: str) -> None:
+    print("\n== summary ==")
+    for name, entry in report["steps"].items():
+        extra = f" ({entry['seconds']:.1f} s)" if "seconds" in entry else f" ({entry.get('reason', '')})"
+        print(f"  {name}: {entry['status']}{extra}")
+    s = report["sweep"]
+    if s["faster"]:
+        print(f"  sweep: {s['faster']} is faster, by {s['basis']} (parallel {s['parallel_seconds']:.0f} s, "
+              f"{s['parallel_epochs_per_s']:.2f} epochs/s; sequential {s['sequential_seconds']:.0f} s, "
+              f"{s['sequential_epochs_per_s']:.2f} epochs/s)")
+    print(f"  total {report['seconds']:.0f} s; {contention.report()}")
+    print(f"  written: {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if not args.dry_run and not torch.cuda.is_available():
@@ -320,25 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     try:
         for name in STEPS:
-            entry: dict[str, Any]
-            left = clock.left() - RESERVE_S
-            if name in skip:
-                entry = {"status": "skipped", "reason": "--skip"}
-            elif left < MIN_STEP_S:
-                entry = {"status": "skipped", "reason": f"budget: {max(0.0, left):.0f} s left"}
-            else:
-                print(f"\n== {name} ==", flush=True)
-                t0 = time.monotonic()
-                try:
-                    value = plan[name](left)
-                    if name.startswith("sweep"):
-                        entry = value
-                    else:
-                        entry = {"status": "ok", "seconds": time.monotonic() - t0, "result": value}
-                except Exception as e:  # recorded, and the check goes on with the next step
-                    traceback.print_exc()
-                    entry = {"status": "failed", "seconds": time.monotonic() - t0,
-                             "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            entry = run_step(name, plan[name], name in skip, clock.left() - RESERVE_S)
             failed |= entry["status"] == "failed"
             report["steps"][name] = entry
             report["sweep"] = faster(report["steps"].get("sweep_parallel"),
@@ -350,17 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print("\n== summary ==")
-    for name, entry in report["steps"].items():
-        extra = f" ({entry['seconds']:.1f} s)" if "seconds" in entry else f" ({entry.get('reason', '')})"
-        print(f"  {name}: {entry['status']}{extra}")
-    s = report["sweep"]
-    if s["faster"]:
-        print(f"  sweep: {s['faster']} is faster, by {s['basis']} (parallel {s['parallel_seconds']:.0f} s, "
-              f"{s['parallel_epochs_per_s']:.2f} epochs/s; sequential {s['sequential_seconds']:.0f} s, "
-              f"{s['sequential_epochs_per_s']:.2f} epochs/s)")
-    print(f"  total {report['seconds']:.0f} s; {contention.report()}")
-    print(f"  written: {args.out}")
+    summary(report, contention, args.out)
     return 1 if failed else 0
 
 

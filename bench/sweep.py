@@ -28,6 +28,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -208,33 +209,14 @@ def run_flops(args: argparse.Namespace, epochs: int, analysed: int, train_evals:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    device = setup(args)
-    contention = Contention()
-    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
-    rate = MatmulRate(device, size=args.matmul_size)
-    bf16 = MatmulRate(device, torch.bfloat16, size=min(1024, args.matmul_size))  # Muon's matrices
-    rate.sample()
-
-    # 1. memory over a run at small width ------------------------------------------------------
-    mem = memory_check(args, device)
-    gc.collect()
-    table(["epoch", "RSS MiB", "GPU allocated MiB"],
-          [[i, f"{r / MIB:.1f}", f"{c / MIB:.1f}" if device.type == "cuda" else "-"]
-           for i, (r, c) in enumerate(zip(mem["rss"], mem["cuda"], strict=True))],
-          title=f"1. RSS after every epoch: Trainer.run, data=synthetic, width {args.mem_width}, "
-                f"{args.mem_epochs} epochs, every epoch analysed, checkpointed and plotted")
-
-    # 2. a default-sized run ----------------------------------------------------------------------
-    full = full_run(args, device) if args.full_run else None
-    gc.collect()
-
-    # 3. the parts, per optimizer -----------------------------------------------------------------
+def measure_parts(args: argparse.Namespace, device: torch.device,
+                  full: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], float, float]:
+    """3.: per optimizer an epoch from timed steps, a checkpoint and a state write; once, the
+    evaluation per sample and one analysis (from 2. when it ran, else from a subset)."""
     x, y = svhn_shaped(max(args.n, args.eval_n, args.analysis_n), device)
-    parts: dict[str, dict[str, float]] = {}
+    parts: dict[str, dict[str, Any]] = {}
     eval_per_sample = analysis_s = math.nan
-    for name in names:
+    for name in [s.strip() for s in args.optimizers.split(",") if s.strip()]:
         h = TrainerHarness(config(name, args), x, y, device)
         n_steps = math.ceil(args.n / h.bs)
         steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
@@ -242,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         step = min(h.train_steps(steps) for _ in range(3)) / steps  # fastest of 3
         ckpt_s, ckpt_bytes = h.checkpoint_write()
         state_s, state_bytes = h.state_write()
-        parts[name] = {"train": step * n_steps, "steps": steps, "ckpt": ckpt_s, "state": state_s,
-                       "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes, "batch": h.bs,
+        parts[name] = {"train": step * n_steps, "steps": steps, "epoch_steps": n_steps, "ckpt": ckpt_s,
+                       "state": state_s, "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes, "batch": h.bs,
                        "ns_steps": h.cfg.optimizer.get("ns_steps") if name == "muon" else None}
         if math.isnan(eval_per_sample):  # the same model for every optimizer: once
             eval_per_sample = h.evaluation(min(args.eval_n, args.n)) / min(args.eval_n, args.n)
@@ -252,16 +234,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             else:
                 analysis_s = analysis_subset(h, min(args.analysis_n, args.n), args.n)
         h.close()
+    return parts, eval_per_sample, analysis_s
 
-    for _ in range(2):
-        rate.sample()
-        bf16.sample()
 
-    # -- the projection -----------------------------------------------------------------------
-    sched = compose_config().schedule
-    epochs, analysed = sched.epochs, len(set(sched.checkpoints))
-    full_train_eval = compose_config().eval.full_train
-    train_evals = (epochs + 1 - analysed) if full_train_eval else int(0 not in sched.checkpoints)
+@dataclass
+class Schedule:
+    """What the default schedule does, from the composed config."""
+
+    epochs: int
+    analysed: int  # analysed and checkpointed epochs
+    train_evals: int  # full-train evaluations on the epochs that are not analysed
+
+    @classmethod
+    def default(cls) -> Schedule:
+        cfg = compose_config()
+        epochs, analysed = cfg.schedule.epochs, len(set(cfg.schedule.checkpoints))
+        evals = (epochs + 1 - analysed) if cfg.eval.full_train else int(0 not in cfg.schedule.checkpoints)
+        return cls(epochs, analysed, evals)
+
+
+def project(args: argparse.Namespace, sched: Schedule, parts: dict[str, dict[str, Any]], mem: dict[str, Any],
+            eval_per_sample: float, analysis_s: float) -> dict[str, tuple[float, dict[str, float]]]:
+    """The projected run per optimizer (total seconds, and per part), printed as a table."""
     # With 1.'s epochs of history; trainer.plots=live: a PNG refresh after every analysed epoch
     # but the last, then PNG + PDF once at the end.
     plot_s = statistics.median(mem["plots"]) if mem["plots"] else 0.0
@@ -269,53 +263,58 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows, totals = [], {}
     for name, p in parts.items():
         t = {
-            "training": epochs * p["train"],
-            "evaluation": eval_per_sample * (train_evals * args.n + (epochs + 1) * args.n_val),
-            "analysis": analysed * analysis_s,
-            "checkpoint I/O": analysed * p["ckpt"] + (epochs + 1) * p["state"],
-            "figures": (analysed - 1) * plot_s + final_plot_s,
+            "training": sched.epochs * p["train"],
+            "evaluation": eval_per_sample * (sched.train_evals * args.n + (sched.epochs + 1) * args.n_val),
+            "analysis": sched.analysed * analysis_s,
+            "checkpoint I/O": sched.analysed * p["ckpt"] + (sched.epochs + 1) * p["state"],
+            "figures": (sched.analysed - 1) * plot_s + final_plot_s,
         }
         total = sum(t.values())
         totals[name] = (total, t)
         rows.append([name, f"{total / 3600:.2f}"] + [f"{v / 3600:.2f} ({v / total:.0%})" for v in t.values()])
     table(["optimizer", "total h", *next(iter(totals.values()))[1].keys()], rows,
-          title=f"3. Projected default schedule: {epochs} epochs, {analysed} analyses and checkpoints, "
-                f"n = {args.n:,} + {args.n_val:,} val")
+          title=f"3. Projected default schedule: {sched.epochs} epochs, {sched.analysed} analyses and "
+                f"checkpoints, n = {args.n:,} + {args.n_val:,} val")
     timed_steps = "/".join(str(int(p["steps"])) for p in parts.values())
     print(f"training: Trainer.train_epoch over {timed_steps} steps (the fastest of 3) scaled to "
-          f"{n_steps} steps; evaluation: evaluate.evaluate, {eval_per_sample * 1e6:.0f} us/sample, "
-          f"{train_evals} full train + {epochs + 1} val passes; analysis: {analysis_s:.1f} s each ("
-          + ("measured in 2." if full else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
-          f"checkpoint I/O: {analysed} checkpoints + {epochs + 1} resumable states; "
-          f"figures: {analysed - 1} PNG refreshes at {plot_s:.1f} s and PNG + PDF at the end, "
+          f"{next(iter(parts.values()))['epoch_steps']} steps; evaluation: evaluate.evaluate, "
+          f"{eval_per_sample * 1e6:.0f} us/sample, {sched.train_evals} full train + {sched.epochs + 1} val "
+          f"passes; analysis: {analysis_s:.1f} s each ("
+          + ("measured in 2." if args.full_run else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
+          f"checkpoint I/O: {sched.analysed} checkpoints + {sched.epochs + 1} resumable states; "
+          f"figures: {sched.analysed - 1} PNG refreshes at {plot_s:.1f} s and PNG + PDF at the end, "
           f"{final_plot_s:.1f} s.")
     table(["optimizer", "epoch s", "checkpoint s", "checkpoint MB", "state s", "state MB"], [
         [n, f"{p['train']:.1f}", f"{p['ckpt']:.2f}", f"{p['ckpt_bytes'] / 1e6:.0f}", f"{p['state']:.2f}",
          f"{p['state_bytes'] / 1e6:.0f}"] for n, p in parts.items()], title="Measured parts")
-    if full is not None:
-        cross = f" (projected from steps above: {parts['sgd']['train']:.1f} s)" if "sgd" in parts else ""
-        print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s"
-              f"{cross}, "
-              f"epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis {full['analysis']:.1f} s, "
-              f"bookkeeping after the epochs {', '.join(f'{s:.1f}' for s in full['finish'])} s")
+    return totals
 
-    bound_rows, bounds = [], {}
+
+def flop_bounds(args: argparse.Namespace, sched: Schedule, parts: dict[str, dict[str, Any]],
+                totals: dict[str, tuple[float, dict[str, float]]], rate: MatmulRate,
+                bf16: MatmulRate) -> dict[str, dict[str, Any]]:
+    """The projected runs against their exact matmul FLOPs at this machine's rates."""
+    rows, bounds = [], {}
     for name, p in parts.items():
-        fl = run_flops(args, epochs, analysed, train_evals, p["batch"],
+        fl = run_flops(args, sched.epochs, sched.analysed, sched.train_evals, p["batch"],
                        {"ns_steps": p["ns_steps"]} if p["ns_steps"] else None)
         fp32 = fl["training"] + fl["evaluation"] + fl["analysis"]
         bound = fp32 / rate.rate + fl["newton_schulz"] / bf16.rate
-        bounds[name] = {"flops": fl, "bound_seconds": bound, "projected_seconds": totals[name][0],
-                        "of_bound": bound / totals[name][0]}
-        bound_rows.append([name] + [f"{v / 1e12:.0f}" for v in fl.values()]
-                          + [f"{bound / 3600:.2f}", f"{totals[name][0] / 3600:.2f}",
-                             f"{bound / totals[name][0]:.0%}"])
+        projected = totals[name][0]
+        bounds[name] = {"flops": fl, "bound_seconds": bound, "projected_seconds": projected,
+                        "of_bound": bound / projected}
+        rows.append([name] + [f"{v / 1e12:.0f}" for v in fl.values()]
+                    + [f"{bound / 3600:.2f}", f"{projected / 3600:.2f}", f"{bound / projected:.0%}"])
     table(["optimizer", "training TFLOP", "evaluation TFLOP", "analysis TFLOP", "Newton-Schulz TFLOP",
-           "bound h", "projected h", "bound / projected"], bound_rows,
+           "bound h", "projected h", "bound / projected"], rows,
           title="FLOP bound of the projected run: exact matmul FLOPs at this machine's matmul rates")
     print(f"fp32 work at the {rate.describe()}; Newton-Schulz (bf16) at the {bf16.describe()}. "
           f"Not counted: the analysis's float64 per-layer work (eigendecompositions), figures, I/O.")
+    return bounds
 
+
+def key_numbers(args: argparse.Namespace, totals: dict[str, tuple[float, dict[str, float]]],
+                full: dict[str, Any] | None, mem: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> None:
     print("\nKey numbers")
     for name, (total, t) in totals.items():
         shares = ", ".join(f"{k} {v / total:.0%}" for k, v in t.items())
@@ -332,10 +331,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{mem['rss'][-1] / MIB:.0f} MiB at epoch {args.mem_epochs}, {mem['growth'] / MIB:+.2f} MiB/epoch "
           f"(least-squares slope over epochs {mem['settle']}-{args.mem_epochs}, RSS after malloc_trim) "
           f"(limit {GROWTH_LIMIT_MIB} MiB/epoch: {verdict(mem['growth'] / MIB, GROWTH_LIMIT_MIB, False)})")
-
     for name, b in bounds.items():
         print(f"  {name}: the FLOP bound is {b['of_bound']:.0%} of the projected run "
               f"({b['bound_seconds'] / 3600:.2f} h of {b['projected_seconds'] / 3600:.2f} h)")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    device = setup(args)
+    contention = Contention()
+    rate = MatmulRate(device, size=args.matmul_size)
+    bf16 = MatmulRate(device, torch.bfloat16, size=min(1024, args.matmul_size))  # Muon's matrices
+    rate.sample()
+
+    mem = memory_check(args, device)  # 1. memory over a run at small width
+    gc.collect()
+    table(["epoch", "RSS MiB", "GPU allocated MiB"],
+          [[i, f"{r / MIB:.1f}", f"{c / MIB:.1f}" if device.type == "cuda" else "-"]
+           for i, (r, c) in enumerate(zip(mem["rss"], mem["cuda"], strict=True))],
+          title=f"1. RSS after every epoch: Trainer.run, data=synthetic, width {args.mem_width}, "
+                f"{args.mem_epochs} epochs, every epoch analysed, checkpointed and plotted")
+    full = full_run(args, device) if args.full_run else None  # 2. a default-sized run
+    gc.collect()
+    parts, eval_per_sample, analysis_s = measure_parts(args, device, full)  # 3. the parts
+    for _ in range(2):
+        rate.sample()
+        bf16.sample()
+
+    sched = Schedule.default()
+    totals = project(args, sched, parts, mem, eval_per_sample, analysis_s)
+    if full is not None:
+        cross = f" (projected from steps above: {parts['sgd']['train']:.1f} s)" if "sgd" in parts else ""
+        print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s"
+              f"{cross}, epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis "
+              f"{full['analysis']:.1f} s, bookkeeping after the epochs "
+              f"{', '.join(f'{s:.1f}' for s in full['finish'])} s")
+    bounds = flop_bounds(args, sched, parts, totals, rate, bf16)
+    key_numbers(args, totals, full, mem, bounds)
     print(contention.report())
     results = {
         "script": "sweep", "device": str(device), "torch": torch.__version__,

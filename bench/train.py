@@ -20,7 +20,7 @@ its Newton-Schulz iteration (the aten mm/addmm inside that range), the rest of t
 Newton-Schulz (bf16 cast, norm, scaling) and the elementwise update (lerp, mul_, add_).
 
 Rates: training and evaluation against a plain fp32 matmul timed in the same process, with
-exact matmul FLOP counts (common.train_flops: the input gradient of the first layer is not
+exact matmul FLOP counts (flops.train_flops: the input gradient of the first layer is not
 computed, because the input does not require grad); the SGD and Adam updates against their
 memory-traffic floor: bytes read + written per parameter over the bandwidth of an in-place
 a += b on arrays past the caches (the floor), and over that of a += b repeated on as many
@@ -37,6 +37,7 @@ import argparse
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -185,200 +186,223 @@ def update_alone(h: TrainerHarness, shapes: list[tuple[int, ...]], arrays: int, 
     return (min(alone) if step else None), nbytes, min(warm)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement, printed as tables; returns them as a dict (also --json)."""
-    device = setup(args)
-    contention = Contention()
-    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
-    shapes = weight_shapes(args.width, args.depth)
+@dataclass
+class Rates:
+    """The reference rates, sampled around the measurements; the fastest sample of each counts."""
+
+    fp32: MatmulRate
+    bf16: MatmulRate
+    bf16_1024: MatmulRate  # at the size of Muon's matrices (smaller only with a smaller --matmul-size)
+    bandwidth: list[float]
+
+    @classmethod
+    def new(cls, device: torch.device, size: int) -> Rates:
+        return cls(MatmulRate(device, size=size), MatmulRate(device, torch.bfloat16, size=size),
+                   MatmulRate(device, torch.bfloat16, size=min(1024, size)), [])
+
+    @property
+    def bw(self) -> float:
+        return max(self.bandwidth)  # the fastest sample: the lowest floor
+
+    def sample_bf16(self, times: int = 2) -> None:
+        for _ in range(times):  # bf16 rates vary most: sampled around the Newton-Schulz timings
+            self.bf16.sample()
+            self.bf16_1024.sample()
+
+
+def kernel_variants(h: TrainerHarness, name: str, steps: int, repeats: int,
+                    configured: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The same steps with each of torch's other kernels for SGD / Adam (what-ifs)."""
+    opt = h.trainer.optimizer.optimizers[name]
+    out = {f"fused={opt.defaults.get('fused')} (configured)": configured}
+    for label, flags in KERNEL_VARIANTS.items():
+        params = opt.param_groups[0]["params"]
+        h.trainer.optimizer.optimizers[name] = type(opt)(params, **{**opt.defaults, **flags})
+        out[label] = {"step_s": step_time(h.train_steps, steps, repeats),
+                      "update_s": profiled_steps(h, steps)["step"]}
+    h.trainer.optimizer.optimizers[name] = opt
+    return out
+
+
+def newton_schulz(h: TrainerHarness, prof: dict[str, float], rates: Rates,
+                  device: torch.device) -> dict[str, float]:
+    """Muon's Newton-Schulz: its time in the profiled steps, its FLOPs, its matmuls alone."""
+    group = h.trainer.optimizer.optimizers["muon"].param_groups[0]
+    mshapes, ns_steps = [tuple(p.shape) for p in group["params"]], group["ns_steps"]
+    rates.sample_bf16()
+    out = {"ns_s": prof["matmul"] + prof["other"], "ns_flops": sum(ns_flops(s, ns_steps) for s in mshapes),
+           "ns_matmuls_alone_s": sum(ns_matmuls(s, ns_steps, device) for s in mshapes)}
+    rates.sample_bf16()
+    return out
+
+
+def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
+            device: torch.device, rates: Rates) -> dict[str, Any]:
+    """One optimizer: the project's steps, gradient, evaluation and update, the what-ifs, the
+    original loop, and for Muon its Newton-Schulz."""
+    h = TrainerHarness(cfg, x, y, device)
+    n_steps = math.ceil(args.n / h.bs)
+    steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
     eval_n = min(args.eval_n, args.n)
-    x, y = svhn_shaped(max(args.n, eval_n), device)
-    rate = MatmulRate(device, size=args.matmul_size)
-    bf16 = MatmulRate(device, torch.bfloat16, size=args.matmul_size)
-    # at the size of Muon's matrices (1024; smaller only with a smaller --matmul-size)
-    bf16_1024 = MatmulRate(device, torch.bfloat16, size=min(1024, args.matmul_size))
-    rate.sample()
-    bandwidth = [stream_rate(device)]
+    step_s = step_time(h.train_steps, steps, args.repeats)
+    prof = profiled_steps(h, steps)
+    grad_s = h.gradient(steps) / steps
+    eval_s = h.evaluation(eval_n) / eval_n  # per sample
+    with MatmulFlops() as counter:
+        h.train_steps(1)
+    rates.fp32.sample()
+    rates.bandwidth.append(stream_rate(device))
+    pshapes = [tuple(p.shape) for p in h.trainer.model.parameters()]
+    alone_s, warm_bytes, warm_s = update_alone(h, pshapes, WORKING_ARRAYS[name], name != "muon", device)
+    params = sum(p.numel() for p in h.trainer.model.parameters())
+    fl = train_flops(weight_shapes(args.width, args.depth), h.bs)
+    r: dict[str, Any] = {"step_s": step_s, "grad_s": grad_s, "batch": h.bs, "epoch_steps": n_steps,
+                         "timed_steps": steps, "params": params, "train_flops_step": fl["total"],
+                         "train_flops_step_naive_6x": fl["naive_6x"], "eval_s_per_sample": eval_s,
+                         "update_s": prof["step"], "update_alone_s": alone_s, "profile": prof,
+                         "counted_flops_step": counter.total, "warm_bandwidth": warm_bytes / warm_s,
+                         "epoch_train_s": step_s * n_steps, "epoch_eval_s": eval_s * (args.n + args.n_val),
+                         "update_bytes": UPDATE_BYTES[name] * params}
+    if name in ("sgd", "adam"):
+        configured = {"step_s": step_s, "update_s": prof["step"]}
+        r["kernels"] = kernel_variants(h, name, steps, args.repeats, configured)
+    peer = OriginalLoop(cfg, x, y, steps, device, args.peer_workers)
+    r["peer_step_s"] = step_time(lambda k, p=peer: timed(p.epoch, device)[0], steps, args.repeats)
+    r["peer_loading_s"] = fastest_time(peer.loading, device, repeats=args.repeats) / steps
+    r["peer_ratio"] = r["peer_step_s"] / step_s
+    del peer
+    if name == "muon":
+        r |= newton_schulz(h, prof, rates, device)
+    h.close()
+    print(f"  {name}: step {step_s * 1e3:.1f} ms, update {prof['step'] * 1e3:.2f} ms, original loop "
+          f"{r['peer_step_s'] * 1e3:.1f} ms", flush=True)
+    return r
 
-    configs = {name: config(name, args) for name in names}  # all up front: a bad name fails now
-    rows, eff_rows, upd_rows, peer_rows, res, variants = [], [], [], [], {}, []
-    for name in names:
-        cfg = configs[name]
-        h = TrainerHarness(cfg, x, y, device)
-        bs = h.bs
-        n_steps = math.ceil(args.n / bs)
-        steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
-        step_s = step_time(h.train_steps, steps, args.repeats)
-        prof = profiled_steps(h, steps)
-        grad_s = h.gradient(steps) / steps
-        eval_s = h.evaluation(eval_n) / eval_n  # per sample
-        with MatmulFlops() as counter:
-            h.train_steps(1)
-        # the same update alone, repeated on the last step's gradients (caches warm, no step around it)
-        rate.sample()
-        bandwidth.append(stream_rate(device))
-        pshapes = [tuple(p.shape) for p in h.trainer.model.parameters()]
-        alone_s, warm_bytes, warm_s = update_alone(h, pshapes, WORKING_ARRAYS[name], name != "muon", device)
-        params = sum(p.numel() for p in h.trainer.model.parameters())
-        fl = train_flops(shapes, bs)
-        r: dict[str, Any] = {"step_s": step_s, "grad_s": grad_s, "batch": bs, "epoch_steps": n_steps,
-                             "timed_steps": steps, "params": params, "train_flops_step": fl["total"],
-                             "train_flops_step_naive_6x": fl["naive_6x"], "eval_s_per_sample": eval_s,
-                             "update_s": prof["step"], "update_alone_s": alone_s, "profile": prof,
-                             "counted_flops_step": counter.total, "warm_bandwidth": warm_bytes / warm_s}
-        r["epoch_train_s"], r["epoch_eval_s"] = step_s * n_steps, eval_s * (args.n + args.n_val)
-        r["update_bytes"] = UPDATE_BYTES[name] * params
-        res[name] = r
 
-        # the same steps with torch's other optimizer kernels (what-ifs), and the original loop
-        if name in ("sgd", "adam"):
-            opt = h.trainer.optimizer.optimizers[name]
-            r["kernels"] = {f"fused={opt.defaults.get('fused')} (configured)": {"step_s": step_s,
-                                                                              "update_s": prof["step"]}}
-            for label, flags in KERNEL_VARIANTS.items():
-                h.trainer.optimizer.optimizers[name] = type(opt)(
-                    opt.param_groups[0]["params"], **{**opt.defaults, **flags})
-                r["kernels"][label] = {"step_s": step_time(h.train_steps, steps, args.repeats),
-                                       "update_s": profiled_steps(h, steps)["step"]}
-            h.trainer.optimizer.optimizers[name] = opt
-        peer = OriginalLoop(cfg, x, y, steps, device, args.peer_workers)
-        r["peer_step_s"] = step_time(lambda k, p=peer: timed(p.epoch, device)[0], steps, args.repeats)
-        r["peer_loading_s"] = fastest_time(peer.loading, device, repeats=args.repeats) / steps
-        r["peer_ratio"] = r["peer_step_s"] / step_s
-        del peer
-        if name == "muon":
-            group = h.trainer.optimizer.optimizers["muon"].param_groups[0]
-            mshapes, ns_steps = [tuple(p.shape) for p in group["params"]], group["ns_steps"]
-            for _ in range(2):  # bf16 rates vary most: sample them around the Newton-Schulz timings
-                bf16.sample()
-                bf16_1024.sample()
-            r["ns_s"] = prof["matmul"] + prof["other"]
-            r["ns_flops"] = sum(ns_flops(s, ns_steps) for s in mshapes)
-            r["ns_matmuls_alone_s"] = sum(ns_matmuls(s, ns_steps, device) for s in mshapes)
-            for _ in range(2):
-                bf16.sample()
-                bf16_1024.sample()
-        h.close()
-        print(f"  {name}: step {step_s * 1e3:.1f} ms, update {prof['step'] * 1e3:.2f} ms, original loop "
-              f"{r['peer_step_s'] * 1e3:.1f} ms", flush=True)
+def derive(name: str, r: dict[str, Any], rates: Rates, shapes: list[tuple[int, int]]) -> None:
+    """The ratios, against the fastest samples of the whole run (taken after the last one)."""
+    fp32 = rates.fp32.rate / 1e9
+    r["train_efficiency"] = gflops(r["train_flops_step"], r["step_s"]) / fp32
+    r["eval_efficiency"] = gflops(eval_flops(shapes, 1), r["eval_s_per_sample"]) / fp32
+    r["update_floor_s"] = r["update_bytes"] / rates.bw
+    # SGD and Adam: the fastest Optimizer.step range in the steps against the floor at the
+    # fastest bandwidth sample, both best cases (a shared host's bandwidth drifts); Muon's
+    # elementwise part has no range of its own: its mean per step.
+    r["update_measured_s"] = r["profile"]["update"] if name == "muon" else r["profile"]["fastest"]
+    r["update_vs_floor"] = r["update_measured_s"] / r["update_floor_s"]
+    r["update_warm_floor_s"] = r["update_bytes"] / r["warm_bandwidth"]
+    alone = r["update_alone_s"]
+    r["update_alone_vs_warm_floor"] = None if alone is None else alone / r["update_warm_floor_s"]
+    for v in r.get("kernels", {}).values():
+        v["update_vs_floor"] = v["update_s"] / r["update_floor_s"]
+    if name == "muon":
+        r["ns_vs_bf16"] = r["ns_s"] / (r["ns_flops"] / rates.bf16.rate)
+        r["ns_vs_bf16_1024"] = r["ns_s"] / (r["ns_flops"] / rates.bf16_1024.rate)
+        r["ns_vs_alone"] = r["ns_s"] / r["ns_matmuls_alone_s"]
 
-    bw = max(bandwidth)  # the fastest sample: the lowest floor
-    for name, r in res.items():
-        r["update_floor_s"] = r["update_bytes"] / bw
-        # against the fastest matmul sample of the whole run (taken after the loop's last sample)
-        r["train_efficiency"] = gflops(r["train_flops_step"], r["step_s"]) / (rate.rate / 1e9)
-        r["eval_efficiency"] = gflops(eval_flops(shapes, 1), r["eval_s_per_sample"]) / (rate.rate / 1e9)
-        # SGD and Adam: the fastest Optimizer.step range in the steps against the floor at the
-        # fastest bandwidth sample, both best cases (a shared host's bandwidth drifts); Muon's
-        # elementwise part has no range of its own: its mean per step.
-        elementwise = r["profile"]["update"] if name == "muon" else r["profile"]["fastest"]
-        r["update_vs_floor"] = elementwise / r["update_floor_s"]
-        alone = r["update_alone_s"]
-        r["update_warm_floor_s"] = r["update_bytes"] / r["warm_bandwidth"]
-        r["update_alone_vs_warm_floor"] = None if alone is None else alone / r["update_warm_floor_s"]
-        rows.append([name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}",
-                     f"{r['grad_s'] * 1e3:.1f}",
-                     f"{r['update_s'] * 1e3:.2f}", f"{r['epoch_train_s']:.1f}", f"{r['epoch_eval_s']:.1f}",
-                     f"{r['epoch_train_s'] + r['epoch_eval_s']:.1f}"])
-        eff_rows.append([name, f"{r['train_flops_step'] / 1e9:.1f}",
-                         f"{gflops(r['train_flops_step'], r['step_s']):.0f}", f"{r['train_efficiency']:.0%}",
-                         f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}",
-                         f"{r['eval_efficiency']:.0%}"])
-        upd_rows.append([name, UPDATE_BYTES[name], f"{r['update_bytes'] / 1e6:.0f}",
-                         f"{(r['profile']['update'] if name == 'muon' else r['update_s']) * 1e3:.2f}",
-                         "-" if name == "muon" else f"{elementwise * 1e3:.2f}",
-                         f"{r['update_floor_s'] * 1e3:.2f}", f"{r['update_vs_floor']:.2f}x",
-                         "-" if alone is None else f"{alone * 1e3:.2f}",
-                         f"{r['update_warm_floor_s'] * 1e3:.2f}",
-                         "-" if alone is None else f"{r['update_alone_vs_warm_floor']:.2f}x"])
-        peer_rows.append([name, f"{r['step_s'] * 1e3:.1f}", f"{r['peer_step_s'] * 1e3:.1f}",
-                          f"{r['peer_loading_s'] * 1e3:.2f}", f"{r['peer_ratio']:.2f}x"])
 
+def epoch_tables(res: dict[str, dict[str, Any]], args: argparse.Namespace, rates: Rates,
+                 shapes: list[tuple[int, int]]) -> None:
+    """One epoch per optimizer, and its FLOP/s against the matmul rate."""
     some = next(iter(res.values()))
     n_steps = some["epoch_steps"]
     table(["optimizer", "batch", "timed steps", "step ms", "fwd+bwd ms", "update ms", "train s/epoch",
-           "eval s/epoch", "epoch s"], rows,
+           "eval s/epoch", "epoch s"],
+          [[name, r["batch"], r["timed_steps"], f"{r['step_s'] * 1e3:.1f}", f"{r['grad_s'] * 1e3:.1f}",
+            f"{r['update_s'] * 1e3:.2f}", f"{r['epoch_train_s']:.1f}", f"{r['epoch_eval_s']:.1f}",
+            f"{r['epoch_train_s'] + r['epoch_eval_s']:.1f}"] for name, r in res.items()],
           title=f"One epoch: {args.n:,} train samples ({n_steps} steps) + evaluation of {args.n:,} "
                 f"train and {args.n_val:,} val samples")
     print(f"step: Trainer.train_epoch over the timed steps, the fastest of {args.repeats}, scaled to the "
           f"epoch's {n_steps} steps; fwd+bwd: forward, loss and backward alone; update: torch's "
-          f"Optimizer.step range in profiled steps; evaluation: evaluate.evaluate over {eval_n:,} samples, "
-          f"scaled to {args.n + args.n_val:,}.")
+          f"Optimizer.step range in profiled steps; evaluation: evaluate.evaluate over "
+          f"{min(args.eval_n, args.n):,} samples, scaled to {args.n + args.n_val:,}.")
     fl = train_flops(shapes, some["batch"])
-    table(["optimizer", "GFLOP/step", "train GFLOP/s", "of matmul", "eval GFLOP/s", "of matmul"], eff_rows,
-          title="Achieved FLOP/s, exact matmul FLOPs (common.train_flops, common.eval_flops)")
+    table(["optimizer", "GFLOP/step", "train GFLOP/s", "of matmul", "eval GFLOP/s", "of matmul"],
+          [[name, f"{r['train_flops_step'] / 1e9:.1f}", f"{gflops(r['train_flops_step'], r['step_s']):.0f}",
+            f"{r['train_efficiency']:.0%}", f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}",
+            f"{r['eval_efficiency']:.0%}"] for name, r in res.items()],
+          title="Achieved FLOP/s, exact matmul FLOPs (flops.train_flops, flops.eval_flops)")
     print(f"a step at batch {some['batch']}: forward {fl['forward'] / 1e9:.2f} + weight gradients "
           f"{fl['weight_grads'] / 1e9:.2f} + input gradients {fl['input_grads'] / 1e9:.2f} (none for "
           f"the first layer: the input does not require grad) = {fl['total'] / 1e9:.2f} GFLOP; 6 x batch x "
           f"params would say {fl['naive_6x'] / 1e9:.2f} ({fl['naive_6x'] / fl['total'] - 1:+.0%}). Matmuls "
           f"dispatched in one step: "
           + ", ".join(f"{k} {r['counted_flops_step'] / 1e9:.2f}" for k, r in res.items()) + " GFLOP.")
-    print(rate.describe())
+    print(rates.fp32.describe())
+
+
+def update_tables(res: dict[str, dict[str, Any]], rates: Rates) -> None:
+    """The updates against their memory-traffic floors, and torch's other kernels."""
+    rows = []
+    for name, r in res.items():
+        alone = r["update_alone_s"]
+        rows.append([name, UPDATE_BYTES[name], f"{r['update_bytes'] / 1e6:.0f}",
+                     f"{(r['profile']['update'] if name == 'muon' else r['update_s']) * 1e3:.2f}",
+                     "-" if name == "muon" else f"{r['update_measured_s'] * 1e3:.2f}",
+                     f"{r['update_floor_s'] * 1e3:.2f}", f"{r['update_vs_floor']:.2f}x",
+                     "-" if alone is None else f"{alone * 1e3:.2f}", f"{r['update_warm_floor_s'] * 1e3:.2f}",
+                     "-" if alone is None else f"{r['update_alone_vs_warm_floor']:.2f}x"])
     table(["optimizer", "B/param", "MB moved", "in steps ms", "fastest ms", "floor ms", "fastest/floor",
-           "alone ms", "warm floor ms", "alone/warm"], upd_rows,
+           "alone ms", "warm floor ms", "alone/warm"], rows,
           title="Optimizer update against its memory-traffic floor (bytes read + written / bandwidth)")
-    warm = ", ".join(f"{k} {r['warm_bandwidth'] / 1e9:.1f}" for k, r in res.items())
+    bw, warm = rates.bandwidth, ", ".join(f"{k} {r['warm_bandwidth'] / 1e9:.1f}" for k, r in res.items())
     print(f"in steps: SGD's and Adam's Optimizer.step range, Muon's elementwise part (lerp_, lerp, mul_, "
           f"add_), profiled in real Trainer.train_epoch steps (after a backward; the gradients new each "
           f"step), the mean per step; fastest: the fastest of those ranges; alone: optimizer.step() "
           f"repeated on the last step's gradients, interleaved with the warm floor's stream (the fastest "
-          f"of 20 each). floor: "
-          f"at the bandwidth of a += b on 256 MiB float32 arrays (in place, as the updates: 12 bytes per "
-          f"element), the fastest of {len(bandwidth)} samples in this process: {bw / 1e9:.1f} GB/s (range "
-          f"{min(bandwidth) / 1e9:.1f}-{max(bandwidth) / 1e9:.1f}). warm floor: at the bandwidth of "
-          f"a += b repeated over the update's working set (as many float32 tensors of the parameters' "
-          f"shapes; partly cache-resident): {warm} GB/s.")
-    for name, r in res.items():
-        for label, v in r.get("kernels", {}).items():
-            v["update_vs_floor"] = v["update_s"] / r["update_floor_s"]
-            variants.append([name, label, f"{v['step_s'] * 1e3:.1f}", f"{v['update_s'] * 1e3:.2f}",
-                             f"{v['update_vs_floor']:.2f}x"])
+          f"of 20 each). floor: at the bandwidth of a += b on 256 MiB float32 arrays (in place, as the "
+          f"updates: 12 bytes per element), the fastest of {len(bw)} samples in this process: "
+          f"{rates.bw / 1e9:.1f} GB/s (range {min(bw) / 1e9:.1f}-{max(bw) / 1e9:.1f}). warm floor: at the "
+          f"bandwidth of a += b repeated over the update's working set (as many float32 tensors of the "
+          f"parameters' shapes; partly cache-resident): {warm} GB/s.")
+    variants = [[name, label, f"{v['step_s'] * 1e3:.1f}", f"{v['update_s'] * 1e3:.2f}",
+                 f"{v['update_vs_floor']:.2f}x"]
+                for name, r in res.items() for label, v in r.get("kernels", {}).items()]
     if variants:
         table(["optimizer", "kernels", "step ms", "update ms", "of floor"], variants,
               title="The project's step with each of torch's optimizer kernels (what-ifs; optimizer.fused "
                     "picks the first or torch's default)")
+
+
+def peer_table(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     table(["optimizer", "project step ms", "original loop step ms", "its DataLoader alone ms",
-           "original / project"], peer_rows,
+           "original / project"],
+          [[name, f"{r['step_s'] * 1e3:.1f}", f"{r['peer_step_s'] * 1e3:.1f}",
+            f"{r['peer_loading_s'] * 1e3:.2f}", f"{r['peer_ratio']:.2f}x"] for name, r in res.items()],
           title="The original script's loop against Trainer.train_epoch, same model, data and process")
-    print(f"original loop: DataLoader over per-item tensors (batch {some['batch']}, shuffle, "
-          f"{args.peer_workers} workers), nn.MSELoss on one-hot targets, torch's optimizer defaults "
-          f"(sgd/adam unfused), loss.item() every step; loading = iterating its DataLoader alone.")
+    print(f"original loop: DataLoader over per-item tensors (batch {next(iter(res.values()))['batch']}, "
+          f"shuffle, {args.peer_workers} workers), nn.MSELoss on one-hot targets, torch's optimizer "
+          f"defaults (sgd/adam unfused), loss.item() every step; loading = iterating its DataLoader alone.")
 
-    if "muon" in res:
-        r = res["muon"]
-        print(bf16.describe())
-        print(bf16_1024.describe())
-        at_bf16, at_fp32 = r["ns_flops"] / bf16.rate, r["ns_flops"] / rate.rate
-        at_1024 = r["ns_flops"] / bf16_1024.rate
-        p = r["profile"]
-        table(["part", "ms / step"], [
-            ["step (Trainer.train_epoch)", f"{r['step_s'] * 1e3:.1f}"],
-            ["  gradient (forward + backward)", f"{r['grad_s'] * 1e3:.1f}"],
-            ["  Muon.step (profiler range)", f"{p['step'] * 1e3:.1f}"],
-            ["    Newton-Schulz matmuls (aten mm/addmm in the range)", f"{p['matmul'] * 1e3:.1f}"],
-            ["    Newton-Schulz rest (bf16 cast, norm, scaling) + Python", f"{p['other'] * 1e3:.1f}"],
-            ["    elementwise update (lerp_, lerp, mul_, add_)", f"{p['update'] * 1e3:.1f}"],
-            ["NS matmuls alone, bf16, the same shapes", f"{r['ns_matmuls_alone_s'] * 1e3:.1f}"],
-            [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 {bf16.size} matmul rate",
-             f"{at_bf16 * 1e3:.1f}"],
-            ["NS FLOPs at the bf16 1024 matmul rate", f"{at_1024 * 1e3:.1f}"],
-            ["NS FLOPs at the fp32 4096 matmul rate", f"{at_fp32 * 1e3:.1f}"],
-        ], title="Muon step split (torch.profiler over the real steps)")
-        print("NS FLOPs of a (rows, cols) matrix, m = min, k = max: ns_steps x (4 m^2 k + 2 m^3), "
-              "from torch/optim/_muon.py (X X^T, gram @ gram, update @ X).")
-        r["ns_vs_bf16"] = r["ns_s"] / at_bf16
-        r["ns_vs_bf16_1024"] = r["ns_s"] / at_1024
-        r["ns_vs_alone"] = r["ns_s"] / r["ns_matmuls_alone_s"]
 
-    share = contention.share()
+def muon_table(r: dict[str, Any], rates: Rates) -> None:
+    print(rates.bf16.describe())
+    print(rates.bf16_1024.describe())
+    p = r["profile"]
+    table(["part", "ms / step"], [
+        ["step (Trainer.train_epoch)", f"{r['step_s'] * 1e3:.1f}"],
+        ["  gradient (forward + backward)", f"{r['grad_s'] * 1e3:.1f}"],
+        ["  Muon.step (profiler range)", f"{p['step'] * 1e3:.1f}"],
+        ["    Newton-Schulz matmuls (aten mm/addmm in the range)", f"{p['matmul'] * 1e3:.1f}"],
+        ["    Newton-Schulz rest (bf16 cast, norm, scaling) + Python", f"{p['other'] * 1e3:.1f}"],
+        ["    elementwise update (lerp_, lerp, mul_, add_)", f"{p['update'] * 1e3:.1f}"],
+        ["NS matmuls alone, bf16, the same shapes", f"{r['ns_matmuls_alone_s'] * 1e3:.1f}"],
+        [f"NS FLOPs ({r['ns_flops'] / 1e9:.0f} GFLOP) at the bf16 {rates.bf16.size} matmul rate",
+         f"{r['ns_flops'] / rates.bf16.rate * 1e3:.1f}"],
+        ["NS FLOPs at the bf16 1024 matmul rate", f"{r['ns_flops'] / rates.bf16_1024.rate * 1e3:.1f}"],
+        ["NS FLOPs at the fp32 4096 matmul rate", f"{r['ns_flops'] / rates.fp32.rate * 1e3:.1f}"],
+    ], title="Muon step split (torch.profiler over the real steps)")
+    print("NS FLOPs of a (rows, cols) matrix, m = min, k = max: ns_steps x (4 m^2 k + 2 m^3), "
+          "from torch/optim/_muon.py (X X^T, gram @ gram, update @ X).")
+
+
+def key_ratios(res: dict[str, dict[str, Any]]) -> None:
     print("\nKey ratios")
     for name, r in res.items():
-        if name == "sgd":
-            e = r["train_efficiency"]
-            print(f"  sgd training FLOP/s / matmul: {e:.0%} "
-                  f"(target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})")
-        elif name in ("adam", "muon"):
-            print(f"  {name} training FLOP/s / matmul: {r['train_efficiency']:.0%}")
+        e = r["train_efficiency"]
+        target = f" (target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})" if name == "sgd" else ""
+        print(f"  {name} training FLOP/s / matmul: {e:.0%}{target}")
     for name, r in res.items():
         if name in ("sgd", "adam"):
             v = r["update_vs_floor"]
@@ -399,14 +423,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"over its own matmuls timed alone {r['ns_vs_alone']:.2f}x")
         if "sgd" in res:
             print(f"  muon step / sgd step: {r['step_s'] / res['sgd']['step_s']:.1f}x")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, printed as tables; returns them as a dict (also --json)."""
+    device = setup(args)
+    contention = Contention()
+    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
+    shapes = weight_shapes(args.width, args.depth)
+    x, y = svhn_shaped(max(args.n, min(args.eval_n, args.n)), device)
+    rates = Rates.new(device, args.matmul_size)
+    rates.fp32.sample()
+    rates.bandwidth.append(stream_rate(device))
+    configs = {name: config(name, args) for name in names}  # all up front: a bad name fails now
+    res = {name: measure(name, configs[name], args, x, y, device, rates) for name in names}
+    for name, r in res.items():
+        derive(name, r, rates, shapes)
+
+    epoch_tables(res, args, rates, shapes)
+    update_tables(res, rates)
+    peer_table(res, args)
+    if "muon" in res:
+        muon_table(res["muon"], rates)
+    share = contention.share()
+    key_ratios(res)
     print(contention.report())
     return {
         "script": "train", "device": str(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "args": vars(args), "matmul_fp32_flops": rate.rate, "matmul_samples": rate.samples,
-        "matmul_bf16_flops": bf16.rate if bf16.samples else None,
-        "matmul_bf16_1024_flops": bf16_1024.rate if bf16_1024.samples else None,
-        "bandwidth_bytes_per_s": bw, "bandwidth_samples": bandwidth, "optimizers": res,
+        "args": vars(args), "matmul_fp32_flops": rates.fp32.rate, "matmul_samples": rates.fp32.samples,
+        "matmul_bf16_flops": rates.bf16.rate if rates.bf16.samples else None,
+        "matmul_bf16_1024_flops": rates.bf16_1024.rate if rates.bf16_1024.samples else None,
+        "bandwidth_bytes_per_s": rates.bw, "bandwidth_samples": rates.bandwidth, "optimizers": res,
         "targets": {"sgd_train_efficiency": TARGET_TRAIN, "eval_efficiency": TARGET_EVAL,
                     "update_vs_floor": TARGET_UPDATE, "ns_vs_bf16": TARGET_NS},
         "contention": share,

@@ -1,6 +1,7 @@
 """The benchmarks' own correctness: exact FLOP formulas against the matmuls actually
-dispatched, the original-method reference against the project's AGOP, and bench/gpu_check.py
-(its dry run on the CPU: every step at tiny sizes, and the JSON it writes).
+dispatched, the original-method reference against the project's AGOP, bench/sweep.py's
+projection at tiny sizes, and bench/gpu_check.py (its dry run on the CPU: every step at
+tiny sizes, and the JSON it writes).
 
 The full dry run (two real three-run sweeps as subprocesses) is slow; the fast variant runs
 the other steps in this process.
@@ -225,3 +226,28 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_report(json.loads(out.read_text()), sweeps=True)
     assert not (tmp_path / "work").exists()  # removed without --keep
+
+
+def test_sweep_bench_projects_the_schedule(tmp_path: Path) -> None:
+    """bench/sweep.py at tiny sizes: the JSON it writes, and the FLOP bound's counts against
+    the formulas for the default schedule (100 epochs, 25 analyses)."""
+    sweep = importlib.import_module("sweep")
+    out = tmp_path / "sweep.json"
+    n, n_val, width, depth = 256, 64, 16, 2
+    sweep.main(["--width", str(width), "--depth", str(depth), "--n", str(n), "--n-val", str(n_val),
+                "--mem-epochs", "2", "--mem-width", "8", "--no-full-run", "--steps", "2", "--muon-steps", "1",
+                "--analysis-n", "128", "--eval-n", "128", "--matmul-size", "128", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["projected"]) == {"sgd", "adam", "muon"}
+    assert len(report["memory"]["rss"]) == 3  # epochs 0..2
+    shapes = common.weight_shapes(width, depth)
+    for name, b in report["bounds"].items():
+        fl = b["flops"]
+        assert fl["training"] == 100 * n * flops.train_flops(shapes, 1)["total"]
+        assert fl["evaluation"] == flops.eval_flops(shapes, 76 * n + 101 * n_val)
+        assert fl["analysis"] == 25 * pass_flops(common.dims(width, depth), C, n)["total"]
+        per_step = sum(flops.ns_flops(s, 5) for s in shapes)
+        assert fl["newton_schulz"] == (100 * math.ceil(n / 128) * per_step if name == "muon" else 0)
+        total = report["projected"][name]["total_seconds"]
+        assert _finite_positive(total) and b["projected_seconds"] == total
+        assert b["of_bound"] == pytest.approx(b["bound_seconds"] / total)
