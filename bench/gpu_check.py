@@ -65,7 +65,7 @@ PARALLEL = ["cluster=joblib", "hydra.launcher.n_jobs=3"]
 DRY_AGOP = ["--width", "32", "--depth", "3", "--n", "512", "--ref-n", "128", "--chunk", "256",
             "--f64-n", "32", "--threads", "1", "--matmul-size", "256"]
 DRY_TRAIN = ["--width", "32", "--depth", "3", "--n", "1024", "--n-val", "256", "--steps", "4",
-             "--muon-steps", "2", "--repeats", "1", "--eval-n", "256", "--threads", "1",
+             "--muon-steps", "2", "--repeats", "2", "--eval-n", "256", "--threads", "1",
              "--matmul-size", "256"]
 RESERVE_S = 10.0  # kept back from a step's time limit for stopping it and writing the JSON
 MIN_STEP_S = 20.0  # a step that cannot have this much is skipped

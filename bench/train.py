@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizers", default="sgd,adam,muon")
     p.add_argument("--steps", type=int, default=50, help="timed steps per repeat (scaled to the epoch)")
     p.add_argument("--muon-steps", type=int, default=10, help="timed Muon steps per repeat")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds of timed and profiled steps, each with its own matmul and bandwidth samples "
+                        "(ratios: the median over rounds; times: the fastest)")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
     p.add_argument("--peer-workers", type=int, default=0,
                    help="DataLoader workers of the original loop (0: in this process; the original "
@@ -236,6 +239,26 @@ def newton_schulz(h: TrainerHarness, prof: dict[str, float], rates: Rates,
     return out
 
 
+def paired_rounds(h: TrainerHarness, name: str, steps: int, rounds: int, rates: Rates,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """``rounds`` rounds of: timed steps, an fp32 matmul sample, profiled steps, a bandwidth
+    sample (for Muon also a bf16 sample). Each ratio is then taken within a round, between
+    measurements seconds apart, and the median over rounds reported: this host's speed drifts
+    by up to 8 % (its memory bandwidth by up to 1.5x) over minutes, which a ratio of the
+    fastest samples of a whole run would not cancel."""
+    h.train_steps(min(3, steps))  # warm-up: optimizer state, allocator, kernels
+    out = []
+    for _ in range(rounds):
+        k = {"step_s": h.train_steps(steps) / steps, "fp32": rates.fp32.sample()}
+        k["profile"] = profiled_steps(h, steps)
+        k["bandwidth"] = stream_rate(device)
+        rates.bandwidth.append(k["bandwidth"])
+        if name == "muon":
+            k["bf16"] = rates.bf16.sample()
+        out.append(k)
+    return out
+
+
 def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
             device: torch.device, rates: Rates) -> dict[str, Any]:
     """One optimizer: the project's steps, gradient, evaluation and update, the what-ifs, the
@@ -244,14 +267,13 @@ def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tenso
     n_steps = math.ceil(args.n / h.bs)
     steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
     eval_n = min(args.eval_n, args.n)
-    step_s = step_time(h.train_steps, steps, args.repeats)
-    prof = profiled_steps(h, steps)
+    rounds = paired_rounds(h, name, steps, args.repeats, rates, device)
+    step_s = min(k["step_s"] for k in rounds)  # fastest: see common.fastest_time
+    prof = sorted((k["profile"] for k in rounds), key=lambda p: p["step"])[(len(rounds) - 1) // 2]  # median
     grad_s = h.gradient(steps) / steps
     eval_s = h.evaluation(eval_n) / eval_n  # per sample
     with MatmulFlops() as counter:
         h.train_steps(1)
-    rates.fp32.sample()
-    rates.bandwidth.append(stream_rate(device))
     pshapes = [tuple(p.shape) for p in h.trainer.model.parameters()]
     alone_s, warm_bytes, warm_s = update_alone(h, pshapes, WORKING_ARRAYS[name], name != "muon", device)
     params = sum(p.numel() for p in h.trainer.model.parameters())
@@ -260,6 +282,7 @@ def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tenso
                          "timed_steps": steps, "params": params, "train_flops_step": fl["total"],
                          "train_flops_step_naive_6x": fl["naive_6x"], "eval_s_per_sample": eval_s,
                          "update_s": prof["step"], "update_alone_s": alone_s, "profile": prof,
+                         "rounds": rounds,
                          "counted_flops_step": counter.total, "warm_bandwidth": warm_bytes / warm_s,
                          "epoch_train_s": step_s * n_steps, "epoch_eval_s": eval_s * (args.n + args.n_val),
                          "update_bytes": UPDATE_BYTES[name] * params}
@@ -281,22 +304,25 @@ def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tenso
 
 def derive(name: str, r: dict[str, Any], rates: Rates, shapes: list[tuple[int, int]]) -> None:
     """The ratios, against the fastest samples of the whole run (taken after the last one)."""
-    fp32 = rates.fp32.rate / 1e9
-    r["train_efficiency"] = gflops(r["train_flops_step"], r["step_s"]) / fp32
-    r["eval_efficiency"] = gflops(eval_flops(shapes, 1), r["eval_s_per_sample"]) / fp32
-    r["update_floor_s"] = r["update_bytes"] / rates.bw
-    # SGD and Adam: the fastest Optimizer.step range in the steps against the floor at the
-    # fastest bandwidth sample, both best cases (a shared host's bandwidth drifts); Muon's
-    # elementwise part has no range of its own: its mean per step.
-    r["update_measured_s"] = r["profile"]["update"] if name == "muon" else r["profile"]["fastest"]
-    r["update_vs_floor"] = r["update_measured_s"] / r["update_floor_s"]
+    rounds = r["rounds"]
+    eff = [r["train_flops_step"] / k["step_s"] / k["fp32"] for k in rounds]
+    r["train_efficiency"], r["train_efficiency_range"] = statistics.median(eff), [min(eff), max(eff)]
+    r["eval_efficiency"] = gflops(eval_flops(shapes, 1), r["eval_s_per_sample"]) / (rates.fp32.rate / 1e9)
+    # SGD and Adam: the fastest Optimizer.step range of a round's profiled steps against that
+    # round's floor; Muon's elementwise part has no range of its own: its mean per step.
+    measured = [k["profile"]["update" if name == "muon" else "fastest"] for k in rounds]
+    floors = [r["update_bytes"] / k["bandwidth"] for k in rounds]
+    vs = [m / f for m, f in zip(measured, floors, strict=True)]
+    r["update_measured_s"], r["update_floor_s"] = statistics.median(measured), statistics.median(floors)
+    r["update_vs_floor"], r["update_vs_floor_range"] = statistics.median(vs), [min(vs), max(vs)]
     r["update_warm_floor_s"] = r["update_bytes"] / r["warm_bandwidth"]
     alone = r["update_alone_s"]
     r["update_alone_vs_warm_floor"] = None if alone is None else alone / r["update_warm_floor_s"]
     for v in r.get("kernels", {}).values():
         v["update_vs_floor"] = v["update_s"] / r["update_floor_s"]
     if name == "muon":
-        r["ns_vs_bf16"] = r["ns_s"] / (r["ns_flops"] / rates.bf16.rate)
+        ns = [(k["profile"]["matmul"] + k["profile"]["other"]) / (r["ns_flops"] / k["bf16"]) for k in rounds]
+        r["ns_vs_bf16"], r["ns_vs_bf16_range"] = statistics.median(ns), [min(ns), max(ns)]
         r["ns_vs_bf16_1024"] = r["ns_s"] / (r["ns_flops"] / rates.bf16_1024.rate)
         r["ns_vs_alone"] = r["ns_s"] / r["ns_matmuls_alone_s"]
 
@@ -323,6 +349,8 @@ def epoch_tables(res: dict[str, dict[str, Any]], args: argparse.Namespace, rates
             f"{r['train_efficiency']:.0%}", f"{gflops(eval_flops(shapes, 1), r['eval_s_per_sample']):.0f}",
             f"{r['eval_efficiency']:.0%}"] for name, r in res.items()],
           title="Achieved FLOP/s, exact matmul FLOPs (flops.train_flops, flops.eval_flops)")
+    print("train GFLOP/s: at the fastest step; of matmul: the median over the rounds of each round's "
+          "step FLOP/s over the matmul sample taken right after it; evaluation against the fastest sample.")
     print(f"a step at batch {some['batch']}: forward {fl['forward'] / 1e9:.2f} + weight gradients "
           f"{fl['weight_grads'] / 1e9:.2f} + input gradients {fl['input_grads'] / 1e9:.2f} (none for "
           f"the first layer: the input does not require grad) = {fl['total'] / 1e9:.2f} GFLOP; 6 x batch x "
@@ -349,11 +377,12 @@ def update_tables(res: dict[str, dict[str, Any]], rates: Rates) -> None:
     bw, warm = rates.bandwidth, ", ".join(f"{k} {r['warm_bandwidth'] / 1e9:.1f}" for k, r in res.items())
     print(f"in steps: SGD's and Adam's Optimizer.step range, Muon's elementwise part (lerp_, lerp, mul_, "
           f"add_), profiled in real Trainer.train_epoch steps (after a backward; the gradients new each "
-          f"step), the mean per step; fastest: the fastest of those ranges; alone: optimizer.step() "
-          f"repeated on the last step's gradients, interleaved with the warm floor's stream (the fastest "
-          f"of 20 each). floor: at the bandwidth of a += b on 256 MiB float32 arrays (in place, as the "
-          f"updates: 12 bytes per element), the fastest of {len(bw)} samples in this process: "
-          f"{rates.bw / 1e9:.1f} GB/s (range {min(bw) / 1e9:.1f}-{max(bw) / 1e9:.1f}). warm floor: at the "
+          f"step), the mean per step; fastest: the fastest of those ranges in a round; floor: at the "
+          f"bandwidth of a += b on 256 MiB float32 arrays (in place, as the updates: 12 bytes per element) "
+          f"sampled right after that round ({len(bw)} samples in this process: {min(bw) / 1e9:.1f}-"
+          f"{max(bw) / 1e9:.1f} GB/s); fastest, floor and their ratio are medians over the rounds. alone: "
+          f"optimizer.step() repeated on the last step's gradients, interleaved with the warm floor's "
+          f"stream (the fastest of 20 each). warm floor: at the "
           f"bandwidth of a += b repeated over the update's working set (as many float32 tensors of the "
           f"parameters' shapes; partly cache-resident): {warm} GB/s.")
     variants = [[name, label, f"{v['step_s'] * 1e3:.1f}", f"{v['update_s'] * 1e3:.2f}",
@@ -400,13 +429,15 @@ def muon_table(r: dict[str, Any], rates: Rates) -> None:
 def key_ratios(res: dict[str, dict[str, Any]]) -> None:
     print("\nKey ratios")
     for name, r in res.items():
-        e = r["train_efficiency"]
+        e, (lo, hi) = r["train_efficiency"], r["train_efficiency_range"]
         target = f" (target >= {TARGET_TRAIN:.0%}: {verdict(e, TARGET_TRAIN)})" if name == "sgd" else ""
-        print(f"  {name} training FLOP/s / matmul: {e:.0%}{target}")
+        print(f"  {name} training FLOP/s / matmul: {e:.0%}, the median of {len(r['rounds'])} rounds "
+              f"({lo:.0%}-{hi:.0%}){target}")
     for name, r in res.items():
         if name in ("sgd", "adam"):
-            v = r["update_vs_floor"]
+            v, (lo, hi) = r["update_vs_floor"], r["update_vs_floor_range"]
             print(f"  {name} update, the fastest in the steps / its memory-traffic floor: {v:.2f}x "
+                  f"({lo:.2f}-{hi:.2f}x) "
                   f"(target <= {TARGET_UPDATE}x: {verdict(v, TARGET_UPDATE, higher_is_better=False)}); "
                   f"alone / the warm floor, interleaved: {r['update_alone_vs_warm_floor']:.2f}x")
     for name, r in res.items():
@@ -417,7 +448,9 @@ def key_ratios(res: dict[str, dict[str, Any]]) -> None:
               f"({r['peer_step_s'] * 1e3:.1f} vs {r['step_s'] * 1e3:.1f} ms)")
     if "muon" in res:
         r = res["muon"]
+        lo, hi = r["ns_vs_bf16_range"]
         print(f"  muon Newton-Schulz / its FLOPs at the bf16 matmul rate: {r['ns_vs_bf16']:.2f}x "
+              f"({lo:.2f}-{hi:.2f}x) "
               f"(target <= {TARGET_NS}x: {verdict(r['ns_vs_bf16'], TARGET_NS, higher_is_better=False)}); "
               f"at the bf16 1024 rate {r['ns_vs_bf16_1024']:.2f}x; "
               f"over its own matmuls timed alone {r['ns_vs_alone']:.2f}x")

@@ -160,6 +160,13 @@ def check_report(report: dict, sweeps: bool) -> None:
             assert _finite_positive(r["update_alone_s"]) and _finite_positive(r["update_alone_vs_warm_floor"])
             assert 0 < r["profile"]["fastest"] <= r["update_s"]  # one range no slower than their mean
         assert _finite_positive(r["warm_bandwidth"])
+        assert len(r["rounds"]) == 2  # --repeats 2: each round with its own rate samples
+        for key in ("train_efficiency", "update_vs_floor") + (("ns_vs_bf16",) if name == "muon" else ()):
+            lo, hi = r[f"{key}_range"]
+            assert 0 < lo <= r[key] <= hi, (name, key)
+        per_round = [r["train_flops_step"] / k["step_s"] / k["fp32"] for k in r["rounds"]]
+        assert r["train_efficiency"] == pytest.approx(sum(per_round) / 2)  # the median of two
+        assert r["step_s"] == min(k["step_s"] for k in r["rounds"])
         extra = r.get("ns_flops", 0)
         assert r["counted_flops_step"] == r["train_flops_step"] + extra
     assert _finite_positive(t["optimizers"]["muon"]["ns_s"])
