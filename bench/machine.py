@@ -12,6 +12,7 @@ import resource
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from common import fastest_time, median_time, sync
@@ -154,3 +155,27 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         out["rss_peak"] = peak_rss_bytes()
         out["rss_delta"] = out["rss_peak"] - out["rss_before"]
         out["rss_exact"] = exact
+
+
+@dataclass
+class Rates:
+    """The reference rates, sampled around the measurements; the fastest sample of each counts."""
+
+    fp32: MatmulRate
+    bf16: MatmulRate
+    bf16_1024: MatmulRate  # at the size of Muon's matrices (smaller only with a smaller --matmul-size)
+    bandwidth: list[float]
+
+    @classmethod
+    def new(cls, device: torch.device, size: int) -> Rates:
+        return cls(MatmulRate(device, size=size), MatmulRate(device, torch.bfloat16, size=size),
+                   MatmulRate(device, torch.bfloat16, size=min(1024, size)), [])
+
+    @property
+    def bw(self) -> float:
+        return max(self.bandwidth)  # the fastest sample: the lowest floor
+
+    def sample_bf16(self, times: int = 2) -> None:
+        for _ in range(times):  # bf16 rates vary most: sampled around the Newton-Schulz timings
+            self.bf16.sample()
+            self.bf16_1024.sample()
