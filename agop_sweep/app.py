@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agop_sweep.config import check_precision, register_configs, to_container, validate
 from agop_sweep.device import available_cores
-from agop_sweep.errors import UserError
+from agop_sweep.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def _parallel_jobs() -> int:
     else:
         return 1
     return max(1, min(n_jobs, sweep_jobs or n_jobs))
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: message`` on one line (SPEC's results.json ``error``)."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _start_failure_info(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

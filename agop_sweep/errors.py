@@ -26,6 +26,12 @@ class DataError(UserError):
     """Missing, corrupt or unusable input data."""
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (SPEC's results.json ``error``)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 @contextlib.contextmanager
 def exit_on_user_error(prog: str) -> Iterator[None]:
     """For a command's ``main``: a :class:`UserError` (a results.json that cannot be read

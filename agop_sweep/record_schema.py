@@ -81,6 +81,11 @@ class RecordError(UserError, ValueError):
     """A file that is not a results.json this version can read (the message says why)."""
 
 
+def finite_number(value: Any) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def finite_or_none(obj: Any) -> Any:
     """Replace NaN and +-inf anywhere in ``obj`` with None (JSON null)."""
     if isinstance(obj, float):

@@ -19,7 +19,6 @@ run again and again into one storage needs:
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.atomic import write_atomic
 from agop_sweep.errors import UserError
+from agop_sweep.record_schema import finite_number
 
 log = logging.getLogger(__name__)
 # alembic (optuna's storage migrations) logs one INFO line per plugin it sets up.
@@ -189,10 +189,6 @@ def study_trials(storage: str, study_name: str, param: str = LR_PARAM) -> list[T
             for t in study.get_trials(deepcopy=False)]
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def summary(results: dict[str, Any], trials: list[TrialRow] | None) -> dict[str, Any]:
     """The sweep's summary: the sweeper's ``results`` (name, best_params, best_value) with the
     trial counts when the study is stored, and, when no trial reached a finite val loss but
@@ -202,13 +198,13 @@ def summary(results: dict[str, Any], trials: list[TrialRow] | None) -> dict[str,
     if complete is not None:
         out["trials"] = {
             "total": len(trials or []), "complete": len(complete),
-            "diverged": sum(not _finite(t.value) for t in complete),
+            "diverged": sum(not finite_number(t.value) for t in complete),
             "failed": sum(t.state == "FAIL" for t in trials or []),
             "distinct_lrs": len({t.lr for t in trials or [] if t.lr is not None}),
         }
-        all_diverged = bool(complete) and not any(_finite(t.value) for t in complete)
+        all_diverged = bool(complete) and not any(finite_number(t.value) for t in complete)
     else:
-        all_diverged = "best_value" in results and not _finite(results["best_value"])
+        all_diverged = "best_value" in results and not finite_number(results["best_value"])
     out["all_diverged"] = all_diverged
     if all_diverged:
         n = f" ({len(complete)} of {len(trials or [])})" if complete is not None else ""

@@ -28,6 +28,7 @@ from agop_sweep.analysis import Analysis, analyze_model
 from agop_sweep.config import to_container
 from agop_sweep.data import Dataset, load_dataset
 from agop_sweep.device import Placement, effective_precision
+from agop_sweep.errors import one_line
 from agop_sweep.evaluate import evaluate, weights_finite
 from agop_sweep.features import FeatureLog
 from agop_sweep.hooks import EpochEnd, EpochHook, FeaturesHook, FiguresHook, RecordHook, StateHook
@@ -288,7 +289,7 @@ class Trainer:
                 log.exception("Hook %s failed at the end of the run", hook.name)
 
     def record_failure(self, error: BaseException) -> None:
-        self.record.set_status(Status.FAILED, error=f"{type(error).__name__}: {error}".splitlines()[0])
+        self.record.set_status(Status.FAILED, error=one_line(error))
         try:
             self.record.save()
         except Exception:

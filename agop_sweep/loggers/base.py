@@ -12,14 +12,15 @@ the earlier epochs it already holds and logs only the others.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agop_sweep.errors import one_line
 from agop_sweep.hooks import EpochEnd, EpochHook
 from agop_sweep.record import RunRecord
+from agop_sweep.record_schema import finite_number
 
 log = logging.getLogger("agop_sweep.loggers")
 
@@ -91,13 +92,9 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def epoch_metrics(entry: dict[str, Any]) -> dict[str, float]:
     """An epoch entry's losses, accuracies and seconds as metric keys; nulls left out."""
-    return {key: float(entry[field]) for field, key in EPOCH_KEYS.items() if _finite(entry.get(field))}
+    return {key: float(entry[field]) for field, key in EPOCH_KEYS.items() if finite_number(entry.get(field))}
 
 
 def analysis_metrics(entry: dict[str, Any] | None) -> dict[str, float]:
@@ -107,7 +104,7 @@ def analysis_metrics(entry: dict[str, Any] | None) -> dict[str, float]:
     if entry is None:
         return {}
     out: dict[str, float] = {}
-    if _finite(entry.get("seconds")):
+    if finite_number(entry.get("seconds")):
         out["time/analysis_seconds"] = float(entry["seconds"])
     for layer in entry.get("layers", []):
         where = f"layer{layer['layer']}"
@@ -116,7 +113,7 @@ def analysis_metrics(entry: dict[str, Any] | None) -> dict[str, float]:
         for spectrum, stats in (layer.get("spectra") or {}).items():
             if isinstance(stats, dict) and "effective_rank" in stats:
                 values[f"effective_rank_{spectrum}"] = stats["effective_rank"]
-        out.update({f"{name}/{where}": float(v) for name, v in values.items() if _finite(v)})
+        out.update({f"{name}/{where}": float(v) for name, v in values.items() if finite_number(v)})
     return out
 
 
@@ -125,11 +122,6 @@ def record_metrics(record: RunRecord) -> dict[int, dict[str, float]]:
     analyses = {a["epoch"]: a for a in record.analysis}
     return {e["epoch"]: {**epoch_metrics(e), **analysis_metrics(analyses.get(e["epoch"]))}
             for e in record.epochs}
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class TrackerHook(EpochHook):
