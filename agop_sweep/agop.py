@@ -58,7 +58,8 @@ def panel_rows(d: int) -> list[tuple[int, int]]:
     return [(r0, min(r0 + PANEL_ROWS, d)) for r0 in range(0, d, PANEL_ROWS)]
 
 
-def _panel_area(d: int) -> int:
+def panel_area(d: int) -> int:
+    """Entries of the upper panels of a (d, d) symmetric product: what the pass multiplies out."""
     return sum((r1 - r0) * (d - r0) for r0, r1 in panel_rows(d))
 
 
@@ -209,7 +210,7 @@ def pass_flops(dims: Sequence[int], n_classes: int, n: int) -> dict[str, float]:
     layers = list(itertools.pairwise(dims))
     forward = 2 * n * (sum(i * o for i, o in layers) + dims[-1] * n_classes)
     propagate = 2 * n * n_classes * sum(i * o for i, o in layers[1:])
-    kernels = 2 * n * (n_classes * sum(_panel_area(o) for _, o in layers[:-1]) + _panel_area(dims[-1]))
+    kernels = 2 * n * (n_classes * sum(panel_area(o) for _, o in layers[:-1]) + panel_area(dims[-1]))
     dense_kernels = 2 * n * n_classes * sum(o * o for _, o in layers)
     return {"forward": forward, "propagate": propagate, "kernels": kernels,
             "total": forward + propagate + kernels,

@@ -53,7 +53,7 @@ from flops import MatmulFlops
 from machine import MatmulRate, peak_memory
 from original import ORIGINAL_BATCH, original_agop, original_layer, reference_flops
 
-from agop_sweep.agop import jacobian_kernels, panel_rows, pass_flops
+from agop_sweep.agop import jacobian_kernels, panel_area, pass_flops
 from agop_sweep.analysis import analyze_model, exact_matmuls
 from agop_sweep.config import AnalysisConfig
 from agop_sweep.model import MLP, build_model
@@ -127,14 +127,11 @@ def flop_shares(d: list[int], n_classes: int) -> dict[int, float]:
     its forward, the propagation that yields its G, and its kernel product."""
     top = len(d) - 2
 
-    def area(k: int) -> int:
-        return sum((r1 - r0) * (k - r0) for r0, r1 in panel_rows(k))
-
     per = {}
     for l in range(top + 1):
         fwd = 2 * d[l] * d[l + 1] + (2 * d[l + 1] * n_classes if l == top else 0)
         prop = 2 * n_classes * d[l + 2] * d[l + 1] if l < top else 0
-        kern = 2 * area(d[l + 1]) * (1 if l == top else n_classes)
+        kern = 2 * panel_area(d[l + 1]) * (1 if l == top else n_classes)
         per[l] = fwd + prop + kern
     total = pass_flops(d, n_classes, 1)["total"]
     return {l: f / total for l, f in per.items()}

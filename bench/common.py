@@ -1,16 +1,16 @@
-"""Shared helpers of the benchmarks: timing, reference matmul rates, memory, tables.
+"""Shared helpers of the benchmarks: flags, timing, the CPU-contention report, SVHN-shaped
+data, the project's config and Trainer driven piece by piece, tables and JSON.
 
 The benchmarks run on shared machines, where other processes only ever add time: every
-timing is the fastest of several repeats, every efficiency is a ratio to the fastest sample
-of a plain matmul timed in the same process around the same time, and every script reports
-the CPU share other processes took while it ran.
+timing is the fastest of several repeats, and every script reports the CPU share other
+processes took while it ran. Reference rates and memory are in machine.py, FLOP counts in
+flops.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import statistics
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-aten = torch.ops.aten
 
 # Runnable as `python bench/<name>.py` from the repository root without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -168,9 +166,6 @@ def compose_config(overrides: Sequence[str] = ()) -> Any:
         return compose("config", overrides=list(overrides))
 
 
-# -- memory ------------------------------------------------------------------------------
-
-
 # -- output ------------------------------------------------------------------------------
 
 
@@ -209,19 +204,10 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    """``obj`` as strict JSON, written atomically (the project's writer)."""
+    from agop_sweep import atomic
 
-
-# -- exact FLOP counts -------------------------------------------------------------------
-#
-# Matmul FLOPs (2 per multiply-add) of what each code path performs; elementwise work
-# (activations, masks, losses, optimizer updates) is not counted: it is memory-bound and
-# under 0.1 % of the matmul FLOPs here. MatmulFlops counts the same thing at run time, from
-# the aten matmuls dispatched, and tests/test_bench.py checks every formula against it.
+    atomic.write_json(path, jsonable(obj))
 
 
 # -- the project's training code, driven piece by piece ----------------------------------
@@ -241,10 +227,10 @@ class TrainerHarness:
     def __init__(self, cfg: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device):
         import tempfile
 
-        from agop_sweep.device import Placement, set_precision
+        from agop_sweep.device import Placement, effective_precision, set_precision
         from agop_sweep.train import Trainer
 
-        set_precision(cfg.trainer.precision)  # as the app does for every job
+        set_precision(effective_precision(cfg.trainer.precision, str(device)))  # as the app does
         self.cfg, self.device, self.x, self.y = cfg, device, x, y
         self.bs: int = cfg.trainer.batch_size
         self._dir = tempfile.TemporaryDirectory()

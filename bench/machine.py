@@ -64,10 +64,8 @@ def stream_rate(device: torch.device, mib: int | None = None) -> float:
     until their pages settle, so the fastest of 7 runs after a warm-up is taken."""
     if mib is None:
         mib = 1024 if device.type == "cuda" else 256
-    n = mib * 2**20 // 4
-    a, b = (torch.rand(n, device=device) for _ in range(2))
-    t = fastest_time(lambda: a.add_(b), device, repeats=7)
-    return 3 * 4 * n / t
+    stream, nbytes = tensor_stream([(mib * 2**20 // 4,)], 2, device)
+    return nbytes / fastest_time(stream, device, repeats=7)
 
 
 def tensor_stream(shapes: Sequence[Sequence[int]], arrays: int,

@@ -27,7 +27,7 @@ a += b on arrays past the caches (the floor), and over that of a += b repeated o
 tensors of the parameters' shapes as the update touches (the warm floor, partly in cache),
 each measured in the same process; Newton-Schulz against a bf16 matmul.
 
-    python bench/train.py                          # width 1024, depth 5, SVHN sizes, CPU (~3 min)
+    python bench/train.py                          # width 1024, depth 5, SVHN sizes, CPU (~6 min)
     python bench/train.py --optimizers sgd,adam --steps 200
 """
 
@@ -171,7 +171,7 @@ def step_time(run_steps: Callable[[int], float], steps: int, repeats: int) -> fl
 def update_alone(h: TrainerHarness, shapes: list[tuple[int, ...]], arrays: int, step: bool,
                  device: torch.device, rounds: int = 20) -> tuple[float | None, int, float]:
     """The optimizer's step alone (repeated on the last step's gradients; when ``step``) and
-    its warm floor stream (:func:`common.tensor_stream`), interleaved round by round so that
+    its warm floor stream (:func:`machine.tensor_stream`), interleaved round by round so that
     both see the same machine state: a shared host's memory bandwidth drifts by up to 1.5x
     within minutes. Returns (fastest step s or None, stream bytes, fastest stream s)."""
     stream, nbytes = tensor_stream(shapes, arrays, device)
@@ -276,7 +276,8 @@ def measure(name: str, cfg: DictConfig, args: argparse.Namespace, x: torch.Tenso
 
 
 def derive(name: str, r: dict[str, Any], rates: Rates, shapes: list[tuple[int, int]]) -> None:
-    """The ratios, against the fastest samples of the whole run (taken after the last one)."""
+    """The ratios: per round (median and range over the rounds) where the round has its own
+    reference sample; the evaluation and the 1024 bf16 rate against the run's fastest sample."""
     rounds = r["rounds"]
     eff = [r["train_flops_step"] / k["step_s"] / k["fp32"] for k in rounds]
     r["train_efficiency"], r["train_efficiency_range"] = statistics.median(eff), [min(eff), max(eff)]
@@ -309,7 +310,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x, y = svhn_shaped(max(args.n, min(args.eval_n, args.n)), device)
     rates = Rates.new(device, args.matmul_size)
     rates.fp32.sample()
-    rates.bandwidth.append(stream_rate(device))
     configs = {name: config(name, args) for name in names}  # all up front: a bad name fails now
     res = {name: measure(name, configs[name], args, x, y, device, rates) for name in names}
     for name, r in res.items():
