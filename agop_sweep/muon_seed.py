@@ -3,8 +3,9 @@
 It differs from ``torch.optim.Muon`` in four ways: every weight is rescaled to Frobenius
 norm sqrt(d_out) before each step; the momentum buffer is buf = m buf + g (no dampening)
 with the Nesterov direction g + m buf; the Newton-Schulz iteration runs in bfloat16 on the
-direction normalised in bfloat16; and the step is lr x the orthogonalised direction, with
-no shape-dependent scaling of the learning rate.
+direction normalised in bfloat16 (``ns_dtype=fp32``: in float32, for CPUs without fast
+bf16); and the step is lr x the orthogonalised direction, with no shape-dependent scaling of
+the learning rate.
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from agop_sweep.ns_precision import DTYPES as _DTYPES
+
 # The quintic Newton-Schulz coefficients (a, b, c) of Keller Jordan's Muon.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for G = U S V^T (d_out, d_in), in bfloat16, shape (d_out, d_in).
+def orthogonalize(g: torch.Tensor, steps: int, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximately U V^T for G = U S V^T (d_out, d_in), in ``dtype``, shape (d_out, d_in).
 
-    X = G / (|G|_F + eps) in bfloat16 (transposed when d_out > d_in, so that X X^T is the
+    X = G / (|G|_F + eps) in ``dtype`` (transposed when d_out > d_in, so that X X^T is the
     smaller Gram matrix), then ``steps`` times X <- a X + (b A + c A A) X with A = X X^T.
     """
     a, b, c = NS_COEFFICIENTS
-    x = g.bfloat16()
+    x = g.to(dtype)
     x = x / (x.norm() + eps)
     tall = g.shape[0] > g.shape[1]
     if tall:
@@ -43,7 +47,7 @@ class MuonSeed(torch.optim.Optimizer):
         W <- W sqrt(d_out) / |W|_F                      (``renormalize``)
         buf <- momentum buf + g                         (buf starts at 0)
         u <- g + momentum buf if ``nesterov`` else buf
-        W <- W - lr orthogonalize(u, ns_steps, eps)
+        W <- W - lr orthogonalize(u, ns_steps, eps, ns_dtype)
     The momentum buffers live in ``self.state``, so state_dict/load_state_dict resume exactly.
     """
 
@@ -56,10 +60,14 @@ class MuonSeed(torch.optim.Optimizer):
         ns_steps: int = 3,
         eps: float = 1e-7,
         renormalize: bool = True,
+        ns_dtype: str = "bf16",
     ):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, eps=eps,
                         renormalize=renormalize)
         super().__init__(params, defaults)
+        if ns_dtype not in _DTYPES:
+            raise ValueError(f"ns_dtype must be one of {', '.join(_DTYPES)}, got {ns_dtype!r}")
+        self.ns_dtype = ns_dtype
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -88,5 +96,6 @@ class MuonSeed(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
                 u = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                p.sub_(orthogonalize(u, group["ns_steps"], group["eps"]), alpha=group["lr"])
+                update = orthogonalize(u, group["ns_steps"], group["eps"], _DTYPES[self.ns_dtype])
+                p.sub_(update, alpha=group["lr"])
         return loss

@@ -39,6 +39,8 @@ class RunInfo(TypedDict):
     n_val: int
     device: str
     torch: str
+    # The Muon variants: the dtype their Newton-Schulz ran in (optimizer.ns_dtype resolved).
+    ns_dtype: NotRequired[str]
     version: NotRequired[str]
     git: NotRequired[str | None]
 

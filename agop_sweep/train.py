@@ -33,6 +33,7 @@ from agop_sweep.evaluate import evaluate, weights_finite
 from agop_sweep.features import FeatureLog
 from agop_sweep.hooks import EpochEnd, EpochHook, FeaturesHook, FiguresHook, RecordHook, StateHook
 from agop_sweep.model import MLP, build_model, loss_fn
+from agop_sweep.ns_precision import warn_if_slow
 from agop_sweep.optim import OptimizerSet, build_optimizer
 from agop_sweep.preemption import Preempted, PreemptionGuard
 from agop_sweep.provenance import run_info
@@ -100,6 +101,9 @@ class Trainer:
         self.init_weights = [w.detach().clone() for w in model.hidden_weights()]
         self.model: MLP = model.to(self.device)
         self.optimizer: OptimizerSet = build_optimizer(cfg.optimizer, self.model)
+        if self.optimizer.ns_dtype is not None:
+            warn_if_slow(self.optimizer.ns_dtype, self.device.type, self.optimizer.orthogonalized_shapes(),
+                         cfg.optimizer.ns_steps, math.ceil(data.n_train / cfg.trainer.batch_size))
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
@@ -123,6 +127,8 @@ class Trainer:
             log.info("Resuming %s at epoch %d%s", self.run_dir, first_epoch,
                      f" step {progress.step}" if progress else "")
             self.record.set_status(Status.RUNNING)
+        if self.optimizer.ns_dtype is not None:
+            self.record.run["ns_dtype"] = self.optimizer.ns_dtype
         self.record.run.update(device=str(self.device), precision=self.precision,
                                threads=torch.get_num_threads(),
                                pid=os.getpid(), host=socket.gethostname())

@@ -11,7 +11,7 @@ import torch
 from agop_sweep.config import OPTIMIZERS, OptimizerName
 from agop_sweep.model import build_model, loss_fn
 from agop_sweep.muon_seed import MuonSeed
-from agop_sweep.optim import BUILDERS, build_optimizer
+from agop_sweep.optim import BUILDERS, Muon, build_optimizer
 
 
 def _model(depth: int = 3):
@@ -58,7 +58,8 @@ def test_muon_middle_scope_gives_the_auxiliary_adam_its_own_settings(compose_con
                          "optimizer.momentum=0.9").optimizer
     opt = build_optimizer(cfg, model)
     muon, adam = opt.optimizers["muon"], opt.optimizers["adam"]
-    assert (type(muon), type(adam)) == (torch.optim.Muon, torch.optim.Adam)
+    assert (type(muon), type(adam)) == (Muon, torch.optim.Adam)
+    assert isinstance(muon, torch.optim.Muon) and muon.ns_dtype == opt.ns_dtype
     (mg,), (ag,) = muon.param_groups, adam.param_groups
     assert _ids(mg["params"]) == _ids(layer.weight for layer in model.middle)
     assert _ids(ag["params"]) == {id(model.first.weight), id(model.last.weight)}

@@ -52,6 +52,12 @@ class AdjustLR(StrEnum):
     match_rms_adamw = "match_rms_adamw"  # lr * 0.2 * sqrt(max(rows, cols))
 
 
+class NsDtype(StrEnum):
+    auto = "auto"  # bf16 where the device multiplies bf16 at speed (probed once), else fp32
+    bf16 = "bf16"  # as torch.optim.Muon and the original script
+    fp32 = "fp32"  # float32: for CPUs without native bf16, where bf16 is 50-75x slower
+
+
 class DatasetName(StrEnum):
     svhn = "svhn"
     digits = "digits"
@@ -127,6 +133,7 @@ class MuonConfig(TorchOptimizerConfig):
     nesterov: bool = True
     ns_steps: int = 5
     adjust_lr_fn: AdjustLR = AdjustLR.original
+    ns_dtype: NsDtype = NsDtype.auto
     scope: MuonScope = MuonScope.all
     aux_lr: float = 0.001
     aux_eps: float = 1e-8
@@ -144,6 +151,7 @@ class MuonSeedConfig(OptimizerConfig):
     ns_steps: int = 3
     eps: float = 1e-7  # added to the direction's norm before Newton-Schulz
     renormalize: bool = True  # rescale every weight to Frobenius norm sqrt(d_out) before a step
+    ns_dtype: NsDtype = NsDtype.auto
 
 
 # -- data ------------------------------------------------------------------------------------
