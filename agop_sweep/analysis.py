@@ -80,6 +80,7 @@ def _layer_entry(layer: int, w: torch.Tensor, cmp: LayerComparison, cfg: DictCon
         "weight_change": cmp.weight_change,
         "alpha_star": cmp.alpha_star,
         "alpha_corr": cmp.alpha_corr,
+        "alphas": {kind: {"alpha_star": a, "alpha_corr": c} for kind, (a, c) in cmp.alphas.items()},
     }
     if cfg.spectra:
         entry["spectra"] = _spectral_summary(cmp.spectra)
@@ -129,13 +130,15 @@ def analyze_model(
         layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
         for layer, (w, w0, k) in enumerate(zip(weights, init_weights, kp.kernels, strict=True)):
             w0 = w0.to(w.device)
-            cmp = compare_layer(w, w0, k, with_spectra=cfg.spectra, primary=cfg.primary)
+            features = layer == 0 and cfg.save_features
+            cmp = compare_layer(w, w0, k, with_spectra=cfg.spectra, primary=cfg.primary,
+                                top=cfg.top_eigvecs if features else 1)
             layers.append(_layer_entry(layer, w, cmp, cfg))
             if cfg.spectra:
                 for name in eigvals:
                     s = cmp.spectra.get(name)
                     eigvals[name].append(np.zeros(0) if s is None else s.values.cpu().numpy())
-            if layer == 0 and cfg.save_features:
+            if features:
                 layer0 = _layer0_features(w, w0, k, cmp, cfg.top_eigvecs)
     seconds = time.perf_counter() - start
     record = {

@@ -4,14 +4,21 @@ Pure functions on tensors; all of them work in the dtype they are given (float64
 analysis). Notation: W is a hidden layer's weight, shape (d_out, d_in); W0 its initial value;
 D = W - W0; K is the kernel (1/n) sum_i G_i^T G_i of that layer's pre-activation Jacobians,
 shape (d_out, d_out).
+
+Every matrix of a layer has rank at most min(d_out, d_in): W^T W and D^T D are grams of
+(d_out, d_in) factors, and the AGOP W^T K W lives in W's row space. So no (d_in, d_in) matrix
+is formed or decomposed when d_out < d_in (layer 0: 1024 x 3072): spectra come from the
+(d_out, d_out) side, and the correlations from traces of products (README: results.json).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from agop_sweep.eigen import eigh_descending, eigvalsh_with_top
 
 # The metric names: {nfm}_{corr}_{target}. The NFM is W^T W ("raw") or (W - W0)^T (W - W0)
 # ("delta"); the correlation a cosine ("cos") or a cosine of mean-removed entries ("pearson");
@@ -69,25 +76,15 @@ def denoise_psd_eigenvalues(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > floor, values, torch.zeros_like(values))
 
 
-def psd_factor(k: torch.Tensor) -> torch.Tensor:
-    """F (d, d) with F^T F = K for a symmetric PSD K (d, d), K's rounding noise dropped
-    (:func:`denoise_psd_eigenvalues`)."""
-    evals, evecs = torch.linalg.eigh(k)
-    return denoise_psd_eigenvalues(evals).sqrt()[:, None] * evecs.T
-
-
 @dataclass
 class Spectrum:
-    """Eigen-decomposition of a PSD matrix A (d, d): ``values`` (m,) descending, ``vectors``
-    (d, m) orthonormal columns, m <= d. Eigenvalues left out are zero."""
+    """Eigenvalues of a PSD matrix A (d, d) and its leading eigenvectors: ``values`` (m,)
+    descending (eigenvalues left out are zero), ``vectors`` (d, t) orthonormal columns for the
+    t <= m largest (only those are ever used: alignment and features)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
     dim: int
-
-    def sqrt(self) -> torch.Tensor:
-        """A^(1/2), the symmetric PSD square root, shape (d, d)."""
-        return (self.vectors * self.values.sqrt()) @ self.vectors.T
 
     def effective_rank(self) -> float | None:
         """exp(entropy of the normalised eigenvalues): d for the identity, 1 for rank one."""
@@ -102,26 +99,26 @@ class Spectrum:
         return top + [0.0] * (k - len(top))
 
 
-def spectrum_of_gram(b: torch.Tensor, rel_tol: float | None = None) -> Spectrum:
-    """Spectrum of A = B^T B for B (r, d) at the cost of an eigh of size min(r, d).
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The smaller gram of X (r, c): X X^T (r, r) when r < c, else X^T X (c, c) itself. Both
+    have the nonzero eigenvalues of X^T X and its Frobenius norm."""
+    return x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
 
-    For r < d (layer 0: 1024 rows, 3072 columns) it decomposes B B^T = U L U^T and maps
-    the eigenvectors back, V = B^T U L^(-1/2); eigenvalues below ``rel_tol`` x the largest
-    are rounding noise and are dropped (their eigenvectors are undefined).
-    """
-    r, d = b.shape
-    if rel_tol is None:
-        rel_tol = 10 * max(r, d) * torch.finfo(b.dtype).eps
-    if r >= d:
-        values, vectors = torch.linalg.eigh(b.T @ b)
-        values = values.clamp_min(0)
-    else:
-        values, u = torch.linalg.eigh(b @ b.T)
-        keep = values > rel_tol * values.max().clamp_min(0)
-        values, u = values[keep], u[:, keep]
-        vectors = (b.T @ u) / values.sqrt()
-    order = torch.argsort(values, descending=True)
-    return Spectrum(values[order], vectors[:, order], d)
+
+def nfm_spectrum(x: torch.Tensor, g: torch.Tensor, top: int) -> Spectrum:
+    """Spectrum of the NFM X^T X for X (r, d), from ``g`` = :func:`gram` (X): all eigenvalues
+    and the ``top`` leading eigenvectors. For r < d the eigenvectors u of X X^T map to
+    v = X^T u / sqrt(l); eigenvalues below 10 max(r, d) eps x the largest are rounding noise
+    there and are dropped (their eigenvectors are undefined)."""
+    r, d = x.shape
+    values, vectors = eigvalsh_with_top(g, top)
+    values = values.clamp_min(0)
+    if r < d:
+        rel_tol = 10 * d * torch.finfo(x.dtype).eps
+        values = values[values > rel_tol * values.max()]
+        t = min(vectors.shape[1], values.numel())
+        vectors = (x.T @ vectors[:, :t]) / values[:t].sqrt()
+    return Spectrum(values, vectors, d)
 
 
 def effective_rank(values: torch.Tensor) -> float | None:
@@ -167,6 +164,8 @@ class LayerComparison:
     ``nfm_delta`` (see compare_layer). weight_change: |W - W0|_F / |W0|_F. alpha_star: the
     exponent a in ALPHAS that maximises corr(NFM, AGOP^a) and alpha_corr that maximum, for
     the NFM and correlation kinds of the primary metric; both None where it is undefined.
+    alphas: (alpha_star, alpha_corr) for every NFM and correlation kind, keyed
+    ``{raw,delta}_{cos,pearson}``: one AGOP spectrum serves all four.
     """
 
     metrics: dict[str, float | None]
@@ -174,14 +173,7 @@ class LayerComparison:
     weight_change: float | None = None
     alpha_star: float | None = None
     alpha_corr: float | None = None
-
-
-def _spectrum_of_psd(a: torch.Tensor) -> Spectrum:
-    """Spectrum of a symmetric PSD matrix A (d, d) itself, rounding noise dropped
-    (:func:`denoise_psd_eigenvalues`)."""
-    values, vectors = torch.linalg.eigh(a)
-    order = torch.argsort(values, descending=True)
-    return Spectrum(denoise_psd_eigenvalues(values)[order], vectors[:, order], a.shape[0])
+    alphas: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 def weight_change(w: torch.Tensor, w0: torch.Tensor) -> float | None:
@@ -226,22 +218,22 @@ class _Target:
     total: torch.Tensor
 
 
-def _target(spec: Spectrum, s: torch.Tensor) -> _Target:
-    ones = spec.vectors.sum(0)  # 1^T v_j, (m,)
+def _target(ones: torch.Tensor, s: torch.Tensor) -> _Target:
+    """The targets with weights ``s`` (p, m) or (m,), for 1^T v_j = ``ones`` (m,)."""
     return _Target(s, (s * s).sum(-1), (s * ones * ones).sum(-1))
 
 
-def _agop_powers(spec: Spectrum) -> _Target | None:
-    """AGOP^a for every a in ALPHAS (weights (201, m)): eigenvalues below POWER_FLOOR x the
-    largest count as 0 for every a (so AGOP^0 is the projector on the others). None when
-    the AGOP is 0."""
-    e = spec.values
+def _agop_powers(values: torch.Tensor, ones: torch.Tensor) -> _Target | None:
+    """AGOP^a for every a in ALPHAS (weights (201, m)) from its eigenvalues ``values`` (m,):
+    eigenvalues below POWER_FLOOR x the largest count as 0 for every a (so AGOP^0 is the
+    projector on the others). None when the AGOP is 0."""
+    e = values
     if e.numel() == 0 or not e.max() > 0:
         return None
     keep = e >= POWER_FLOOR * e.max()
     a = torch.tensor(ALPHAS, dtype=e.dtype, device=e.device)[:, None]
     s = torch.where(keep, e.clamp_min(torch.finfo(e.dtype).tiny) ** a, 0)
-    return _target(spec, s)
+    return _target(ones, s)
 
 
 @dataclass
@@ -260,45 +252,99 @@ class _Nfm:
         return _corr_from_terms(inner, self.sq_norm, t.sq_norm, self.total, t.total, d, kind)
 
 
-def _alpha_star(nfm: _Nfm, spec: Spectrum, kind: str) -> tuple[float | None, float | None]:
+def _alpha_star(nfm: _Nfm, powers: _Target | None, d: int, kind: str) -> tuple[float | None, float | None]:
     """(a*, corr at a*): the a in ALPHAS maximising corr(X^T X, AGOP^a), the smallest on a
     tie; (None, None) where no a gives a defined correlation. O(201 m) from the spectrum."""
-    powers = _agop_powers(spec)
     if powers is None:
         return None, None
-    corr = nfm.corr(powers, spec.dim, kind)  # (201,)
+    corr = nfm.corr(powers, d, kind)  # (201,)
     if bool(corr.isnan().all()):
         return None, None
     best = int(torch.argmax(corr.nan_to_num(nan=-math.inf)))
     return ALPHAS[best], _finite(corr[best])
 
 
-def _centered_metrics(delta: torch.Tensor, k: torch.Tensor) -> dict[str, float | None]:
-    """``delta_{cos,pearson}_cagop``: corr(D^T D, D^T K D) for D (d_out, d_in), K (d_out, d_out).
+def _centered_metrics(delta: torch.Tensor, k: torch.Tensor, g: torch.Tensor) -> dict[str, float | None]:
+    """``delta_{cos,pearson}_cagop``: corr(D^T D, D^T K D) for D (d_out, d_in), K (d_out, d_out)
+    and g = :func:`gram` (D).
 
-    For d_out <= d_in only (d_out, d_out) matrices are formed: with G = D D^T,
+    For d_out < d_in only (d_out, d_out) matrices are formed: with G = D D^T,
     <D^T D, D^T K D> = tr(G K G), |D^T D|_F^2 = |G|_F^2, |D^T K D|_F^2 = tr(K G K G), and
     the entry sums are |D 1|^2 and (D 1)^T K (D 1). None (both) when D = 0.
     """
     d_out, d_in = delta.shape
     u = delta.sum(1)  # D 1, (d_out,)
     sum_n, sum_c = u @ u, u @ (k @ u)
-    if d_out <= d_in:
-        g = delta @ delta.T
+    if d_out < d_in:
         kg = k @ g
         inner, nn2, nc2 = (g * kg).sum(), (g * g).sum(), (kg * kg.T).sum()
-    else:  # the (d_in, d_in) matrices themselves are the smaller ones
-        n, c = delta.T @ delta, delta.T @ (k @ delta)
-        inner, nn2, nc2 = (n * c).sum(), (n * n).sum(), (c * c).sum()
+    else:  # the (d_in, d_in) matrices themselves are the smaller ones: g = D^T D
+        c = delta.T @ (k @ delta)
+        inner, nn2, nc2 = (g * c).sum(), (g * g).sum(), (c * c).sum()
     return {
         f"delta_{kind}_cagop": _finite(_corr_from_terms(inner, nn2, nc2, sum_n, sum_c, d_in, kind))
         for kind in CORR_KINDS
     }
 
 
+@dataclass
+class _AgopView:
+    """The AGOP's spectrum V diag(l) V^T, V (d, m), seen from what the metrics need, with V
+    formed for the leading eigenvectors only: ``spectrum`` (values l, top vectors), ``ones``
+    1^T v_j (m,) and ``weights`` |X v_j|^2 (m,) for X = W (``raw``) and W - W0 (``delta``)."""
+
+    spectrum: Spectrum
+    ones: torch.Tensor
+    weights: dict[str, torch.Tensor]
+
+
+# The row-space route needs the Cholesky factor of W W^T; it loses about cond(W W^T) x eps of
+# accuracy. Above this condition number (1e5: < 2.3e-11) the AGOP is decomposed directly.
+MAX_GRAM_CONDITION = 1e5
+
+
+def _agop_direct(w: torch.Tensor, k: torch.Tensor, xs: dict[str, torch.Tensor], top: int) -> _AgopView:
+    """The AGOP W^T K W (d, d) decomposed itself: for d_out >= d_in, where it is no larger
+    than K, or a W too ill-conditioned for :func:`_agop_in_row_space`."""
+    values, vectors = eigh_descending(agop_from_kernel(w, k))
+    values = denoise_psd_eigenvalues(values)
+    weights = {name: ((x @ vectors) ** 2).sum(0) for name, x in xs.items()}
+    return _AgopView(Spectrum(values, vectors[:, :top], w.shape[1]), vectors.sum(0), weights)
+
+
+def _agop_in_row_space(w: torch.Tensor, k: torch.Tensor, xs: dict[str, torch.Tensor], top: int,
+                       ww: torch.Tensor) -> _AgopView | None:
+    """The AGOP through an orthonormal basis of W's row space, for d_out < d_in.
+
+    With W W^T = ``ww`` = L L^T (Cholesky) and Q = W^T L^-T (d_in, d_out), Q^T Q = I and
+    W = L Q^T, so AGOP = Q (L^T K L) Q^T: its nonzero spectrum is that of T = L^T K L
+    (d_out, d_out) = M diag(l) M^T, with v_j = Q m_j. Then W v_j = L m_j, X v_j =
+    (X W^T) L^-T m_j, 1^T v_j = (L^-1 W 1)^T m_j: one eigh at d_out and products of
+    (d_out, d_out) matrices. None when W W^T is not safely positive definite.
+    """
+    factor, info = torch.linalg.cholesky_ex(ww)
+    if int(info) != 0:
+        return None
+    t = factor.T @ (k @ factor)
+    values, m = eigh_descending(t)
+    values = denoise_psd_eigenvalues(values)
+    weights = {}
+    for name, x in xs.items():
+        xq = factor if x is w else torch.linalg.solve_triangular(factor, w @ x.T, upper=False).T
+        weights[name] = ((xq @ m) ** 2).sum(0)
+    ones = torch.linalg.solve_triangular(factor, w.sum(1, keepdim=True), upper=False)[:, 0] @ m
+    vectors = w.T @ torch.linalg.solve_triangular(factor.T, m[:, :top], upper=True)
+    return _AgopView(Spectrum(values, vectors, w.shape[1]), ones, weights)
+
+
+def _well_conditioned(values: torch.Tensor) -> bool:
+    """Whether a PSD matrix with eigenvalues ``values`` has condition <= MAX_GRAM_CONDITION."""
+    return values.numel() > 0 and bool(values[-1] * MAX_GRAM_CONDITION >= values[0] > 0)
+
+
 def compare_layer(
     w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool = True,
-    primary: str = DEFAULT_METRIC,
+    primary: str = DEFAULT_METRIC, top: int = 1,
 ) -> LayerComparison:
     """All NFM/AGOP correlation metrics for one hidden layer.
 
@@ -306,45 +352,52 @@ def compare_layer(
         w: weight (d_out, d_in) now; w0: weight at initialisation, same shape.
         k: the layer's Jacobian kernel (d_out, d_out).
         primary: a name in METRICS; its NFM and correlation kinds are those of alpha_star.
+        top: how many leading eigenvectors each spectrum keeps (at least 1).
     Returns:
         metrics: every name in METRICS; the ``delta`` ones are None when W == W0 (epoch 0).
-        spectra: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta``, shared by the
-        ``sqrt`` variants and the spectral summaries. weight_change, alpha_star, alpha_corr:
-        see LayerComparison.
+        spectra: ``agop``, ``nfm_raw`` and (when defined) ``nfm_delta`` (all eigenvalues, the
+        ``top`` leading eigenvectors). weight_change, alpha_star, alpha_corr, alphas: see
+        LayerComparison.
 
-    No (d_in, d_in) matrix beyond the AGOP of a square layer is formed: with the AGOP's
-    spectrum V diag(l) V^T and an NFM X^T X (X = W or W - W0), <X^T X, AGOP^p> =
-    sum_j l_j^p |X v_j|^2 needs one product X V for both targets and every power of
-    alpha_star, a third of the cost of forming X^T X for layer 0 (1024 x 3072).
+    With the AGOP's spectrum V diag(l) V^T and an NFM X^T X (X = W or W - W0),
+    <X^T X, AGOP^p> = sum_j l_j^p |X v_j|^2: the weights |X v_j|^2 serve both targets and
+    every power of alpha_star. For d_out < d_in they come from the (d_out, d_out) side
+    (:func:`_agop_in_row_space`); the NFMs' spectra from their smaller gram.
     """
     alpha_nfm, alpha_corr_kind = metric_kinds(primary)
     w, w0, k = w.double(), w0.double(), k.double()
-    d = w.shape[1]
-    if w.shape[0] >= d:  # AGOP no larger than K: one eigh of the AGOP instead of K's and B^T B's
-        agop_spec = _spectrum_of_psd(agop_from_kernel(w, k))
-    else:
-        agop_spec = spectrum_of_gram(psd_factor(k) @ w)
-    spectra = {"agop": agop_spec}
-    targets = {"agop": _target(agop_spec, agop_spec.values),
-               "sqrt": _target(agop_spec, agop_spec.values.sqrt())}
+    d_out, d = w.shape
+    top = max(1, top)
+    delta = w - w0
+    xs = {"raw": w, "delta": delta}
+    grams = {name: gram(x) for name, x in xs.items()}
+    spectra: dict[str, Spectrum] = {}
+    for name, x in xs.items():
+        if with_spectra and bool(x.any()):
+            spectra[f"nfm_{name}"] = nfm_spectrum(x, grams[name], top)
+    view = None
+    if d_out < d:
+        raw = spectra.get("nfm_raw")
+        values = raw.values if raw is not None else eigvalsh_with_top(grams["raw"], 0)[0]
+        if _well_conditioned(values) and values.numel() == d_out:
+            view = _agop_in_row_space(w, k, xs, top, grams["raw"])
+    if view is None:
+        view = _agop_direct(w, k, xs, top)
+    spectra["agop"] = view.spectrum
+    values = view.spectrum.values
+    targets = {"agop": _target(view.ones, values), "sqrt": _target(view.ones, values.sqrt())}
     metrics: dict[str, float | None] = {}
     nfms: dict[str, _Nfm] = {}
-    delta = w - w0
-    for nfm_kind, x in (("raw", w), ("delta", delta)):
-        if with_spectra and bool(x.any()):
-            spectrum = spectra[f"nfm_{nfm_kind}"] = spectrum_of_gram(x)
-            na2 = (spectrum.values * spectrum.values).sum()
-        else:
-            g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
-            na2 = (g * g).sum()  # |X^T X|_F = |X X^T|_F
+    for name, x in xs.items():
+        g = grams[name]
         ones = x.sum(1)  # X 1: 1^T X^T X 1 = |X 1|^2
-        proj = x @ agop_spec.vectors
-        nfm = nfms[nfm_kind] = _Nfm(na2, ones @ ones, (proj * proj).sum(0))  # |X v_j|^2
+        nfm = nfms[name] = _Nfm((g * g).sum(), ones @ ones, view.weights[name])  # |X^T X|_F = |g|_F
         for corr_kind in CORR_KINDS:
             for target in TARGETS:
-                metrics[f"{nfm_kind}_{corr_kind}_{target}"] = _finite(
-                    nfm.corr(targets[target], d, corr_kind)
-                )
-    metrics.update(_centered_metrics(delta, k))
-    alpha_star, alpha_corr = _alpha_star(nfms[alpha_nfm], agop_spec, alpha_corr_kind)
-    return LayerComparison(metrics, spectra, weight_change(w, w0), alpha_star, alpha_corr)
+                metrics[f"{name}_{corr_kind}_{target}"] = _finite(nfm.corr(targets[target], d, corr_kind))
+    metrics.update(_centered_metrics(delta, k, grams["delta"]))
+    powers = _agop_powers(values, view.ones)
+    alphas = {f"{n}_{c}": _alpha_star(nfms[n], powers, d, c) for n in NFM_KINDS for c in CORR_KINDS}
+    alpha_star, alpha_corr = alphas[f"{alpha_nfm}_{alpha_corr_kind}"]
+    spectra = {key: spectra[key] for key in ("agop", "nfm_raw", "nfm_delta") if key in spectra}
+    return LayerComparison(metrics, spectra, weight_change(w, w0), alpha_star, alpha_corr, alphas)

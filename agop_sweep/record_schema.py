@@ -67,6 +67,8 @@ class LayerEntry(TypedDict):
     weight_change: NotRequired[float | None]
     alpha_star: NotRequired[float | None]
     alpha_corr: NotRequired[float | None]
+    # alpha_star and alpha_corr for every NFM and correlation kind: {raw,delta}_{cos,pearson}.
+    alphas: NotRequired[dict[str, dict[str, float | None]]]
     spectra: NotRequired[dict[str, Any]]
 
 

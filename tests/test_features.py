@@ -15,7 +15,11 @@ from agop_sweep import checkpoint as ckpt
 from agop_sweep.analysis import Analysis
 from agop_sweep.device import Placement
 from agop_sweep.features import FeatureLog, load_features, nearest_epochs, orient, to_image
-from agop_sweep.nfa import effective_rank, spectrum_of_gram
+from agop_sweep.nfa import effective_rank, gram, nfm_spectrum
+
+
+def spectrum_of_gram(x: torch.Tensor):
+    return nfm_spectrum(x, gram(x), 1)
 
 
 # -- effective rank ------------------------------------------------------------------------------
@@ -28,7 +32,7 @@ def test_effective_rank_of_identity_is_d(d: int) -> None:
 
 @pytest.mark.parametrize(("rows", "cols"), [(5, 12), (12, 5), (1, 30)])
 def test_effective_rank_of_rank_one_is_one(rows: int, cols: int) -> None:
-    """Both branches of spectrum_of_gram (rows < cols and rows >= cols) for B = u v^T."""
+    """Both branches of nfm_spectrum (rows < cols and rows >= cols) for B = u v^T."""
     g = torch.Generator().manual_seed(0)
     u = torch.randn(rows, 1, generator=g, dtype=torch.float64)
     v = torch.randn(1, cols, generator=g, dtype=torch.float64)

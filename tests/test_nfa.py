@@ -25,12 +25,16 @@ from agop_sweep.nfa import (
     correlation,
     denoise_psd_eigenvalues,
     effective_rank,
+    gram,
     metric_kinds,
-    psd_factor,
-    spectrum_of_gram,
+    nfm_spectrum,
     top_eigvec_cosine,
 )
 from agop_sweep.record import finite_or_none
+
+
+def spectrum_of_gram(x: torch.Tensor) -> Spectrum:
+    return nfm_spectrum(x, gram(x), 1)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -75,37 +79,25 @@ def test_readout_agop_is_wt_w() -> None:
     torch.testing.assert_close(per_sample, closed, rtol=1e-12, atol=1e-12)
 
 
-def test_psd_factor() -> None:
-    k = _psd(6, rank=3)  # singular: rounding gives tiny negative eigenvalues
-    f = psd_factor(k)
-    assert f.shape == (6, 6) and bool(torch.isfinite(f).all())
-    torch.testing.assert_close(f.T @ f, k, rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.parametrize(("d_out", "d_in"), [(8, 5), (6, 6), (4, 9), (1, 7)])
-def test_agop_sqrt_squares_to_the_agop(d_out: int, d_in: int) -> None:
-    """Both routes: an eigh of W^T K W (d_out >= d_in) and of the small side (d_out < d_in)."""
+@pytest.mark.parametrize("top", [1, 3])
+def test_agop_spectrum_is_the_agops(d_out: int, d_in: int, top: int) -> None:
+    """Both routes: an eigh of W^T K W (d_out >= d_in) and of L^T K L in W's row space
+    (d_out < d_in): descending eigenvalues of the AGOP, orthonormal leading eigenvectors."""
     w = torch.randn(d_out, d_in, dtype=torch.float64, generator=_gen(d_out * 10 + d_in))
     k = _psd(d_out, seed=d_in)
     agop = agop_from_kernel(w, k)
-    spectrum = spectrum_of_gram(psd_factor(k) @ w)
-    root = spectrum.sqrt()
-    assert root.shape == (d_in, d_in) and spectrum.dim == d_in
-    torch.testing.assert_close(root, root.T, rtol=0, atol=1e-12)
-    torch.testing.assert_close(root @ root, agop, rtol=1e-9, atol=1e-10 * float(agop.abs().max()))
-    np.testing.assert_allclose(root.numpy(), _sqrt_by_eigh(agop.numpy()), atol=1e-7)
-    if d_out >= d_in:  # full rank: scipy's sqrtm is well defined
-        np.testing.assert_allclose(root.numpy(), np.real(scipy.linalg.sqrtm(agop.numpy())), atol=1e-8)
-    # The spectrum itself: descending eigenvalues of the AGOP, orthonormal eigenvectors.
+    spectrum = compare_layer(w, w, k, top=top).spectra["agop"]
     values = spectrum.values
-    assert values.numel() == min(d_out, d_in)
+    assert spectrum.dim == d_in and values.numel() == min(d_out, d_in)
     assert bool((values[:-1] >= values[1:]).all())
     expected = np.sort(np.linalg.eigvalsh(agop.numpy()))[::-1][: values.numel()]
     np.testing.assert_allclose(values.numpy(), expected, rtol=1e-9, atol=1e-10)
     vecs = spectrum.vectors
-    eye = torch.eye(values.numel(), dtype=torch.float64)
-    torch.testing.assert_close(vecs.T @ vecs, eye, atol=1e-9, rtol=0)
-    torch.testing.assert_close(agop @ vecs, vecs * values, atol=1e-9 * float(values[0]), rtol=0)
+    t = min(top, values.numel())
+    assert vecs.shape == (d_in, t)
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(t, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(agop @ vecs, vecs * values[:t], atol=1e-9 * float(values[0]), rtol=0)
 
 
 def test_effective_rank() -> None:
@@ -205,7 +197,6 @@ def test_denoise_drops_values_within_four_times_the_most_negative() -> None:
     positive = torch.tensor([1e-12, 1e-3, 2.0], dtype=torch.float64)  # full rank: nothing is noise
     assert torch.equal(denoise_psd_eigenvalues(positive), positive)
     assert denoise_psd_eigenvalues(torch.zeros(0, dtype=torch.float64)).numel() == 0
-    assert psd_factor(torch.zeros(0, 0, dtype=torch.float64)).shape == (0, 0)
 
 
 @pytest.mark.parametrize(("d_out", "d_in"), [(96, 96), (48, 144)])
@@ -369,3 +360,90 @@ def test_new_values_at_epoch_zero_and_for_degenerate_layers() -> None:
     assert from_zero.weight_change is None
     doc = json.loads(json.dumps(finite_or_none(vars(start) | {"spectra": None}), allow_nan=False))
     assert doc["alpha_star"] is None and doc["weight_change"] == 0.0
+
+
+# -- the factorised analysis equals the one it replaced ------------------------------------------
+
+
+def _trained(d_out: int, d_in: int, seed: int, rank: int | None = None) -> tuple[torch.Tensor, ...]:
+    """A float32 weight pair as training leaves it and a float64-summed kernel of ``rank``."""
+    w0 = torch.randn(d_out, d_in, generator=_gen(seed)) / math.sqrt(d_in)
+    w = w0 + 0.3 * torch.randn(d_out, d_in, generator=_gen(seed + 1)) / math.sqrt(d_in)
+    g = torch.randn(rank or 3 * d_out, d_out, dtype=torch.float64, generator=_gen(seed + 2))
+    g *= torch.logspace(0, -2, d_out, dtype=torch.float64)  # an uneven spectrum, as in training
+    return w, w0, g.T @ g / g.shape[0]
+
+
+def _assert_same(new, old, sqrt_rel: float = 1e-10) -> float:
+    """Every number of compare_layer equal to the reference's to 1e-10 relative (the ``sqrt``
+    variants to ``sqrt_rel``); the worst."""
+    worst = 0.0
+    for m in METRICS:
+        rel = sqrt_rel if m.endswith("_sqrt") else 1e-10
+        assert new.metrics[m] == pytest.approx(old.metrics[m], rel=rel, abs=0), m
+    pairs = [(new.weight_change, old.weight_change), (new.alpha_corr, old.alpha_corr)]
+    for key in ("agop", "nfm_raw", "nfm_delta"):
+        a, b = new.spectra[key], old.spectra[key]
+        n = min(a.values.numel(), b.values.numel())
+        scale = float(b.values[0])
+        assert float((a.values[:n] - b.values[:n]).abs().max()) <= 1e-10 * scale, key
+        for rest in (a.values[n:], b.values[n:]):  # what one side left out is rounding noise
+            assert float(rest.abs().sum()) <= 1e-10 * scale, key
+        pairs += [(a.effective_rank(), b.effective_rank()), *zip(a.shares(5), b.shares(5), strict=True)]
+    pairs.append((top_eigvec_cosine(new.spectra["nfm_raw"], new.spectra["agop"]),
+                  top_eigvec_cosine(old.spectra["nfm_raw"], old.spectra["agop"])))
+    for got, want in pairs:
+        rel = abs(got - want) / max(abs(want), 1e-300)
+        assert rel <= 1e-10, (got, want)
+        worst = max(worst, rel)
+    assert new.alpha_star == old.alpha_star
+    return worst
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "rank"), [
+    (64, 192, None),  # d_in > d_out: the row-space route, as layer 0
+    (96, 48, None),  # d_in < d_out: the AGOP itself is the smaller side
+    (80, 80, None),  # square, as the middle layers
+    (64, 192, 20),  # n x classes < d_out: a rank-20 kernel
+    (80, 80, 12),
+])
+def test_equals_the_implementation_it_replaced(d_out: int, d_in: int, rank: int | None) -> None:
+    import nfa_reference
+
+    w, w0, k = _trained(d_out, d_in, seed=d_out + d_in + (rank or 0), rank=rank)
+    # A rank-deficient AGOP decomposed itself (d_out >= d_in) has d_in - rank eigenvalues of
+    # float64 rounding noise, ~1e-16 of the largest; the few that survive denoising differ
+    # between LAPACK drivers (syevr here, syevd before), and AGOP^(1/2) lifts them to ~1e-8 of
+    # the largest root: the sqrt variants are determined to 2e-9 there (measured), by either.
+    sqrt_rel = 5e-9 if rank is not None and d_out >= d_in else 1e-10
+    for primary in ("delta_cos_agop", "raw_pearson_sqrt"):
+        new = compare_layer(w, w0, k, primary=primary, top=4)
+        old = nfa_reference.compare_layer(w, w0, k, primary=primary)
+        _assert_same(new, old, sqrt_rel)
+        kinds = metric_kinds(primary)
+        assert new.alphas[f"{kinds[0]}_{kinds[1]}"] == (new.alpha_star, new.alpha_corr)
+        for kind, (a, c) in new.alphas.items():  # every kind's alpha_star is the reference's
+            ref = nfa_reference.compare_layer(w, w0, k, primary=f"{kind}_agop")
+            assert a == ref.alpha_star and c == pytest.approx(ref.alpha_corr, rel=1e-10)
+
+
+def test_an_ill_conditioned_weight_takes_the_direct_route() -> None:
+    """W W^T with condition above MAX_GRAM_CONDITION: the Cholesky basis would lose accuracy,
+    so the AGOP is decomposed itself, and every number still equals the reference's."""
+    import nfa_reference
+
+    from agop_sweep import nfa
+
+    w, w0, k = _trained(32, 96, seed=5)
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    s[-1] = s[0] * 1e-4  # condition of W W^T: 1e8
+    w = (u * s) @ vh
+    calls = []
+    direct = nfa._agop_direct
+    nfa._agop_direct = lambda *a: calls.append(1) or direct(*a)
+    try:
+        new = compare_layer(w, w0, k)
+    finally:
+        nfa._agop_direct = direct
+    assert calls == [1]
+    _assert_same(new, nfa_reference.compare_layer(w, w0, k))
