@@ -58,18 +58,37 @@ class MLP(nn.Module):
         return self.last(h)
 
 
-# model.init: PyTorch's default init for every layer, or the original script's middle layers,
-# built as copies of one module and so identical at the start.
-INITS = ("default", "shared_middle")
+# model.init: PyTorch's default init for every layer; or the original script's middle layers,
+# built as copies of one module and so identical at the start; or (seed) exactly the
+# original's draws: identical middle layers, drawn in its order after its DataLoader's draws.
+INITS = ("default", "shared_middle", "seed")
 
 
 def build_model(d_in: int, width: int, depth: int, n_classes: int, act: str, init: str = "default") -> MLP:
     """PyTorch's default (Kaiming-uniform) init, drawn from the global RNG: seed it first.
 
     ``init="shared_middle"`` then copies the first middle layer's weight into the others.
+    ``init="seed"`` draws as the original script does after ``torch.manual_seed``: the two
+    int64 draws of the DataLoader pass that reads the input size, then its ``Net``: one middle
+    layer (copied into every middle layer), the first layer, the readout. With the same seed
+    the weights are the original's bit for bit (tests/test_seed_order.py).
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+    if init == "seed":
+        from agop_sweep.seed_order import draw_int64, draw_linear, original_net_shapes
+
+        with torch.random.fork_rng(devices=[]):  # the module's own init must not draw
+            model = MLP(d_in, width, depth, n_classes, act)
+        draw_int64(), draw_int64()
+        drawn = [draw_linear(shape) for shape in original_net_shapes(d_in, width, depth, n_classes)]
+        middle, first, last = drawn if depth > 1 else (None, *drawn)
+        with torch.no_grad():
+            model.first.weight.copy_(first)
+            model.last.weight.copy_(last)
+            for layer in model.middle:
+                layer.weight.copy_(middle)
+        return model
     model = MLP(d_in, width, depth, n_classes, act)
     if init == "shared_middle":
         with torch.no_grad():

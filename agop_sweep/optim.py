@@ -184,6 +184,7 @@ def build_muon_seed(cfg: DictConfig, model: MLP) -> OptimizerSet:
     opt = MuonSeed(
         params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
         ns_steps=cfg.ns_steps, eps=cfg.eps, renormalize=cfg.renormalize, ns_dtype=ns_dtype,
+        compile=cfg.compile,
     )
     return OptimizerSet({"muon_seed": opt}, ns_dtype)
 

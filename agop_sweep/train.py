@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -39,6 +39,7 @@ from agop_sweep.preemption import Preempted, PreemptionGuard
 from agop_sweep.provenance import run_info
 from agop_sweep.record import EpochEntry, RunRecord, Status
 from agop_sweep.resume import EpochProgress, ResumeState, save_state
+from agop_sweep.seed_order import SeedOrder
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ class Trainer:
             warn_if_slow(self.optimizer.ns_dtype, self.device.type, self.optimizer.orthogonalized_shapes(),
                          cfg.optimizer.ns_steps, math.ceil(data.n_train / cfg.trainer.batch_size))
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.seed_order = None
+        if str(OmegaConf.select(cfg.data, "order", default="default")) == "seed":
+            self.seed_order = SeedOrder(cfg.seed, data.n_train, data.n_features, cfg.model.width,
+                                        cfg.model.depth, data.n_classes, cfg.schedule.checkpoints)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
         self.hooks: list[EpochHook] = [
@@ -168,8 +173,12 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------------------------
     def new_epoch(self, epoch: int, data: Dataset) -> EpochProgress:
-        """The epoch's permutation, drawn on the CPU generator (the same on every device)."""
-        perm = torch.randperm(data.n_train, generator=self.shuffle)
+        """The epoch's permutation, drawn on the CPU generator (the same on every device), or
+        the original script's (``data.order=seed``)."""
+        if self.seed_order is not None:
+            perm = self.seed_order.permutation(epoch)
+        else:
+            perm = torch.randperm(data.n_train, generator=self.shuffle)
         return EpochProgress.start(epoch, perm.to(self.device))
 
     def train_epoch(self, data: Dataset, progress: EpochProgress, guard: PreemptionGuard) -> None:

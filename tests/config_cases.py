@@ -51,7 +51,8 @@ COMPOSITION_ERRORS = [
     (["trainer.plots=sometimes"], ["trainer.plots", "expected one of [live, end, off]"]),
     (["trainer.precision=fp8"],
      ["trainer.precision", "expected one of [fp32, tf32, bf16, fp16, fp16_on_cuda]"]),
-    (["model.init=orthogonal"], ["model.init", "expected one of [default, shared_middle]"]),
+    (["model.init=orthogonal"], ["model.init", "expected one of [default, shared_middle, seed]"]),
+    (["data.order=random"], ["data.order", "expected one of [default, seed]"]),
     (["data.split=random"], ["data.split", "expected one of [default, seed]"]),
     (["optimizer.name=rmsprop"], ["optimizer.name", "muon_seed"]),
 ]

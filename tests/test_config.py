@@ -96,19 +96,19 @@ def test_cluster_presets_compose(compose_config, option: str) -> None:
 
 
 def test_the_seed_experiment_preset(compose_config) -> None:
-    """experiment=seed: the original script's Muon, shared middle init, 80/20 split, fp16 (CUDA)."""
+    """experiment=seed: the original script's Muon, its init and batch order, 80/20 split, fp16 (CUDA)."""
     cfg = compose_config("experiment=seed", "device=cuda")
     validate(cfg)
     seed = OmegaConf.structured(OPTIMIZERS["muon_seed"])
     assert to_container(cfg.optimizer) == to_container(seed)
-    assert (cfg.model.init, cfg.data.name, cfg.data.split, cfg.trainer.precision) == (
-        "shared_middle", "svhn", "seed", "fp16_on_cuda")  # fp16 on CUDA, fp32 elsewhere
+    assert (cfg.model.init, cfg.data.name, cfg.data.split, cfg.data.order, cfg.trainer.precision) == (
+        "seed", "svhn", "seed", "seed", "fp16_on_cuda")  # fp16 on CUDA, fp32 elsewhere
     default = compose_config("device=cuda")
     differs = {k for k in ("model", "data", "trainer", "schedule", "analysis", "eval", "loss", "seed")
                if to_container(default)[k] != to_container(cfg)[k]}
-    assert differs == {"model", "data", "trainer"}  # and only in init, split, precision:
+    assert differs == {"model", "data", "trainer"}  # and only in init, split, order, precision:
     assert {**to_container(cfg.model), "init": "default"} == to_container(default.model)
-    assert {**to_container(cfg.data), "split": "default"} == to_container(default.data)
+    assert {**to_container(cfg.data), "split": "default", "order": "default"} == to_container(default.data)
     assert {**to_container(cfg.trainer), "precision": "tf32"} == to_container(default.trainer)
     validate(compose_config("experiment=seed", "device=cpu"))  # fp16_on_cuda: fp32 on a CPU
 

@@ -32,6 +32,7 @@ class Loss(StrEnum):
 class ModelInit(StrEnum):
     default = "default"  # PyTorch's default (Kaiming-uniform) init of every layer
     shared_middle = "shared_middle"  # the original script's: identical initial middle layers
+    seed = "seed"  # the original script's draws themselves: its weights, bit for bit
 
 
 class OptimizerName(StrEnum):
@@ -67,6 +68,11 @@ class DatasetName(StrEnum):
 class DataSplit(StrEnum):
     default = "default"  # val = the test set, or data.val_fraction of the train set
     seed = "seed"  # the original script's 80/20 split of the train set
+
+
+class DataOrder(StrEnum):
+    default = "default"  # a seeded torch.randperm per epoch
+    seed = "seed"  # the original script's DataLoader draws, replayed (agop_sweep.seed_order)
 
 
 class Precision(StrEnum):
@@ -152,6 +158,9 @@ class MuonSeedConfig(OptimizerConfig):
     eps: float = 1e-7  # added to the direction's norm before Newton-Schulz
     renormalize: bool = True  # rescale every weight to Frobenius norm sqrt(d_out) before a step
     ns_dtype: NsDtype = NsDtype.auto
+    # Newton-Schulz under torch.compile, as the original runs it: its updates bit for bit with
+    # the same torch (eager differs by 1.4-1.9 % a call); costs a compile per weight shape.
+    compile: bool = False
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -165,6 +174,9 @@ class DataConfig:
     # default: the option's own train/val sets; seed: the original script's 80/20 split of
     # the training set (scikit-learn's train_test_split drawn from NumPy seeded 1717).
     split: DataSplit = DataSplit.default
+    # default: a seeded permutation per epoch; seed: the original script's batch order (its
+    # DataLoader's draws, which repeat one permutation after every analysed epoch).
+    order: DataOrder = DataOrder.default
 
 
 @dataclass
