@@ -13,18 +13,25 @@ results are torch tensors on the input's device, in its dtype (float64 in the an
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """The BLAS libraries loaded (SciPy's among them), found once: a search costs ~2 ms."""
+    return ThreadpoolController()
 
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         yield
 
 
