@@ -53,9 +53,10 @@ def _spectral_summary(spectra: dict[str, Spectrum]) -> dict[str, Any]:
             "effective_rank": s.effective_rank(),
             f"top{TOP_SHARES}_share": s.shares(TOP_SHARES),
         }
-    agop = spectra["agop"]
+    agop = spectra.get("agop")
     out["top_eigvec_cos"] = {
-        kind: (top_eigvec_cosine(spectra[f"nfm_{kind}"], agop) if f"nfm_{kind}" in spectra else None)
+        kind: (top_eigvec_cosine(spectra[f"nfm_{kind}"], agop)
+               if agop is not None and f"nfm_{kind}" in spectra else None)
         for kind in ("raw", "delta")
     }
     return out
@@ -84,6 +85,9 @@ def _layer_entry(layer: int, w: torch.Tensor, cmp: LayerComparison, cfg: DictCon
     }
     if cfg.spectra:
         entry["spectra"] = _spectral_summary(cmp.spectra)
+    if cmp.error is not None:
+        entry["error"] = cmp.error
+        log.warning("Layer %d has no numbers: %s", layer, cmp.error)
     return entry
 
 

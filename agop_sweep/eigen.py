@@ -44,13 +44,30 @@ def eigh_descending(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     columns in the same order."""
     if a.shape[0] == 0:
         return a.new_zeros(0), a.new_zeros(0, 0)
+    if not bool(torch.isfinite(a).all()):
+        raise np.linalg.LinAlgError("the matrix has non-finite entries")
     if _cpu(a):
-        with _one_thread():
-            values, vectors = scipy.linalg.eigh(a.numpy(), driver="evr", check_finite=False)
+        values, vectors = _lapack_eigh(a.numpy())
         values, vectors = torch.from_numpy(values), torch.from_numpy(vectors)
     else:
         values, vectors = torch.linalg.eigh(a)
     return values.flip(0).to(a), vectors.flip(1).to(a)
+
+
+# LAPACK drivers in the order tried: MRRR, then the QR iteration, the slowest and the most
+# robust, where MRRR fails to converge (extreme dynamic range).
+DRIVERS = ("evr", "ev")
+
+
+def _lapack_eigh(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every eigenpair of ``m`` (d, d), ascending, by the first of DRIVERS that converges."""
+    for driver in DRIVERS:
+        try:
+            with _one_thread():
+                return scipy.linalg.eigh(m, driver=driver, check_finite=False)
+        except (np.linalg.LinAlgError, ValueError) as e:
+            error = e
+    raise np.linalg.LinAlgError(f"eigendecomposition failed with every driver: {error}")
 
 
 def eigvalsh_with_top(a: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +84,17 @@ def eigvalsh_with_top(a: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Te
     if d == 0 or top == d or not _cpu(a):
         values, vectors = eigh_descending(a)
         return values, vectors[:, :top]
+    try:
+        return _values_and_top(a, top)
+    except (np.linalg.LinAlgError, ValueError):  # MRRR did not converge: all eigenpairs, robustly
+        values, vectors = eigh_descending(a)
+        return values, vectors[:, :top]
+
+
+def _values_and_top(a: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    d = a.shape[0]
+    if not bool(torch.isfinite(a).all()):
+        raise np.linalg.LinAlgError("the matrix has non-finite entries")
     with _one_thread():
         lwork, info = scipy.linalg.lapack.dsytrd_lwork(d, lower=1)
         c, diag, off, tau, info = scipy.linalg.lapack.dsytrd(a.numpy(), lower=1, lwork=int(lwork))

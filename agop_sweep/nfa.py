@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from agop_sweep.eigen import eigh_descending, eigvalsh_with_top
@@ -174,6 +175,8 @@ class LayerComparison:
     alpha_star: float | None = None
     alpha_corr: float | None = None
     alphas: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # Why the layer has no numbers, when it has none (non-finite input, a failed decomposition).
+    error: str | None = None
 
 
 def weight_change(w: torch.Tensor, w0: torch.Tensor) -> float | None:
@@ -366,8 +369,26 @@ def compare_layer(
     """
     alpha_nfm, alpha_corr_kind = metric_kinds(primary)
     w, w0, k = w.double(), w0.double(), k.double()
+    bad = [name for name, m in (("W", w), ("W0", w0), ("K", k)) if not bool(torch.isfinite(m).all())]
+    if bad:
+        return _undefined(f"non-finite values in {', '.join(bad)}")
+    try:
+        return _compare(w, w0, k, with_spectra, alpha_nfm, alpha_corr_kind, max(1, top))
+    except np.linalg.LinAlgError as e:  # every driver failed: no numbers rather than a crash
+        return _undefined(str(e))
+
+
+def _undefined(reason: str) -> LayerComparison:
+    """A layer without numbers: every metric None, no spectra, and the reason."""
+    alphas: dict[str, tuple[float | None, float | None]] = {
+        f"{n}_{c}": (None, None) for n in NFM_KINDS for c in CORR_KINDS}
+    return LayerComparison(dict.fromkeys(METRICS), {}, None, None, None, alphas, reason)
+
+
+def _compare(w: torch.Tensor, w0: torch.Tensor, k: torch.Tensor, with_spectra: bool, alpha_nfm: str,
+             alpha_corr_kind: str, top: int) -> LayerComparison:
+    """:func:`compare_layer` on finite float64 inputs."""
     d_out, d = w.shape
-    top = max(1, top)
     delta = w - w0
     xs = {"raw": w, "delta": delta}
     grams = {name: gram(x) for name, x in xs.items()}

@@ -70,6 +70,8 @@ class LayerEntry(TypedDict):
     # alpha_star and alpha_corr for every NFM and correlation kind: {raw,delta}_{cos,pearson}.
     alphas: NotRequired[dict[str, dict[str, float | None]]]
     spectra: NotRequired[dict[str, Any]]
+    # Why every number of the layer is null (non-finite input, a failed eigendecomposition).
+    error: NotRequired[str]
 
 
 class AnalysisEntry(TypedDict):

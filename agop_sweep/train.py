@@ -213,7 +213,8 @@ class Trainer:
         cfg = self.cfg
         self.model.eval()
         analysis = None
-        if epoch in self.checkpoints and cfg.analysis.enabled:
+        # Non-finite weights have no NFM or AGOP: the epoch's losses mark the run diverged.
+        if epoch in self.checkpoints and cfg.analysis.enabled and weights_finite(self.model):
             analysis = analyze_model(self.model, self.init_weights, data.x_train, data.y_train,
                                      cfg.analysis, cfg.loss, epoch, stop=guard.check(epoch))
             train = (analysis.train_loss, analysis.train_acc)  # the same pass, no extra cost
