@@ -188,7 +188,9 @@ def analysis_subset(h: TrainerHarness, n_sub: int, n: int) -> float:
 
 
 def config(name: str, args: argparse.Namespace) -> DictConfig:
-    return compose_config([f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}"])
+    ns = ["optimizer.ns_dtype=bf16"] if name == "muon" else []  # its FLOP bound counts bf16 matmuls
+    return compose_config([f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}",
+                           *ns])
 
 
 def run_flops(args: argparse.Namespace, epochs: int, analysed: int, train_evals: int,

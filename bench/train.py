@@ -25,7 +25,9 @@ computed, because the input does not require grad); the SGD and Adam updates aga
 memory-traffic floor: bytes read + written per parameter over the bandwidth of an in-place
 a += b on arrays past the caches (the floor), and over that of a += b repeated on as many
 tensors of the parameters' shapes as the update touches (the warm floor, partly in cache),
-each measured in the same process; Newton-Schulz against a bf16 matmul.
+each measured in the same process; Newton-Schulz against a bf16 matmul (Muon runs with
+optimizer.ns_dtype=bf16 here, whatever the device does fast; bench/ns_dtype.py compares the
+dtypes).
 
     python bench/train.py                          # width 1024, depth 5, SVHN sizes, CPU (~6 min)
     python bench/train.py --optimizers sgd,adam --steps 200
@@ -103,6 +105,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config(name: str, args: argparse.Namespace) -> DictConfig:
     overrides = [f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}"]
+    if name == "muon":  # the tables compare Newton-Schulz with the bf16 matmul rate
+        overrides.append("optimizer.ns_dtype=bf16")
     if args.batch is not None:
         overrides.append(f"trainer.batch_size={args.batch}")
     return compose_config(overrides)
