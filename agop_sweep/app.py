@@ -83,6 +83,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
         rundir.write_hydra_files(run_dir, cfg, HydraConfig.instance().cfg, list(hc.overrides.task))
         log.info("Run dir %s", run_dir)
+        _log_preset(cfg, hc.runtime.choices)
         job_num = hc.job.num if hc.mode.name == "MULTIRUN" else 0
         placement = place_job(cfg.device, cfg.threads, job_num, _parallel_jobs())
         check_precision(cfg.trainer.precision, placement.device)  # fp16 needs CUDA; auto may be cpu
@@ -91,6 +92,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         # another would otherwise look faster than the first, which paid for importing torch.
         trainer = Trainer(cfg, run_dir, placement, hooks=build_loggers(cfg, run_dir))
         return trainer.run(claim.state)
+
+
+def _log_preset(cfg: DictConfig, choices: Any) -> None:
+    """One line naming what a preset (``experiment=seed``) set, with the values this run uses;
+    after the claim, because the first line logged opens the run's log file."""
+    from agop_sweep.presets import PRESET_GROUP, preset_line
+
+    option = choices.get(PRESET_GROUP) if choices is not None else None
+    if option:
+        line = preset_line(PRESET_GROUP, str(option), to_container(cfg))
+        log.info("Preset %s", line or f"{PRESET_GROUP}={option} (its settings could not be read)")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -171,12 +183,47 @@ def _one_line(text: str) -> str:
     return "; ".join(out)
 
 
+COMPLETION_FLAGS = ("--shell-completion", "-sc")
+COMPLETION_COMMANDS = ("install", "uninstall", "query")
+CONSOLE_SCRIPT = "agop-sweep"
+
+
+def completion_problem(argv: list[str]) -> str | None:
+    """The one line for a shell-completion request Hydra cannot serve, None for any other
+    command line: the flag without install=/uninstall=/query= (Hydra raises a bare
+    ValueError), and install= under ``python -m agop_sweep``, whose script Hydra's completion
+    cannot recognise (it completes ``python <file>.py`` and console scripts)."""
+    args = argv[1:]
+    if not any(a in COMPLETION_FLAGS for a in args):
+        return None
+    commands = [a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in COMPLETION_COMMANDS]
+    if not commands:
+        return (f"--shell-completion needs one of install=SHELL, uninstall=SHELL or query=SHELL "
+                f"(SHELL: bash, zsh or fish), e.g. {install_command('bash')}")
+    if commands[0] == "install" and argv[0].endswith(".py"):
+        shell = next((a.split("=", 1)[1] for a in args if a.startswith("install=")), "bash")
+        return (f"shell completion works for the console script {CONSOLE_SCRIPT}, not for python -m "
+                f"agop_sweep: {install_command(shell)}")
+    return None
+
+
+def install_command(shell: str) -> str:
+    """How to turn completion on in ``shell`` (zsh reads bash's completion through bashcompinit)."""
+    if shell == "fish":
+        return f"{CONSOLE_SCRIPT} --shell-completion install=fish | source"
+    return f'eval "$({CONSOLE_SCRIPT} --shell-completion install=bash)"'
+
+
 def main() -> None:
     """``python -m agop_sweep``: Hydra's app, with every error a user can fix reported as one
     line on stderr and exit code 1, also those that arise inside Hydra before the app runs.
     HYDRA_FULL_ERROR=1 keeps Hydra's full reports and tracebacks for debugging."""
     from agop_sweep.guard import GuardStop
 
+    problem = completion_problem(sys.argv)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        raise SystemExit(1)
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
     try:

@@ -1,8 +1,17 @@
-"""Scheduled checkpoints (models/), and loading any file a run wrote without running its pickles."""
+"""Scheduled checkpoints (models/), and loading any file a run wrote without running its pickles.
+
+Checkpoint file names come in two kinds (``trainer.checkpoint_names``): ``default``, the
+original script's ``model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth``, part of the
+experiment's documented output; and ``portable``, ``model_epoch_<E>-<dataset>-width<W>-depth<D>-
+<A>.pth``, without the ``:`` that Windows forbids in file names and that scp and rsync read as
+``host:path``. Every reader takes both (:func:`checkpoint_epoch`).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +34,43 @@ _SAFE_GLOBALS: list[Any] = [
 ]
 
 
-def checkpoint_name(epoch: int, dataset: str, width: int, depth: int, act: str) -> str:
-    """``model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth`` (SPEC)."""
+DEFAULT_NAMES, PORTABLE_NAMES = "default", "portable"
+NAMES_KEY = ("trainer", "checkpoint_names")
+# The epoch of a checkpoint file of either kind.
+EPOCH_RE = re.compile(r"^model_epoch_(\d+)[:-]")
+GLOB = "model_epoch_*.pth"
+_DEFAULT_RE = re.compile(r"^model_epoch_(\d+):(.+):width:(\d+):depth:(\d+):act:(.+):nn\.pth$")
+
+
+def checkpoint_name(epoch: int, dataset: str, width: int, depth: int, act: str,
+                    names: str = DEFAULT_NAMES) -> str:
+    """``model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth`` (SPEC), or with
+    ``names="portable"`` ``model_epoch_<E>-<dataset>-width<W>-depth<D>-<A>.pth``."""
+    if str(names) == PORTABLE_NAMES:
+        return f"model_epoch_{epoch}-{dataset}-width{width}-depth{depth}-{act}.pth"
     return f"model_epoch_{epoch}:{dataset}:width:{width}:depth:{depth}:act:{act}:nn.pth"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch in a checkpoint file name of either kind, None for any other name."""
+    m = EPOCH_RE.match(name)
+    return int(m.group(1)) if m and name.endswith(".pth") else None
+
+
+def names_of(config: Mapping[str, Any]) -> str:
+    """The run's ``trainer.checkpoint_names`` (``default`` for configs from before it)."""
+    trainer = config.get(NAMES_KEY[0]) if isinstance(config, Mapping) else None
+    value = trainer.get(NAMES_KEY[1]) if isinstance(trainer, Mapping) else None
+    return str(value) if value else DEFAULT_NAMES
+
+
+def styled(name: str, config: Mapping[str, Any]) -> str:
+    """A default checkpoint name in the kind the run's config asks for."""
+    m = _DEFAULT_RE.match(name)
+    if m is None or names_of(config) != PORTABLE_NAMES:
+        return name
+    epoch, dataset, width, depth, act = m.groups()
+    return checkpoint_name(int(epoch), dataset, int(width), int(depth), act, PORTABLE_NAMES)
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,8 +92,9 @@ def save_checkpoint(
     run_dir: Path, epoch: int, name: str, model: torch.nn.Module, optimizer_state: dict[str, Any],
     config: dict[str, Any],
 ) -> str:
-    """Write models/<name> atomically; return its path relative to ``run_dir``."""
-    rel = f"{MODELS_DIR}/{name}"
+    """Write models/<name> atomically, ``name`` in the kind of names ``config`` asks for
+    (``trainer.checkpoint_names``); return its path relative to ``run_dir``."""
+    rel = f"{MODELS_DIR}/{styled(name, config)}"
     torch_save(run_dir / rel, {
         "state_dict": cpu_state_dict(model),
         "epoch": epoch,

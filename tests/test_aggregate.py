@@ -121,12 +121,15 @@ def test_runs_csv_equals_results(sweep: Path, cli_out: Path) -> None:
 def test_metrics_table_equals_results(sweep: Path, cli_out: Path) -> None:
     df = pd.read_parquet(cli_out / "metrics.parquet")
     runs = results_of(sweep)
-    assert list(df.columns[-4:]) == ["epoch", "layer", "metric", "value"]
+    assert list(df.columns[-5:]) == ["epoch", "layer", "metric", "value", "censored"]
+    assert set(df["censored"]) <= {"", "above", "below"}
     assert {"run", "status", "optimizer", "lr", "seed", "model.width"} <= set(df.columns)
     for name, res in runs.items():
         mine = df[df["run"] == name]
-        expected_rows = 4 * len(res.epochs) + sum(
-            len(layer["metrics"]) + 8 for a in res.analysis for layer in a["layers"])
+        layer_keys = tables.layer_keys(res)  # weight_change, alpha_star, alpha_corr in newer runs
+        expected_rows = 4 * len(res.epochs) + sum(  # + the spectra's 8, and each kind's exponent pair
+            len(layer["metrics"]) + 8 + len(layer_keys) + 2 * len(layer.get("alphas") or {})
+            for a in res.analysis for layer in a["layers"])
         assert len(mine) == expected_rows
         assert set(mine["optimizer"]) == {res.run["optimizer"]}
         # Losses: one row per epoch, no layer.
@@ -152,7 +155,9 @@ def test_cli_writes_every_figure_and_the_report(cli_out: Path) -> None:
         w, h = valid_png(cli_out / f"{stem}.png")
         assert 600 <= w <= 1600 and h <= 1000  # readable at 100 % on a laptop screen
         assert (cli_out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
-    assert (cli_out / "report.md").read_text().count("![") == len(FIGURES)
+    # alignment.png too for runs that recorded alpha_star and weight_change (the real ones)
+    drawn = len(FIGURES) + (cli_out / "alignment.png").exists()
+    assert (cli_out / "report.md").read_text().count("![") == drawn
     assert not list(cli_out.glob(".*.tmp"))
 
 
@@ -224,8 +229,10 @@ def test_effective_rank_and_features_figures(loaded) -> None:
     fig = agg_figures.features_comparison_figure(runs, groups, "delta_cos_agop")
     row_labels = [ax.get_ylabel().split("\n")[0] for ax in fig.axes if ax.get_ylabel()]
     assert row_labels == list(OPTIMIZERS)
-    assert sum(len(ax.get_images()) for ax in fig.axes) == 3 * 4
-    assert all(ax.get_images()[0].get_array().shape == (8, 8) for ax in fig.axes)
+    images = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert sum(len(ax.get_images()) for ax in images) == 3 * 4
+    assert all(ax.get_images()[0].get_array().shape == (8, 8) for ax in images)
+    assert len(fig.axes) == 2 * len(images)  # every image has its colour bar
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -238,7 +245,8 @@ def test_metric_and_by_options(sweep: Path, tmp_path: Path) -> None:
         assert row["corr_layer1"] == pytest.approx(final[1]["metrics"]["raw_pearson_sqrt"])
     runs, _ = discover.find_runs([sweep])
     groups = grouping.make_groups(summary.table, "seed", discover.override_columns(runs))
-    assert groups.order == ["seed=1", "seed=2"]
+    # --by seed never averages one optimizer with another: each seed's line splits by optimizer.
+    assert groups.order == [f"seed={s}, {o}" for s in (1, 2) for o in OPTIMIZERS]
     assert "raw_pearson_sqrt" in (tmp_path / "report.md").read_text()
 
 

@@ -57,10 +57,12 @@ def test_metric_draws_and_tables(tmp_path: Path, metric: str) -> None:
     ax = figs["comparison"].axes[0]
     low, high = ax.get_ylim()
     if metric == "alpha_star":
-        assert (low, high) == (0.0, 2.0)
-        assert any(list(line.get_ydata()) == [0.5, 0.5] and line.get_linestyle() == ":" for line in ax.lines)
+        assert (low, high) == pytest.approx((-0.05, 2.05))  # the grid 0..2, its ends in view
+        # The runs' primary is delta_cos_agop: the ansatz's 1/2 (for the raw NFM) does not apply.
+        assert not any(list(line.get_ydata()) == [0.5, 0.5] for line in ax.lines)
+        assert "delta NFM, cosine" in ax.get_ylabel()
         bars = figs["final_correlation"].axes[0]
-        assert any(line.get_linestyle() == ":" for line in bars.lines)
+        assert not any(line.get_linestyle() == ":" for line in bars.lines)
     elif metric == "weight_change":
         assert low == 0.0 and high > 0
     else:
@@ -73,13 +75,14 @@ def test_alignment_figure_panels_and_means(tmp_path: Path) -> None:
     sweep = make_fake_sweep(tmp_path / "s", new_keys=True)
     fig = _figures(sweep, "delta_cos_agop")["alignment"]
     axes = fig.axes
-    assert len(axes) == 4  # 2 rows x 2 layers
-    assert [ax.get_title() for ax in axes] == ["layer 0: alpha_star", "layer 1: alpha_star",
-                                               "layer 0: weight_change", "layer 1: weight_change"]
-    assert axes[0].get_ylim() == (0.0, 2.0) and axes[2].get_ylim()[0] == 0.0
+    assert len(axes) == 6  # one row per layer: alpha*, the correlation there, weight_change
+    assert [ax.get_title() for ax in axes] == [
+        f"layer {l}: {t}" for l in (0, 1) for t in ("alpha*", "corr at alpha*", "||W - W0|| / ||W0||")]
+    assert axes[0].get_ylim() == pytest.approx((-0.05, 2.05)) and axes[2].get_ylim()[0] == 0.0
+    assert axes[1].get_ylim() == (0.0, 1.0)
     records = results_of(sweep)
-    for ax, (metric, layer) in zip(axes, [("alpha_star", 0), ("alpha_star", 1), ("weight_change", 0),
-                                          ("weight_change", 1)], strict=True):
+    panels = [(m, l) for l in (0, 1) for m in ("alpha_star", "alpha_corr", "weight_change")]
+    for ax, (metric, layer) in zip(axes, panels, strict=True):
         for opt in ("adam", "sgd"):
             runs = [r for n, r in records.items() if f"optimizer={opt}" in n]
             by_epoch = np.array([[np.nan if a["layers"][layer][metric] is None else a["layers"][layer][metric]
@@ -91,7 +94,7 @@ def test_alignment_figure_panels_and_means(tmp_path: Path) -> None:
             (line,) = [li for li in ax.lines if li.get_label() == opt]
             assert np.allclose(line.get_ydata(), mean[ok])
             assert np.allclose(line.get_xdata(), np.arange(4)[ok])
-    assert any(line.get_linestyle() == ":" for line in axes[0].lines)
+    assert not any(line.get_linestyle() == ":" for line in axes[0].lines)  # delta NFM: no ansatz line
     assert "alignment" in (aggregate([sweep], fmt="csv").out / "report.md").read_text()
     assert (sweep / "alignment.png").exists() and (sweep / "alignment.pdf").exists()
 
@@ -190,7 +193,7 @@ def test_run_figure_metric(tmp_path: Path, metric: str) -> None:
     overview = fig.axes[2]
     assert overview.get_ylabel() == metric
     if metric == "alpha_star":
-        assert overview.get_ylim() == (0.0, 2.0)
+        assert overview.get_ylim() == pytest.approx((-0.05, 2.05))
     run_dir = next(p.parent for p in sweep.glob("*/results.json"))
     figures_main([str(run_dir), "--metric", metric])
     assert (run_dir / "plots" / "training_analysis.png").exists()

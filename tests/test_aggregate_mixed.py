@@ -176,7 +176,7 @@ def check_readable(fig: Figure) -> list[str]:
         if box.x0 < page.x0 - 1 or box.x1 > page.x1 + 1 or box.y0 < page.y0 - 1 or box.y1 > page.y1 + 1:
             problems.append(f"{text!r} leaves the figure: {box.bounds}")
         problems += [f"{text!r} overlaps {other!r}" for other, b in boxes[i + 1:] if _overlap(box, b)]
-    axes = [ax for ax in fig.axes if ax.get_visible()]
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]  # bars are slim
     for ax in axes:
         box = ax.get_window_extent(renderer)
         if box.width < MIN_PANEL_PX or box.height < MIN_PANEL_PX:

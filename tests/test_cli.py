@@ -7,7 +7,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +352,9 @@ def test_svhn_from_files_of_ones_own_and_without_network(tmp_path: Path) -> None
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
     assert "train_32x32.mat" in line and "test_32x32.mat" in line and str(empty) in line
-    assert not (tmp_path / "offline" / "results.json").exists()
+    # A job that fails before training leaves its one-line error (README, Fault tolerance).
+    failed = json.loads((tmp_path / "offline" / "results.json").read_text())
+    assert failed["status"] == "failed" and failed["epochs"] == [] and "train_32x32.mat" in failed["error"]
 
 
 def test_experiment_seed_runs_as_the_original_script_did(tmp_path: Path) -> None:
@@ -370,3 +375,71 @@ def test_experiment_seed_runs_as_the_original_script_did(tmp_path: Path) -> None
     assert len(middle) == 4 and all(torch.equal(middle[0], m) for m in middle[1:])
     first = _load(run_dir / res["checkpoints"]["3"])["state_dict"]
     assert not torch.equal(first["middle.0.weight"], first["middle.1.weight"])  # they train apart
+    # One line at start says what the preset set, read from its file, with the values used.
+    from agop_sweep.presets import preset_settings
+
+    settings = preset_settings("experiment", "seed")
+    assert {"optimizer", "model.init", "data.split", "trainer.precision"} <= set(settings)
+    (line,) = [ln for ln in (run_dir / "agop_sweep.log").read_text().splitlines() if "Preset " in ln]
+    assert "Preset experiment=seed: optimizer=muon_seed, " in line
+    for key, value in settings.items():
+        shown = res["config"]
+        for part in key.split("."):
+            shown = shown[part]
+        assert f"{key}={shown.get('name') if isinstance(shown, dict) else shown}" in line, key
+        assert isinstance(value, (str, int, float, bool))
+
+
+def test_no_preset_no_preset_line(trainer_run) -> None:
+    from agop_sweep.presets import run_preset_line
+
+    run_dir = trainer_run("plain", "optimizer=sgd")
+    assert run_preset_line(run_dir, {}) is None  # no .hydra/hydra.yaml choice: nothing to say
+
+
+# -- shell completion (issue 23, point 11) -------------------------------------------------------------
+def test_bare_shell_completion_flag_is_one_line(tmp_path: Path) -> None:
+    for flag in ("--shell-completion", "-sc"):
+        proc = run_cli(flag, cwd=tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert "install=SHELL" in line and 'eval "$(agop-sweep --shell-completion install=bash)"' in line
+    proc = run_cli("-sc", "install=bash", cwd=tmp_path)  # python -m: Hydra's script cannot complete it
+    assert proc.returncode == 1 and proc.stdout == ""
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "console script agop-sweep" in line
+
+
+def test_console_script_completion_completes(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("agop-sweep")
+    if not exe.is_file():
+        pytest.skip("the agop-sweep console script is not installed")
+    script = ('eval "$(agop-sweep --shell-completion install=bash)"; '
+              'COMP_LINE="agop-sweep optimizer=" COMP_POINT=21 COMP_CWORD=1; hydra_bash_completion; '
+              'echo "${COMPREPLY[@]}"')
+    env = {**os.environ, "PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) >= {f"optimizer={o}" for o in ("sgd", "adam", "muon", "muon_seed")}
+
+
+# -- checkpoint names (issue 23, point 12) -------------------------------------------------------------
+def test_portable_checkpoint_names(trainer_run) -> None:
+    """trainer.checkpoint_names=portable: no ':' in any file name, the same checkpoints."""
+    run_dir = trainer_run("portable", "trainer.checkpoint_names=portable")
+    res = json.loads((run_dir / "results.json").read_text())
+    names = {e: f"model_epoch_{e}-synthetic-width16-depth2-relu.pth" for e in range(4)}
+    assert res["checkpoints"] == {str(e): f"models/{n}" for e, n in names.items()}
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == sorted(names.values())
+    assert not any(":" in p.name for p in run_dir.rglob("*"))
+    default = trainer_run("default_names", "seed=1717")
+    same = _load(default / "models" / ckpt_name(3, "synthetic", 16, 2, "relu"))["state_dict"]
+    mine = _load(run_dir / "models" / names[3])["state_dict"]
+    assert all(torch.equal(same[k], mine[k]) for k in same)
+
+
+def test_checkpoint_names_is_a_closed_choice(compose_config) -> None:
+    assert compose_config().trainer.checkpoint_names == "default"
+    with pytest.raises(Exception, match="checkpoint_names"):
+        compose_config("trainer.checkpoint_names=windows")

@@ -321,3 +321,84 @@ def test_layer_grid_hides_the_panels_it_does_not_need() -> None:
     assert extra.get_subplotspec().get_geometry()[:2] == (2, 3)
     assert len([ax for ax in fig.axes if not ax.get_visible()]) == 1
     assert tuple(fig.get_size_inches()) == pytest.approx((3 * style.PANEL_WIDTH, 2 * 3.4 + 0.6))
+
+
+# -- issue 23: whole epochs, colour bars, censored exponents, the preset in the title ----------------
+def test_short_runs_have_whole_epoch_ticks() -> None:
+    """A 3-epoch run: ticks at 0, 1, 2, 3, never 0.5 or 2.5."""
+    fig = training_analysis_figure(fake_results(depth=2, checkpoints=[0, 1, 2, 3], epochs=3))
+    epoch_axes = [ax for ax in visible_axes(fig) if ax.get_xlabel() == "epoch"]
+    assert len(epoch_axes) == 3
+    for ax in epoch_axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [0, 1, 2, 3], ticks
+
+
+def test_every_feature_image_has_its_colour_bar() -> None:
+    fig = features_figure(fake_results(), fake_features(PAPER, (1, 8, 8)))
+    images = [ax for ax, _ in _images(fig) if ax.get_label() != "<colorbar>" and not ax.texts]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    # 3 diagonals x 3 epochs but the blank "W = W0" panel, 2 x 4 eigenvectors: one bar each
+    assert len(images) == len(bars) == 3 * 3 - 1 + 2 * 4
+    for bar in bars:
+        assert [t.get_text() for t in bar.get_yticklabels() if t.get_text()]  # a scale to read
+
+
+def _alpha_record(values: list[float], primary: str = "delta_cos_agop") -> RunRecord:
+    res = fake_results(depth=2, checkpoints=[0, 1, 2, 3], epochs=3)
+    res.config["analysis"]["primary"] = primary
+    for a, v in zip(res.analysis, [None, *values], strict=True):
+        for entry in a["layers"]:
+            entry.update(alpha_star=v, alpha_corr=None if v is None else 0.4)
+            entry["alphas"] = {"raw_cos": {"alpha_star": v, "alpha_corr": 0.5}}
+    return res
+
+
+@pytest.mark.parametrize(("primary", "metric", "ansatz"), [
+    ("delta_cos_agop", "alpha_star", False), ("raw_pearson_agop", "alpha_star", True),
+    ("delta_cos_agop", "alpha_star_raw_cos", True)])
+def test_run_exponent_figure_says_its_kind_and_marks_the_grid_ends(primary: str, metric: str,
+                                                                   ansatz: bool) -> None:
+    fig = training_analysis_figure(_alpha_record([2.0, 1.0, 0.0], primary), metric)
+    overview = next(ax for ax in fig.axes if ax.get_title().startswith("all layers"))
+    ends = {(ln.get_marker(), float(y)) for ln in overview.get_lines() if ln.get_marker() in ("^", "v")
+            for y in ln.get_ydata()}
+    assert ends == {("^", 2.0), ("v", 0.0)}
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == style.ANSATZ_GID]
+    assert bool(lines) == ansatz
+    kind = "raw NFM" if ansatz else "delta NFM"
+    assert kind in fig.get_suptitle() and any(kind in ax.get_ylabel() for ax in fig.axes)
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "censored" in legend and ("ansatz" in legend) == ansatz
+
+
+def test_the_preset_is_in_the_figure_titles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of experiment=seed (Hydra's choice in .hydra/hydra.yaml): both figures name each
+    setting of the preset with the value the run used."""
+    import yaml
+
+    from agop_sweep.figures import run as run_module
+    from agop_sweep.presets import preset_settings
+
+    settings = preset_settings("experiment", "seed")
+    assert {"optimizer", "model.init", "trainer.precision"} <= set(settings)
+    res = fake_results(depth=2, checkpoints=[0, 1, 2, 3], epochs=3)
+    res.config.update(optimizer={"name": "muon_seed"}, model={"init": settings["model.init"]},
+                      trainer={"precision": "fp32"})  # the command line changed the precision
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": "seed", "optimizer": "muon_seed"}}}}))
+    titles = []
+    monkeypatch.setattr(run_module, "save_figure",
+                        lambda fig, stem, formats: titles.append(fig.get_suptitle()) or [])
+    save_run_figures(res, tmp_path, features=None)
+    np.savez(tmp_path / "features.npz", **fake_features([0, 1, 2, 3], (1, 8, 8), n_layers=2))
+    save_run_figures(res, tmp_path, features=None)
+    assert len(titles) == 3
+    for title in titles:
+        flat = title.replace("\n", " ")
+        assert f"experiment=seed: optimizer=muon_seed, model.init={settings['model.init']}," in flat
+        assert f"trainer.precision=fp32 (preset: {settings['trainer.precision']})" in flat
+        for key in settings:
+            assert f"{key}=" in flat

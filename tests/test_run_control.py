@@ -17,15 +17,15 @@ from agop_sweep.config import RUN_CONTROL_KEYS, is_run_control_key, run_control_
 RUN_CONTROL_OVERRIDES = [
     "resume=true", "device=cpu", "threads=1", "data.root=/elsewhere", "data.download=false",
     "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=64",
-    "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false",
+    "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false", "trainer.checkpoint_names=portable",
 ]
 
 
 def test_the_run_control_keys() -> None:
     assert {
         "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
-        "trainer.plots", "trainer.checkpoint_optimizer", "eval.batch_size", "analysis.chunk_size",
-        "cluster", "hparams_search", "logger",
+        "trainer.plots", "trainer.checkpoint_optimizer", "trainer.checkpoint_names", "eval.batch_size",
+        "analysis.chunk_size", "cluster", "hparams_search", "logger",
     } == RUN_CONTROL_KEYS
     assert is_run_control_key("logger") and is_run_control_key("logger.tracking_uri")
     assert not is_run_control_key("loggers") and not is_run_control_key("data.name")

@@ -20,7 +20,11 @@ as they go; the report lists the failed ones with their error and the interrupte
 the command that resumes each. A results.json that cannot be read is skipped with a warning.
 
 Lines average over seeds and ignore run-control keys (``data.root``, ``trainer.plots``, ...);
-figures size themselves to their layers and lines, legends sit below the panels.
+every other setting that differs splits them, so no line mixes optimizers whatever ``--by`` is,
+and a line has one colour in every figure (an optimizer's own, in every aggregate). The report
+opens with a per-layer summary (the final metric per layer and line, the best line in bold);
+an alpha_star at an end of its grid is marked censored everywhere and never averaged as a
+value. Figures size themselves to their layers and lines, legends sit below the panels.
 
 The parts: :mod:`~agop_sweep.aggregate.discover` (finding and reading runs, their status),
 :mod:`~agop_sweep.aggregate.tables` (the tidy tables), :mod:`~agop_sweep.aggregate.groups`

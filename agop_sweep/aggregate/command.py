@@ -40,7 +40,7 @@ from agop_sweep.aggregate.sweep_x import figure_name, sweep_figure, x_values
 from agop_sweep.aggregate.tables import runs_table, tidy_table
 from agop_sweep.atomic import write_atomic
 from agop_sweep.errors import exit_on_user_error
-from agop_sweep.figures.style import LAYER_KEYS, save_figure, schedule_switch, style
+from agop_sweep.figures.style import ALPHA_KEYS, LAYER_KEYS, primary_kind, save_figure, schedule_switch, style
 from agop_sweep.nfa import DEFAULT_METRIC, METRICS
 
 log = logging.getLogger(__name__)
@@ -102,30 +102,44 @@ def _write_tables(out_dir: Path, table: pd.DataFrame, df: pd.DataFrame, fmt: str
     return written
 
 
-def line_groups(runs: Sequence[Run], table: pd.DataFrame, by: str) -> Groups:
-    """The figures' lines: by ``by`` and the settings that change the experiment (labelled as
-    the overrides wrote them)."""
-    return make_groups(table, by, experiment_columns(runs), {r.name: r.texts for r in runs})
+def line_groups(runs: Sequence[Run], table: pd.DataFrame, by: str, exclude: Sequence[str] = ()) -> Groups:
+    """The figures' lines: by ``by`` and every other setting that changes the experiment
+    (labelled as the overrides wrote them); ``exclude``: settings that never split a line."""
+    return make_groups(table, by, experiment_columns(runs), {r.name: r.texts for r in runs}, exclude)
+
+
+def exponent_kind(runs: Sequence[Run]) -> str | None:
+    """The NFM and correlation kind that the runs' plain ``alpha_star`` is for (that of their
+    ``analysis.primary``); None when the runs differ in it."""
+    kinds = {primary_kind(r.record.primary_metric()) for r in runs if r.record.analysis}
+    return next(iter(kinds)) if len(kinds) == 1 else None
 
 
 def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
                     by: str, x: str | None = None) -> dict[str, Callable[[], Figure | None]]:
     """Per figure, a function that draws it (None when the runs have no data for it); with
-    ``x`` (a numeric swept key) also sweep_<x>."""
+    ``x`` (a numeric swept key) also sweep_<x>. Every figure draws the same groups in the same
+    colours (sweep_<x> with ``x`` left out of the grouping)."""
     groups = line_groups(runs, table, by)
     switch = _switch(runs)
+    kind = exponent_kind(runs)
     analysed = bool(layers_of(df))
     losses = bool(df.loc[df["layer"].isna(), "value"].notna().any())
     ranks = bool(df.loc[df["metric"].str.endswith("_effective_rank"), "value"].notna().any())
+
+    def sweep() -> Figure:
+        assert x is not None
+        return sweep_figure(df, table, x_values(runs, x), metric, line_groups(runs, table, by, (x,)), x, kind)
+
     return {
-        "comparison": lambda: comparison_figure(df, groups, metric, switch) if analysed else None,
+        "comparison": lambda: comparison_figure(df, groups, metric, switch, kind) if analysed else None,
         "losses": lambda: losses_figure(df, groups, switch) if losses else None,
-        "final_correlation": lambda: final_correlation_figure(df, groups, metric) if analysed else None,
+        "final_correlation": lambda: final_correlation_figure(df, groups, metric, kind) if analysed else None,
         "effective_rank": lambda: effective_rank_figure(df, groups, metric, switch) if ranks else None,
         "features": lambda: features_comparison_figure(runs, groups, metric),
         "lr_search": lambda: lr_search_figure(searches(runs, table)),
-        "alignment": lambda: alignment_figure(df, groups, switch),
-        **({figure_name(x): lambda: sweep_figure(df, table, x_values(runs, x), metric, by, x)} if x else {}),
+        "alignment": lambda: alignment_figure(df, groups, switch, metric, kind),
+        **({figure_name(x): sweep} if x else {}),
     }
 
 
@@ -199,7 +213,9 @@ def aggregate(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     if figures:
         drawn, files = _draw_figures(out_dir, runs, table, df, metric, by, x)
         written += files
-    text = report(runs, table, ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped, x))
+    what = ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped, x, line_groups(runs, table, by),
+                       exponent_kind(runs))
+    text = report(runs, table, what)
     written.append(_write_bytes(out_dir / "report.md", text.encode()))
     return Summary(out_dir, len(runs), skipped, written, table, df)
 
@@ -213,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the first DIR)")
     parser.add_argument("--metric", default=None,
                         help=f"the layer metric to plot: one of {', '.join(METRICS)}, "
-                             f"{', '.join(LAYER_KEYS)} or a spectra metric "
+                             f"{', '.join(LAYER_KEYS)}, a per-kind exponent ({ALPHA_KEYS[0]}, ...) "
+                             "or a spectra metric "
                              "(default: the runs' analysis.primary)")
     parser.add_argument("--x", default=None, metavar="KEY",
                         help="a numeric swept key (e.g. optimizer.lr, model.width): adds sweep_<KEY>, the "

@@ -8,6 +8,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import shlex
 import socket
 import time
@@ -78,10 +79,35 @@ class Run:
                 "loss": self.record.loss_name()}
 
     def resume_command(self) -> str:
-        """The command that resumes this run where it stopped, in its own directory."""
+        """The command that resumes this run where it stopped, in its own directory, ready to
+        paste into a POSIX shell: the run dir quoted as Hydra's override grammar needs (a sweep
+        job's name holds ``=`` and ``,``), every argument quoted for the shell."""
         kept = [i for i in self.items if not i.startswith(("resume=", "hydra.run.dir="))]
-        args = [*kept, f"hydra.run.dir={self.path.resolve()}", "resume=true"]
+        args = [*kept, f"hydra.run.dir={hydra_quote(str(self.path.resolve()))}", "resume=true"]
         return "python -m agop_sweep " + " ".join(shlex.quote(a) for a in args)
+
+
+def _parses_to(value_text: str, expected: str) -> bool:
+    try:
+        (override,) = _parser().parse_overrides([f"key={value_text}"])
+    except HydraException:
+        return False
+    return override.value() == expected
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as an override value that Hydra reads back as exactly this string: as it is
+    when its parser reads it so, else in double quotes (a backslash before a quote doubled, the
+    quote escaped, ``${`` escaped so that OmegaConf does not interpolate it). Raises ValueError
+    when neither reads back."""
+    if "${" not in value and _parses_to(value, value):
+        return value
+    inner = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', value)
+    inner = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, inner)
+    quoted = '"' + inner.replace("${", "\\${") + '"'
+    if _parses_to(quoted, value.replace("${", "\\${")):  # OmegaConf reads \${ as a literal ${
+        return quoted
+    raise ValueError(f"{value!r} cannot be written as a Hydra override value")
 
 
 

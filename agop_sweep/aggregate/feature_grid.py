@@ -1,6 +1,6 @@
 """features: per group (its lowest-seed run), the layer-0 NFM and AGOP diagonals and top
-eigenvectors as images; groups in one block of rows, or two side by side when there are many,
-each row named by a horizontal, wrapped label."""
+eigenvectors as images, each with the colour bar of its own scale; groups in one block of rows,
+or two side by side when there are many, each row named by a horizontal, wrapped label."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from agop_sweep.aggregate.discover import Run, value_key
-from agop_sweep.aggregate.groups import Groups
+from agop_sweep.aggregate.groups import Groups, group_gid
 from agop_sweep.aggregate.layout import new_figure, wrap
 from agop_sweep.features import FILENAME as FEATURES_FILE
 from agop_sweep.features import load_features, orient, to_image
@@ -21,7 +21,7 @@ from agop_sweep.figures.style import blank_panel, show_image
 log = logging.getLogger(__name__)
 
 DELTA_NFM = "(W\u2212W\u2080)\u1d40(W\u2212W\u2080)"
-PANEL = 1.45  # inches per image
+PANEL = 1.8  # inches per image and its colour bar
 LABEL_WIDTH = 2.0  # inches for a row's label
 LABEL_CHARS = 24  # characters per line of a row's label
 ONE_BLOCK = 5  # groups that stay in one block of rows
@@ -101,11 +101,12 @@ def features_comparison_figure(runs: Sequence[Run], groups: Groups, metric: str)
                 blank_panel(ax, "n/a", shape[1:])
             else:
                 show_image(ax, item[0], signed=item[1])
+            ax.set_gid(group_gid(g))
             if row == 0:
                 ax.set_title(columns[j], fontsize=9)
         axes[0].set_ylabel(_row_label(g, r, int(arrays["epochs"][-1])), fontsize=9, rotation=0,
                            ha="right", va="center")
     summed = any(int(a["image_shape"][0]) > 1 for _, _, a in chosen)
     title = "layer-0 features at the last analysed epoch" + (" (summed over channels)" if summed else "")
-    fig.suptitle(wrap(title + "; each image on its own colour scale", 70 * blocks), fontsize=12)
+    fig.suptitle(wrap(title + "; each image on its own colour scale (its bar)", 70 * blocks), fontsize=12)
     return fig

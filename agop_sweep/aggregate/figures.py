@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from agop_sweep.aggregate.bars import final_correlation_figure
 from agop_sweep.aggregate.feature_grid import DELTA_NFM, features_comparison_figure
-from agop_sweep.aggregate.groups import Groups
+from agop_sweep.aggregate.groups import Groups, group_gid
 from agop_sweep.aggregate.layout import (
     LEGEND_TITLE,
     grid_figure,
@@ -33,9 +33,15 @@ from agop_sweep.aggregate.layout import (
 )
 from agop_sweep.figures.style import (
     alpha_handle,
+    ansatz_applies,
     apply_metric_limits,
+    both_ends,
+    censored_handle,
     draw_switch,
+    is_alpha_star,
     log_axis,
+    mark_censored,
+    metric_label,
     switch_handle,
     use_log,
 )
@@ -57,8 +63,10 @@ def _series(df: pd.DataFrame, runs: list[str], metric: str, layer: int | None) -
 
 
 def _draw_group(ax: Axes, m: pd.DataFrame, color: Any, label: str, marker: str | None = "o",
-                ls: str = "-") -> bool:
-    """Mean line over the runs (columns) and, with several runs, their min-max band."""
+                ls: str = "-", censor: bool = False, group: str | None = None) -> bool:
+    """Mean line over the runs (columns) and, with several runs, their min-max band; with
+    ``censor`` (an alpha_star), hollow triangles where the mean includes a run at an end of
+    the grid. Every artist carries the gid of ``group`` (default: ``label``)."""
     if m.empty or not np.isfinite(m.to_numpy(dtype=float)).any():
         return False
     x = m.index.to_numpy(dtype=float)
@@ -67,16 +75,27 @@ def _draw_group(ax: Axes, m: pd.DataFrame, color: Any, label: str, marker: str |
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs stay NaN
         mean, lo, hi = np.nanmean(arr, 1), np.nanmin(arr, 1), np.nanmax(arr, 1)
     ok = np.isfinite(mean)
+    gid = group_gid(label if group is None else group)
+    if censor:  # alpha_star values at both ends of the grid: their mean bounds nothing
+        mean = np.where(both_ends(arr), np.nan, mean)
+        mark_censored(ax, x[ok], mean[ok], arr[ok], color, gid)
     every = max(1, int(ok.sum()) // 12)  # at most about a dozen markers on a long line
-    ax.plot(x[ok], mean[ok], color=color, marker=marker, ms=3.5, lw=1.6, ls=ls, label=label, markevery=every)
+    ax.plot(x[ok], mean[ok], color=color, marker=marker, ms=3.5, lw=1.6, ls=ls, label=label, markevery=every,
+            gid=gid)  # NaN (no bound) leaves a gap
     if arr.shape[1] > 1:
-        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.18, lw=0)
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.18, lw=0, gid=gid)
     return True
+
+
+def any_censored(df: pd.DataFrame, metric: str) -> bool:
+    """Whether any value of an alpha_star ``metric`` sits at an end of its grid."""
+    return bool(is_alpha_star(metric) and "censored" in df.columns
+                and (df.loc[df["metric"] == metric, "censored"] != "").any())
 
 
 def _epoch_axis(ax: Axes) -> None:
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 0.5, 2.5 on short runs
     ax.grid(alpha=0.25)
 
 
@@ -91,17 +110,22 @@ def _extras(switch: int | None) -> list[Any]:
     return [] if switch is None else [switch_handle(switch)]
 
 
-def comparison_figure(df: pd.DataFrame, groups: Groups, metric: str, switch: int | None) -> Figure:
-    """Per layer, ``metric`` over epochs, one line per group; the legend below the panels."""
+def comparison_figure(df: pd.DataFrame, groups: Groups, metric: str, switch: int | None,
+                      kind: str | None = None) -> Figure:
+    """Per layer, ``metric`` over epochs, one line per group; the legend below the panels.
+    ``kind``: the NFM and correlation kind of plain ``alpha_star`` (the runs' primary's)."""
     layers = layers_of(df)
     fig, axes = grid_figure(len(layers))
     values = df.loc[df["metric"] == metric, "value"]
+    censor = any_censored(df, metric)
     for ax, l in zip(axes, layers, strict=True):
         for g in groups.order:
-            _draw_group(ax, _series(df, groups.members[g], metric, l), groups.colors[g], g, groups.marker(g))
-        apply_metric_limits(ax, metric, values.to_numpy(dtype=float))
-        _epoch_panel(ax, f"layer {l}", metric, switch)
-    extra = [alpha_handle()] if metric == "alpha_star" else []
+            _draw_group(ax, _series(df, groups.members[g], metric, l), groups.colors[g], g, groups.marker(g),
+                        censor=censor)
+        apply_metric_limits(ax, metric, values.to_numpy(dtype=float), kind)
+        _epoch_panel(ax, f"layer {l}", metric_label(metric, kind), switch)
+    extra = [alpha_handle()] if ansatz_applies(metric, kind) else []
+    extra += [censored_handle()] if censor else []
     legend_below(fig, [*group_handles(groups), *extra, *_extras(switch)])
     fig.suptitle(f"{metric} per layer over training", fontsize=13)
     return fig
@@ -133,11 +157,11 @@ def effective_rank_figure(df: pd.DataFrame, groups: Groups, metric: str, switch:
 
 def _lines_panel(ax: Axes, df: pd.DataFrame, groups: Groups, lines: Sequence[str], metric: str) -> None:
     """``metric`` (one value per epoch) of ``lines`` over epochs; a note where none has values."""
-    many = len(groups.order) > 10  # colours repeat: markers tell the lines apart
+    many = groups.shaded  # shades of one optimizer's colour: markers tell the lines apart
     drawn = False
     for g in lines:
         drawn |= _draw_group(ax, _series(df, groups.members[g], metric, None), groups.colors[g],
-                             groups.legend_label(g), marker=groups.marker(g) if many else None)
+                             groups.legend_label(g), marker=groups.marker(g) if many else None, group=g)
     if not drawn:
         ax.text(0.5, 0.5, "no values (no validation set?)", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
@@ -164,6 +188,6 @@ def losses_figure(df: pd.DataFrame, groups: Groups, switch: int | None) -> Figur
         ax.set_title(metric.replace("_", " "))
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.0)
-    legend_below(fig, group_handles(groups, marker=len(groups.order) > 10))
+    legend_below(fig, group_handles(groups, marker=groups.shaded))
     fig.suptitle("loss and accuracy (mean over runs, band: min-max)", fontsize=13)
     return fig

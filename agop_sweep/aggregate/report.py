@@ -1,6 +1,7 @@
-"""report.md: what was aggregated (every launched job, by how it ended), the figures with
-captions, the runs table, the failed runs with their errors and the interrupted runs with the
-command that resumes each."""
+"""report.md: what was aggregated (every launched job, by how it ended), the per-layer summary
+(per layer and line, the final value of the plotted metric and the best line), the figures
+with captions, the runs table, the failed runs with their errors and the interrupted runs with
+the command that resumes each."""
 
 from __future__ import annotations
 
@@ -14,9 +15,19 @@ from typing import Any
 import pandas as pd
 
 from agop_sweep.aggregate.discover import INTERRUPTED, Run, experiment_columns, last_written
+from agop_sweep.aggregate.groups import Groups
 from agop_sweep.aggregate.lr_search import FIGURE as LR_SEARCH_FIGURE
 from agop_sweep.aggregate.lr_search import report_section as lr_search_section
 from agop_sweep.aggregate.lr_search import searches
+from agop_sweep.aggregate.tables import layer_columns
+from agop_sweep.figures.style import (
+    alpha_mean_text,
+    alpha_text,
+    is_alpha_star,
+    is_correlation,
+    kind_text,
+    metric_kind,
+)
 from agop_sweep.record import Status
 
 FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")
@@ -35,6 +46,8 @@ class ReportInput:
     metrics_file: str
     skipped: list[str]
     x: str | None = None
+    groups: Groups | None = None
+    kind: str | None = None  # the NFM and correlation kind of plain alpha_star
 
 
 def short_names(names: Sequence[str]) -> dict[str, str]:
@@ -79,22 +92,119 @@ def _captions(metric: str, by: str, x: str | None = None) -> dict[str, str]:
         "final_correlation": f"{metric} per layer at the last analysed epoch",
         "effective_rank": "effective rank of the AGOP and the NFM per layer",
         "features": "layer-0 NFM and AGOP diagonals and top eigenvectors, one row per line",
-        "alignment": "alignment exponent alpha_star (0.5: the ansatz) and weight change per layer "
-                     "over epochs",
+        "alignment": "alignment exponent alpha* (the ansatz predicts 0.5 for the raw NFM), the correlation "
+                     "at alpha* and the weight change per layer over epochs",
         **sweep,
     }
 
 
+def _alpha_cell(value: Any, corr: Any = None) -> str:
+    """An alpha_star with its correlation: ``0.62 (0.45)``, ``\u2265 2 (0.33)`` at the grid's end."""
+    if not _finite(value):
+        return ""
+    return alpha_text(float(value)) + (f" ({float(corr):.2f})" if _finite(corr) else "")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _runs_section(runs: Sequence[Run], table: pd.DataFrame, metric: str) -> list[str]:
     extra = [c for c in experiment_columns(runs) if table[c].nunique(dropna=False) > 1]
-    corr_cols = [c for c in table.columns if c.startswith("corr_layer")]
+    corr_cols = layer_columns(table, "corr_layer")
     show = ["run", "status", "optimizer", "lr", "seed", *[c for c in extra if c not in ("optimizer", "seed")],
             "last_epoch", "final_train_loss", "final_val_loss", "final_val_acc", *corr_cols, "wall_seconds"]
     show = list(dict.fromkeys(c for c in show if c in table.columns))
-    shown = table[show].copy()
+    shown = table[show].copy().astype(object)
+    note = f"`corr_layer<l>`: `{metric}` at the run's last analysed epoch"
+    if is_alpha_star(metric):
+        for c in corr_cols:
+            partner = table.get(f"alpha_{c}", pd.Series([None] * len(table)))
+            shown[c] = [_alpha_cell(v, p) for v, p in zip(table[c], partner, strict=True)]
+        note += (", with the correlation at that exponent in parentheses; \u2265 2 and \u2264 0 are the "
+                 "ends of the grid searched (censored: the best exponent may lie beyond)")
     shown["run"] = shown["run"].map(short_names(list(table["run"])))
-    return ["## Runs", "", f"`corr_layer<l>`: `{metric}` at the run's last analysed epoch; run names "
-            "without the overrides that all runs share.", "", _markdown_table(shown), ""]
+    return ["## Runs", "", f"{note}; run names without the overrides that all runs share.", "",
+            _markdown_table(shown), ""]
+
+
+# -- the per-layer summary ------------------------------------------------------------------------
+def _spread(values: list[float], fmt: Any) -> str:
+    """``0.62 (0.60\u20130.64)``: the mean and, with several runs, the min-max range."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return fmt(mean)
+    return f"{fmt(mean)} ({fmt(min(values))}\u2013{fmt(max(values))})"
+
+
+def _alpha_summary(values: list[float], corrs: list[float]) -> str:
+    """A line's alpha_star over its runs, as far as values at the grid's ends allow (see
+    :func:`~agop_sweep.figures.style.alpha_mean_text`), the range, the mean correlation."""
+    cell = alpha_mean_text(values)
+    if len(values) > 1 and len({alpha_text(v) for v in values}) > 1 and "&" not in cell:
+        cell += f" ({alpha_text(min(values))}\u2013{alpha_text(max(values))})"
+    return cell + (f"; corr {sum(corrs) / len(corrs):.2f}" if corrs else "")
+
+
+def _column(table: pd.DataFrame, runs: list[str], column: str) -> list[float]:
+    if column not in table.columns:
+        return []
+    values = table.loc[table["run"].isin(runs), column]
+    return [float(v) for v in values if _finite(v)]
+
+
+def _best_lines(cells: dict[str, list[float]]) -> set[str]:
+    """The lines whose mean is the highest (ties: all of them)."""
+    means = {g: sum(v) / len(v) for g, v in cells.items() if v}
+    top = max(means.values(), default=None)
+    return {g for g, m in means.items() if top is not None and abs(m - top) <= 1e-12}
+
+
+def summary_section(table: pd.DataFrame, groups: Groups, metric: str, kind: str | None) -> list[str]:
+    """Per layer and line, the final ``metric`` (mean and min-max over the line's runs) with
+    the best line per layer in bold (for a correlation: the highest), and the final val
+    accuracy: the direct answer to "which optimizer aligns best, per layer"."""
+    layers = [int(c[len("corr_layer"):]) for c in layer_columns(table, "corr_layer")]
+    if not layers:
+        return []
+    alpha = is_alpha_star(metric)
+    ranked = is_correlation(metric)
+    fmt = (lambda v: f"{v:.3g}") if metric == "weight_change" else (lambda v: f"{v:.2f}")
+    rows = []
+    best = {l: _best_lines({g: _column(table, groups.members[g], f"corr_layer{l}") for g in groups.order})
+            for l in layers} if ranked else {}
+    for g in groups.order:
+        runs = groups.members[g]
+        cells = []
+        for l in layers:
+            values = _column(table, runs, f"corr_layer{l}")
+            if not values:
+                cells.append("n/a")
+                continue
+            text = _alpha_summary(values, _column(table, runs, f"alpha_corr_layer{l}")) if alpha \
+                else _spread(values, fmt)
+            cells.append(f"**{text}**" if g in best.get(l, ()) else text)
+        acc = _column(table, runs, "final_val_acc")
+        acc_text = _spread(acc, lambda v: f"{v:.3f}") if acc else "n/a"
+        label = g.replace("|", "\\|")
+        rows.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {acc_text} |")
+    header = ["| line | runs | " + " | ".join(f"layer {l}" for l in layers) + " | final val acc |",
+              "|---|---|" + "---|" * len(layers) + "---|"]
+    what = f"`{metric}`" + (f" ({kind_text(metric_kind(metric, kind))})" if alpha else "")
+    note = (f"Per layer and line (the lines of the figures): {what} at each run's last analysed epoch, "
+            "the mean over the line's runs (seeds) and, in parentheses, their min\u2013max; the final val "
+            "accuracy likewise. ")
+    if ranked:
+        note += "**Bold**: the highest mean of each layer."
+    elif alpha:
+        note += ("No line is marked best: a larger exponent is not a better alignment. `corr`: the mean "
+                 "correlation at alpha*. \u2265 2 and \u2264 0 are the ends of the grid searched (censored: "
+                 "the best exponent may lie beyond), never averaged as values: where some runs sit at the "
+                 "top, the mean is a lower bound (\u2265 m), at the bottom an upper bound (\u2264 m), and "
+                 "with runs at both ends there is none (\u2264 0 & \u2265 2).")
+    else:
+        note += "No line is marked best for this metric."
+    return [f"## Per layer: final {metric}", "", note, "", *header, *rows, ""]
 
 
 def _when(seconds: float | None) -> str:
@@ -140,6 +250,8 @@ def report(runs: Sequence[Run], table: pd.DataFrame, what: ReportInput) -> str:
         f"[{what.metrics_file}]({what.metrics_file}) (one row per run x epoch x layer x metric).",
         "",
     ]
+    if what.groups is not None:
+        parts += summary_section(table, what.groups, what.metric, what.kind)
     parts += lr_search_section(searches(runs, table), LR_SEARCH_FIGURE in what.figures)
     for name in what.figures:
         if name in captions:

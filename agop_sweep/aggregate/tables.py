@@ -12,7 +12,7 @@ import pandas as pd
 
 from agop_sweep.aggregate.discover import RUN_COLUMNS, Run, override_columns
 from agop_sweep.aggregate.discover import is_missing as _missing
-from agop_sweep.figures.style import LAYER_KEYS
+from agop_sweep.figures.style import LAYER_KEYS, alpha_keys_of, companion, edge, is_alpha_star, layer_values
 from agop_sweep.record import RunRecord, number
 
 EPOCH_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -26,6 +26,8 @@ SPECTRA_FIELDS = {
 }
 TIME_COLUMNS = ("wall_seconds", "train_seconds", "analysis_seconds")
 LONG_COLUMNS = ["epoch", "layer", "metric", "value"]
+# After them: whether an alpha_star sits at an end of its grid (style.ABOVE / BELOW, else "").
+CENSORED = "censored"
 
 
 def _long(epochs: np.ndarray, values: np.ndarray, metric: str) -> pd.DataFrame:
@@ -44,7 +46,8 @@ def _run_rows(record: RunRecord) -> pd.DataFrame:
     """A run's rows: the losses and accuracies by epoch, then every layer metric by epoch and
     layer (the spectral summaries when the run recorded spectra)."""
     per_epoch = [_long(*record.epoch_metric(m), m) for m in EPOCH_METRICS]
-    per_layer = [_long(*record.layer_metric(m), m) for m in [*record.metric_names(), *layer_keys(record)]]
+    names = [*record.metric_names(), *layer_keys(record), *alpha_keys_of(record)]
+    per_layer = [_long(*layer_values(record, m), m) for m in names]
     spectra = {name: record.layer_field(path) for name, path in SPECTRA_FIELDS.items()}
     if any(np.isfinite(values).any() for _, values in spectra.values()):
         per_layer += [_long(epochs, values, name) for name, (epochs, values) in spectra.items()]
@@ -91,16 +94,30 @@ def tidy_table(runs: Sequence[Run]) -> pd.DataFrame:
     df["epoch"] = df["epoch"].astype("int64")
     df["layer"] = df["layer"].astype("Int64")
     df["value"] = df["value"].astype(float)
+    df[CENSORED] = censored_column(df)
     return df
 
 
+def censored_column(df: pd.DataFrame) -> pd.Series:
+    """Per row, ``above``/``below`` for an alpha_star at an end of its grid, else ""."""
+    alpha = df["metric"].map(is_alpha_star).astype(bool) if len(df) else pd.Series([], dtype=bool)
+    out = pd.Series("", index=df.index, dtype=object)
+    out[alpha] = df.loc[alpha, "value"].map(edge)
+    return out
+
+
 def final_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per run and layer, ``metric`` at the run's last analysed epoch: run, layer, epoch, value."""
+    """Per run and layer, ``metric`` at the run's last analysed epoch: run, layer, epoch, value
+    and censored (see :func:`censored_column`)."""
+    columns = ["run", "layer", "epoch", "value", CENSORED]
     sub = df[(df["metric"] == metric) & df["layer"].notna()]
     if sub.empty:
-        return pd.DataFrame(columns=["run", "layer", "epoch", "value"])
+        return pd.DataFrame(columns=columns)
     last = sub.groupby("run")["epoch"].transform("max")
-    return sub[sub["epoch"] == last][["run", "layer", "epoch", "value"]].reset_index(drop=True)
+    sub = sub[sub["epoch"] == last]
+    if CENSORED not in sub.columns:
+        sub = sub.assign(**{CENSORED: censored_column(sub)})
+    return sub[columns].reset_index(drop=True)
 
 
 def _wall_seconds(timing: dict[str, float]) -> float:
@@ -111,10 +128,20 @@ def _wall_seconds(timing: dict[str, float]) -> float:
     return number(timing.get("total_seconds"))
 
 
-def _run_row(r: Run, extra: Sequence[str], finals: pd.DataFrame, metric: str) -> dict[str, Any]:
+def _alpha_columns(mine: pd.DataFrame, partner: pd.DataFrame) -> dict[str, Any]:
+    """For an alpha_star metric: per layer, the correlation at that exponent and whether the
+    exponent is censored (at an end of the grid)."""
+    corr = dict(zip(partner["layer"], partner["value"], strict=True))
+    return {**{f"alpha_corr_layer{int(l)}": corr.get(l, math.nan) for l in mine["layer"]},
+            **{f"censored_layer{int(l)}": c for l, c in zip(mine["layer"], mine[CENSORED], strict=True)}}
+
+
+def _run_row(r: Run, extra: Sequence[str], finals: pd.DataFrame, metric: str,
+             partners: pd.DataFrame | None) -> dict[str, Any]:
     last = r.record.last_epoch()
     timing = r.record.timing
     mine = finals[finals["run"] == r.name]
+    alpha = {} if partners is None else _alpha_columns(mine, partners[partners["run"] == r.name])
     return {
         **r.base(),
         **{k: r.setting(k) for k in extra},
@@ -123,6 +150,7 @@ def _run_row(r: Run, extra: Sequence[str], finals: pd.DataFrame, metric: str) ->
         "last_analysed_epoch": int(mine["epoch"].max()) if len(mine) else None,
         "corr_metric": metric,
         **{f"corr_layer{int(l)}": v for l, v in zip(mine["layer"], mine["value"], strict=True)},
+        **alpha,
         "wall_seconds": _wall_seconds(timing),
         "train_seconds": number(timing.get("train_seconds")),
         "analysis_seconds": number(timing.get("analysis_seconds")),
@@ -130,15 +158,28 @@ def _run_row(r: Run, extra: Sequence[str], finals: pd.DataFrame, metric: str) ->
     }
 
 
+def layer_columns(table: pd.DataFrame, prefix: str) -> list[str]:
+    """``<prefix><l>`` columns in layer order."""
+    return sorted((c for c in table.columns if c.startswith(prefix) and c[len(prefix):].isdigit()),
+                  key=lambda c: int(c[len(prefix):]))
+
+
+PER_LAYER = ("corr_layer", "alpha_corr_layer", "censored_layer")
+
+
 def runs_table(runs: Sequence[Run], df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per run: settings, overrides, final losses and accuracies, the final
-    ``metric`` per layer (``corr_layer<l>``, named in ``corr_metric``), times."""
+    ``metric`` per layer (``corr_layer<l>``, named in ``corr_metric``; for an alpha_star also
+    ``alpha_corr_layer<l>``, the correlation at that exponent, and ``censored_layer<l>``,
+    ``above``/``below`` at an end of the grid), times."""
     extra = override_columns(runs)
     finals = final_values(df, metric)
-    table = pd.DataFrame([_run_row(r, extra, finals, metric) for r in runs])
-    corr_cols = sorted((c for c in table.columns if c.startswith("corr_layer")), key=lambda c: int(c[10:]))
-    order = [c for c in table.columns if not c.startswith("corr_layer") and c not in (*TIME_COLUMNS, "error")]
-    table = table[[*order, *corr_cols, *TIME_COLUMNS, "error"]]
+    partner = companion(metric)
+    partners = final_values(df, partner) if partner is not None else None
+    table = pd.DataFrame([_run_row(r, extra, finals, metric, partners) for r in runs])
+    per_layer = [c for prefix in PER_LAYER for c in layer_columns(table, prefix)]
+    order = [c for c in table.columns if c not in (*per_layer, *TIME_COLUMNS, "error")]
+    table = table[[*order, *per_layer, *TIME_COLUMNS, "error"]]
     for col in [*RUN_COLUMNS, *extra, "last_epoch", "last_analysed_epoch"]:
         table[col] = _clean_column(table[col].tolist())
     return table

@@ -90,6 +90,13 @@ class PlotMode(StrEnum):
     off = "off"  # no per-run figures
 
 
+class CheckpointNames(StrEnum):
+    # model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth, as the original script names them
+    default = "default"
+    # model_epoch_<E>-<dataset>-width<W>-depth<D>-<A>.pth: no ':' (Windows, scp/rsync host:path)
+    portable = "portable"
+
+
 # -- optimizer -------------------------------------------------------------------------------
 
 
@@ -271,6 +278,8 @@ class TrainerConfig:
     # Every checkpoint carries the optimizer's state (SPEC); false: only state.pt does, and a
     # checkpoint's "optimizer" is {} (a third of an SGD checkpoint's size for Adam's).
     checkpoint_optimizer: bool = True
+    # File names of the checkpoints in models/ (every command reads both kinds).
+    checkpoint_names: CheckpointNames = CheckpointNames.default
 
 
 @dataclass

@@ -20,7 +20,8 @@ from agop_sweep.config.schema import DATASETS, GROUP_SCHEMAS, OPTIMIZERS, Config
 RUN_CONTROL_KEYS: frozenset[str] = frozenset({
     "resume", "device", "threads",
     "data.root", "data.download", "data.verify", "data.url",
-    "trainer.plots", "trainer.checkpoint_optimizer", "eval.batch_size", "analysis.chunk_size",
+    "trainer.plots", "trainer.checkpoint_optimizer", "trainer.checkpoint_names", "eval.batch_size",
+    "analysis.chunk_size",
     "cluster", "hparams_search", "logger",
 })
 

@@ -26,6 +26,10 @@ def _upgrade_optimizer(opt: dict[str, Any]) -> None:
     fields = _field_names(schema)
     if "fused" in fields and "fused" not in opt:
         opt["fused"] = False  # saved before optimizer.fused: torch's default, unfused step
+    if "ns_dtype" in fields:  # saved before optimizer.ns_dtype: bf16, which auto keeps where
+        opt.setdefault("ns_dtype", "auto")  # bf16 is fast, and fp32 spares CPUs without it
+    if "compile" in fields:
+        opt.setdefault("compile", False)  # muon_seed: eager Newton-Schulz, as it ran
     if opt["name"] == "muon":
         for old, new in _MUON_RENAMES.items():
             if old in opt:
@@ -43,6 +47,7 @@ def _upgrade_data(data: dict[str, Any]) -> None:
     if schema is None:
         return
     data.setdefault("split", "default")
+    data.setdefault("order", "default")
     for key in set(data) - _field_names(schema):
         del data[key]
 
@@ -58,7 +63,10 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
       Adam's) became ``momentum``, ``aux_betas`` and ``aux_eps``; its ``scope=hidden`` is
       ``middle``;
     - one flat ``data`` section became a schema per dataset: the keys of the others go;
-      every dataset gained ``split`` (``default``), the model ``init`` (``default``).
+      every dataset gained ``split`` and ``order`` (``default``), the model ``init``
+      (``default``);
+    - Muon's runs from before ``optimizer.ns_dtype`` read as ``auto`` (they ran bf16, which
+      auto keeps where bf16 is fast), muon_seed's as ``compile`` false (eager, as they ran).
     """
     out = copy.deepcopy(saved)
     trainer = out.get("trainer")

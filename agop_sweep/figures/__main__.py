@@ -3,7 +3,8 @@
     python -m agop_sweep.figures RUN_DIR [--per-channel] [--metric M]
 
 ``--metric``: the per-layer curve of training_analysis, a name in ``metrics``
-(agop_sweep.nfa.METRICS) or weight_change, alpha_star, alpha_corr (default: the run's primary).
+(agop_sweep.nfa.METRICS), weight_change, alpha_star, alpha_corr or, for runs that recorded
+every kind, alpha_star_<nfm>_<corr> / alpha_corr_<nfm>_<corr> (default: the run's primary).
 
 Bad input (no results.json, not one this version reads) gives one line on stderr, exit 1.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from agop_sweep.errors import UserError, exit_on_user_error
 from agop_sweep.figures.run import save_run_figures
-from agop_sweep.figures.style import LAYER_KEYS
+from agop_sweep.figures.style import LAYER_KEYS, alpha_keys_of
 from agop_sweep.record import RunRecord
 
 PROG = "python -m agop_sweep.figures"
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="show each colour channel of the feature images separately")
     parser.add_argument("--metric", default=None,
                         help="the per-layer curve of training_analysis: a correlation variant or "
-                             f"{', '.join(LAYER_KEYS)} (default: the run's primary)")
+                             f"{', '.join(LAYER_KEYS)}, alpha_star_raw_cos, ... (default: the run's primary)")
     args = parser.parse_args(argv)
     with exit_on_user_error(PROG):
         record = RunRecord.in_dir(args.run_dir)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _check_metric(record: RunRecord, metric: str | None) -> None:
     known = [*record.metric_names(), *(k for k in LAYER_KEYS if any(
-        k in entry for a in record.analysis for entry in a["layers"]))]
+        k in entry for a in record.analysis for entry in a["layers"])), *alpha_keys_of(record)]
     if metric is not None and metric not in known:
         raise UserError(f"--metric {metric} is not in this run; choose one of {', '.join(known) or '(none)'}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,22 @@ from agop_sweep.figures.style import (
     TRAIN_COLOR,
     VAL_COLOR,
     alpha_handle,
+    ansatz_applies,
     apply_metric_limits,
     blank_panel,
+    censored_handle,
     draw_switch,
+    edge,
+    epoch_ticks,
+    is_alpha_star,
     is_correlation,
     layer_colors,
     layer_grid,
+    layer_values,
     log_axis,
+    mark_censored,
+    metric_label,
+    primary_kind,
     save_figure,
     schedule_switch,
     show_image,
@@ -40,6 +50,7 @@ from agop_sweep.figures.style import (
     switch_handle,
     use_log,
 )
+from agop_sweep.presets import run_preset_line
 from agop_sweep.record import RunRecord, Status
 
 if TYPE_CHECKING:
@@ -86,22 +97,38 @@ class _Curves:
     metric: str
     switch: int | None
     xmax: float
+    kind: str | None = None  # the NFM and correlation kind of plain alpha_star: the primary's
 
     @classmethod
     def of(cls, record: RunRecord, metric: str | None = None) -> _Curves:
         epochs, train = record.epoch_metric("train_loss")
         _, val = record.epoch_metric("val_loss")
         order = np.argsort(epochs, kind="stable")
-        analysed, corr = record.layer_metric(metric)
+        analysed, corr = layer_values(record, metric)
         last_epoch = record.setting("schedule.epochs")
         xmax = max([*epochs.tolist(), *analysed.tolist(), float(last_epoch or 0), 1.0])
         return cls(epochs[order], train[order], val[order], analysed, corr, metric or record.primary_metric(),
-                   schedule_switch(record.checkpoint_epochs()), xmax)
+                   schedule_switch(record.checkpoint_epochs()), xmax, primary_kind(record.primary_metric()))
+
+    @property
+    def censored(self) -> bool:
+        """Whether an alpha_star sits at an end of its grid somewhere."""
+        return is_alpha_star(self.metric) and any(edge(v) for v in self.corr.ravel())
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.metric, self.kind)
 
     def set_ylim(self, ax: Axes) -> None:
         """Correlations 0 to 1 (a Pearson variant may dip below: -1 to 1), alpha_star 0 to 2
-        with the ansatz's 0.5 dotted, weight_change from 0."""
-        apply_metric_limits(ax, self.metric, self.corr)
+        with the ansatz's 0.5 dotted where it applies (the raw NFM), weight_change from 0."""
+        apply_metric_limits(ax, self.metric, self.corr, self.kind)
+
+    def mark(self, ax: Axes, layer: int, color: object) -> None:
+        """Hollow triangles at alpha_star values at an end of the grid (censored)."""
+        if self.censored:
+            values = self.corr[:, layer]
+            mark_censored(ax, self.analysed, values, values[:, None], color)
 
     def set_xlim(self, ax: Axes) -> None:
         ax.set_xlim(-0.02 * self.xmax, 1.02 * self.xmax)
@@ -115,6 +142,7 @@ def _layer_panel(ax: Axes, c: _Curves, layer: int, record: RunRecord, log_loss: 
     if log_loss:
         log_axis(ax)
     c.set_xlim(ax)
+    epoch_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss" + (" (log)" if log_loss else ""))
     shape = record.layer_shape(layer)
@@ -122,8 +150,9 @@ def _layer_panel(ax: Axes, c: _Curves, layer: int, record: RunRecord, log_loss: 
     ax.grid(alpha=0.25)
     rax = ax.twinx()
     rax.plot(c.analysed, c.corr[:, layer], color=CORR_COLOR, marker="o", ms=4, lw=1.4, label=c.metric)
+    c.mark(rax, layer, CORR_COLOR)
     c.set_ylim(rax)
-    rax.set_ylabel(c.metric, color=CORR_COLOR)
+    rax.set_ylabel(c.label, color=CORR_COLOR)
     rax.tick_params(axis="y", colors=CORR_COLOR)
     rax.spines["right"].set_color(CORR_COLOR)
     draw_switch(ax, c.switch)
@@ -140,8 +169,10 @@ def _overview_panel(ax: Axes, c: _Curves) -> None:
     colors = layer_colors(n_layers)
     for l in range(n_layers):
         ax.plot(c.analysed, c.corr[:, l], color=colors[l], marker="o", ms=3.5, lw=1.4, label=f"layer {l}")
+        c.mark(ax, l, colors[l])
     c.set_ylim(ax)
     c.set_xlim(ax)
+    epoch_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(c.metric)
     ax.set_title(f"all layers: {c.metric}")
@@ -151,10 +182,12 @@ def _overview_panel(ax: Axes, c: _Curves) -> None:
         ax.legend(loc="best", ncols=2 if n_layers > 4 else 1, frameon=True, framealpha=0.85)
 
 
-def training_analysis_figure(record: RunRecord, metric: str | None = None) -> Figure:
-    """One panel per analysed layer (losses left, ``metric`` right: a name in ``metrics`` or a
-    per-layer key such as alpha_star; default the primary correlation) plus an overview panel
-    with every layer's ``metric``; the title names the run."""
+def training_analysis_figure(record: RunRecord, metric: str | None = None,
+                             preset: str | None = None) -> Figure:
+    """One panel per analysed layer (losses left, ``metric`` right: a name in ``metrics``, a
+    per-layer key such as alpha_star or a per-kind one such as alpha_star_raw_cos; default the
+    primary correlation) plus an overview panel with every layer's ``metric``; the title names
+    the run and, with ``preset`` (see :mod:`agop_sweep.presets`), what its preset set."""
     c = _Curves.of(record, metric)
     n_layers = c.corr.shape[1]
     log_loss = use_log(c.train, c.val)
@@ -167,16 +200,26 @@ def training_analysis_figure(record: RunRecord, metric: str | None = None) -> Fi
         Line2D([], [], color=VAL_COLOR, lw=1.6, ls="-.", label="val loss (left axis)"),
         Line2D([], [], color=CORR_COLOR, marker="o", ms=4, lw=1.4, label=f"{c.metric} (right axis)"),
     ]
-    if c.metric == "alpha_star":
+    if ansatz_applies(c.metric, c.kind):
         handles.append(alpha_handle())
+    if c.censored:
+        handles.append(censored_handle())
     if c.switch is not None:
         handles.append(switch_handle(c.switch))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    fig.suptitle(run_title(record) + "\n" + _run_subtitle(record, c.metric), fontsize=12)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if len(handles) <= 4 else 3,
+               frameon=False)
+    fig.suptitle(_title(record, preset) + "\n" + _run_subtitle(record, c.metric, c.kind), fontsize=12)
     return fig
 
 
-def _run_subtitle(record: RunRecord, metric: str) -> str:
+def _title(record: RunRecord, preset: str | None) -> str:
+    """The run's title and, below it, what its preset set (wrapped)."""
+    if not preset:
+        return run_title(record)
+    return run_title(record) + "\n" + "\n".join(textwrap.wrap(preset, 120, break_on_hyphens=False))
+
+
+def _run_subtitle(record: RunRecord, metric: str, kind: str | None = None) -> str:
     last = record.last_epoch()
     status = record.status
     diverged = _diverged_epoch(record)
@@ -186,7 +229,11 @@ def _run_subtitle(record: RunRecord, metric: str) -> str:
     if last is not None:
         parts.append(f"epoch {last['epoch']}: train acc {_fmt(last.get('train_acc'))}, "
                      f"val acc {_fmt(last.get('val_acc'))}")
-    parts.append(f"correlation = {metric}" if is_correlation(metric) else metric)
+    label = metric_label(metric, kind)
+    if label != metric:  # an exponent: which NFM and correlation it is for
+        parts.append(f"{metric} = {label}")
+    else:
+        parts.append(f"correlation = {metric}" if is_correlation(metric) else metric)
     return "  \u00b7  ".join(parts)
 
 
@@ -273,13 +320,14 @@ def _spectra_panels(sub: SubFigure, arrays: dict[str, np.ndarray], eig_epoch: in
 
 
 def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channel: bool = False,
-                    n_eigvecs: int = 4) -> Figure:
+                    n_eigvecs: int = 4, preset: str | None = None) -> Figure:
     """Layer-0 features in the input's shape: the NFM, delta-NFM and AGOP diagonals at three
     epochs (left), the top NFM and AGOP eigenvectors (right, top), and every layer's
     eigenvalue spectra at the last analysed epoch (right, bottom).
 
     ``arrays`` is a features.npz as a dict (see :mod:`agop_sweep.features`). Each image has
-    its own colour scale; ``per_channel`` shows colour channels separately instead of summed.
+    its own colour scale, given by its colour bar; ``per_channel`` shows colour channels
+    separately instead of summed; ``preset``: what the run's preset set, for the title.
     """
     n_ch = int(arrays["image_shape"][0]) if per_channel else 1
     shown = feature_epochs(record, [int(e) for e in arrays["epochs"]])
@@ -287,13 +335,14 @@ def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channe
     k = min(n_eigvecs, arrays["nfm_eigvecs"].shape[0]) if "nfm_eigvecs" in arrays else 0
 
     n_diag_cols = max(len(shown), 1) * n_ch
-    fig = Figure(figsize=(min(16.0, 1.3 * (n_diag_cols + k) + 6), 8.4), dpi=DPI, layout="constrained")
+    # Each image has its own colour bar: 1.6 inches a column.
+    fig = Figure(figsize=(min(18.0, 1.6 * (n_diag_cols + k) + 6), 8.6), dpi=DPI, layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[n_diag_cols, max(k, 3) + 1.5], wspace=0.03)
     _diagonal_panels(left, arrays, shown, per_channel)
     top, bottom = right.subfigures(2, 1, height_ratios=[1.1, 1.0])
     _eigvec_panels(top, arrays, k, eig_epoch)
     _spectra_panels(bottom, arrays, eig_epoch)
-    fig.suptitle(run_title(record), fontsize=12)
+    fig.suptitle(_title(record, preset), fontsize=12)
     return fig
 
 
@@ -319,11 +368,12 @@ def save_run_figures(record: RunRecord, run_dir: str | os.PathLike[str],
     run_dir = Path(run_dir)
     out = run_dir / PLOTS_DIR
     written = []
+    preset = run_preset_line(run_dir, record.config)
     with style():
-        fig = training_analysis_figure(record, metric)
+        fig = training_analysis_figure(record, metric, preset)
         written += save_figure(fig, out / "training_analysis", formats)
         arrays = feature_arrays(record, run_dir, features)
         if arrays is not None and len(arrays.get("epochs", [])):
-            fig = features_figure(record, arrays, per_channel=per_channel)
+            fig = features_figure(record, arrays, per_channel=per_channel, preset=preset)
             written += save_figure(fig, out / "features", formats)
     return written
