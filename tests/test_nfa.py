@@ -447,3 +447,30 @@ def test_an_ill_conditioned_weight_takes_the_direct_route() -> None:
         nfa._agop_direct = direct
     assert calls == [1]
     _assert_same(new, nfa_reference.compare_layer(w, w0, k))
+
+
+def test_layers_side_by_side_give_the_numbers_of_one_after_another() -> None:
+    """analysis.compare_layers runs the layers on threads of one torch thread each."""
+    from omegaconf import OmegaConf
+
+    from agop_sweep.analysis import compare_layers
+    from agop_sweep.config import AnalysisConfig
+
+    cfg = OmegaConf.structured(AnalysisConfig())
+    layers = [_trained(24, 40, seed=1), _trained(24, 24, seed=2), _trained(24, 24, seed=3)]
+    ws, w0s, ks = (list(t) for t in zip(*layers, strict=True))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        side_by_side = compare_layers(ws, w0s, ks, cfg)
+        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(1)
+        sequential = compare_layers(ws, w0s, ks, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(side_by_side, sequential, strict=True):
+        for m in METRICS:
+            assert a.metrics[m] == pytest.approx(b.metrics[m], rel=1e-12, abs=0)
+        assert a.alpha_star == b.alpha_star
+        assert a.spectra["agop"].vectors.shape == b.spectra["agop"].vectors.shape
+    assert side_by_side[0].spectra["agop"].vectors.shape[1] == cfg.top_eigvecs  # layer 0: the features'
