@@ -263,6 +263,9 @@ def reanalyze(run_dir: Path, overrides: list[str],
                                    epoch)
             analyses.append((epoch, path, result))
             feature_log.add(epoch, result)
+        if not analyses:  # nothing new to record: the earlier results.json and figures stay as they are
+            raise UserError(f"none of the {len(problems)} checkpoints of {run_dir} could be analysed, so its "
+                            f"files are left as they were; the first: {problems[0]}")
         before = record.primary_metric()
         _merge(record, run_dir, cfg, analyses, found)
         record.data.setdefault(REANALYSES, []).append(reanalysis_entry(

@@ -81,6 +81,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
     hc = HydraConfig.get()
     with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
+        if claim.state is not None and claim.state.results.get("status") in FINISHED:
+            return _nothing_to_do(run_dir, claim.state.results)
         rundir.write_hydra_files(run_dir, cfg, HydraConfig.instance().cfg, list(hc.overrides.task))
         log.info("Run dir %s", run_dir)
         _log_preset(cfg, hc.runtime.choices)
@@ -92,6 +94,32 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         # another would otherwise look faster than the first, which paid for importing torch.
         trainer = Trainer(cfg, run_dir, placement, hooks=build_loggers(cfg, run_dir))
         return trainer.run(claim.state)
+
+
+# The statuses of a run that ``resume=true`` has nothing left to do for.
+FINISHED = ("completed", "diverged")
+
+
+def _nothing_to_do(run_dir: Path, results: dict[str, Any]) -> float:
+    """A finished run resumed: say so on the console, and change none of its files, neither
+    .hydra/ (whose overrides.yaml would gain resume=true) nor the log (issue 22)."""
+    from agop_sweep.record import RunRecord
+
+    _detach_run_log(run_dir)
+    log.info("Run in %s is already %s; nothing to do", run_dir, results["status"])
+    return RunRecord(results).objective()
+
+
+def _detach_run_log(run_dir: Path) -> None:
+    """Remove Hydra's file handler of the run log in ``run_dir`` from the root logger: it opens
+    the file at the first line (``delay: true``), so a job that logs nothing more to it leaves
+    it as it was. Hydra configures logging afresh for each job of a sweep."""
+    root = logging.getLogger()
+    here = run_dir.resolve()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == here:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _log_preset(cfg: DictConfig, choices: Any) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agop_sweep.atomic import write_atomic
+from agop_sweep.errors import UserError
 
 if TYPE_CHECKING:
     from agop_sweep.analysis import Analysis
@@ -96,9 +97,57 @@ class FeatureLog:
         return log
 
 
+class FeaturesError(UserError):
+    """A features.npz that this version cannot read (garbage, half copied, another program's):
+    the one-line message names the file."""
+
+
 def load_features(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of a features.npz, checked against the layout above; :class:`FeaturesError`
+    naming the file for anything else, so that no reader meets a KeyError or a BadZipFile."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy: one array
+            raise FeaturesError(f"{path} is not an agop_sweep features.npz: a single array, not an archive")
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files}
+    except FeaturesError:
+        raise
+    except Exception as e:  # np.load raises whatever its zip, pickle and header readers do
+        raise FeaturesError(f"{path} cannot be read as a features.npz ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    problem = features_problem(arrays)
+    if problem is not None:
+        raise FeaturesError(f"{path} is not an agop_sweep features.npz: {problem}")
+    return arrays
+
+
+def features_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What keeps ``arrays`` from being a features.npz of the layout above, or None: every
+    array the figures read, numeric, with shapes that agree (E epochs, d = C * H * W)."""
+    for key in ("epochs", "image_shape", *DIAGONALS):
+        if key not in arrays:
+            return f"it lacks {key!r}"
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            return f"{key!r} holds {a.dtype}, not numbers"
+    shape, epochs = arrays["image_shape"], arrays["epochs"]
+    if shape.shape != (3,) or shape.dtype.kind not in "iu" or (shape < 1).any():
+        return f"'image_shape' is {shape.tolist()}, not 3 positive integers"
+    if epochs.ndim != 1 or epochs.dtype.kind not in "iu" or not len(epochs):
+        return "'epochs' is not a non-empty list of integers"
+    d = int(np.prod(shape.astype(np.int64)))
+    for key in DIAGONALS:
+        if arrays[key].shape != (len(epochs), d):
+            return f"{key!r} has shape {list(arrays[key].shape)}, not [{len(epochs)}, {d}]"
+    for key, a in arrays.items():
+        if key.endswith("_eigvecs") and (a.ndim != 2 or a.shape[1] != d or not a.shape[0]):
+            return f"{key!r} has shape {list(a.shape)}, not [k, {d}]"
+        if key.startswith("eigvals_") and a.ndim != 1:
+            return f"{key!r} is not a list of eigenvalues"
+    if "eigvec_epoch" in arrays and arrays["eigvec_epoch"].shape != ():
+        return "'eigvec_epoch' is not one epoch"
+    return None
 
 
 def to_image(

@@ -25,8 +25,77 @@ finite_or_none, number, validate = schema.finite_or_none, schema.number, schema.
 
 __all__ = [
     "FILENAME", "SCHEMA_VERSION", "AnalysisEntry", "EpochEntry", "LayerEntry", "RecordError", "RunInfo",
-    "RunRecord", "Status", "finite_or_none", "number", "validate",
+    "RunRecord", "Status", "finite_or_none", "number", "read_document", "validate",
 ]
+
+# Bounds far above anything this tool writes (a results.json nests about 8 levels; its integers
+# are epochs, sizes, pids and seeds below 2**64). Only a crafted or foreign file exceeds them,
+# and past them Python's parser and float() fail: a RecursionError on deep nesting, an
+# OverflowError when a 401-digit integer becomes a float.
+MAX_DEPTH = 64
+MAX_INT = 2**64
+
+
+class _TooLarge(Exception):
+    """Raised from the JSON parser's integer hook: the integer's text (its digits counted)."""
+
+
+def _parse_int(text: str) -> int:
+    # Counting digits first keeps int() off texts beyond Python's own 4300-digit limit.
+    if len(text.lstrip("-")) > len(str(MAX_INT)) or not -MAX_INT < (value := int(text)) < MAX_INT:
+        raise _TooLarge(text)
+    return value
+
+
+def _too_deep(document: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``document`` nests lists and objects more than ``limit`` levels (iteratively, so
+    that the check itself cannot overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def read_document(path: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+    """The parsed JSON of ``path`` and the non-finite numbers it spells (``NaN``, ``Infinity``,
+    ``1e999``: Python reads them, results.json writes null instead, so they mark a file that
+    another program wrote or edited). Raises :class:`RecordError` naming the file for anything
+    that is not JSON within :data:`MAX_DEPTH` and :data:`MAX_INT`; OSError when unreadable."""
+    nonfinite: list[str] = []
+
+    def constant(text: str) -> float:
+        nonfinite.append(text)
+        return float(text)
+
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            nonfinite.append(text)
+        return value
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_int=_parse_int, parse_constant=constant, parse_float=parse_float)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path} is not a text file") from None
+    except RecursionError:
+        raise RecordError(f"{path} is not an agop_sweep results.json: it nests more than "
+                          f"{MAX_DEPTH} levels deep") from None
+    except _TooLarge as e:
+        raise RecordError(f"{path} is not an agop_sweep results.json: it holds an integer of "
+                          f"{len(str(e).lstrip('-'))} digits, beyond 2**64") from None
+    if _too_deep(data):
+        raise RecordError(f"{path} is not an agop_sweep results.json: it nests more than "
+                          f"{MAX_DEPTH} levels deep")
+    return data, nonfinite
 
 
 class RunRecord:
@@ -37,6 +106,9 @@ class RunRecord:
     def __init__(self, data: dict[str, Any], path: str | os.PathLike[str] | None = None):
         self.data = data
         self.path = None if path is None else Path(path)
+        # The non-finite numbers the file spelled (NaN, Infinity): read as missing, but worth
+        # naming, since this tool writes null (see :func:`read_document`).
+        self.nonfinite: list[str] = []
 
     # -- building, loading, saving ------------------------------------------------------------
     @classmethod
@@ -61,14 +133,10 @@ class RunRecord:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RunRecord:
         """Read and validate a results.json; RecordError for anything that is not one."""
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        except UnicodeDecodeError:
-            raise RecordError(f"{path} is not a text file") from None
-        return cls.from_dict(data, path)
+        data, nonfinite = read_document(path)
+        record = cls.from_dict(data, path)
+        record.nonfinite = nonfinite
+        return record
 
     @classmethod
     def in_dir(cls, run_dir: str | os.PathLike[str]) -> RunRecord:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from agop_sweep.atomic import remove_stale_temporaries, write_atomic
 from agop_sweep.config import upgrade_saved_config
 from agop_sweep.errors import UserError
 from agop_sweep.record import FILENAME as RESULTS_FILE
-from agop_sweep.record import RunRecord, Status
+from agop_sweep.record import RecordError, RunRecord, Status, read_document
 from agop_sweep.resume import STATE_FILE, ResumeState, check_same_experiment, load_state
 
 log = logging.getLogger(__name__)
@@ -48,9 +47,9 @@ def holds_run(run_dir: Path) -> bool:
     if not path.exists():
         return False
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return True  # unreadable: not ours to judge, so not ours to overwrite
+        data, _ = read_document(path)
+    except (OSError, RecordError):
+        return True  # unreadable or crafted: not ours to judge, so not ours to overwrite
     return not (isinstance(data, dict) and data.get("epochs") == [] and data.get("status") == "failed")
 
 
@@ -63,6 +62,7 @@ class Claim:
 def check_claimable(run_dir: Path, config: dict[str, Any], resume: bool) -> ResumeState | None:
     """Read-only: the saved state to continue from (resume), None to start afresh; raises
     :class:`RunDirError` when the directory holds a run this command must not touch."""
+    check_no_symlinks(run_dir)  # first: the files read below may be links into another run
     if not resume:
         if holds_run(run_dir):
             raise RunDirError(f"{run_dir} already holds a run; pass resume=true to continue it, "
@@ -92,10 +92,44 @@ def claim(run_dir: Path, config: dict[str, Any], resume: bool) -> Iterator[Claim
         yield Claim(run_dir, state)
 
 
+# The directories the app writes into below a run dir (checkpoints, figures, Hydra's files,
+# TensorBoard's event files).
+OWN_SUBDIRS = (ckpt.MODELS_DIR, "plots", HYDRA_DIR, "tensorboard")
+
+
+def planted_symlink(run_dir: Path) -> Path | None:
+    """The first symbolic link among ``run_dir``'s entries or below the directories the app
+    writes into, else None. The app creates none, so one was planted, and writing through it
+    (a ``models/`` linked to another run's) would change files elsewhere. ``run_dir`` itself
+    may be a link: that is where the user chose to put the run."""
+    if not run_dir.is_dir():
+        return None
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink():
+            return entry
+    for sub in OWN_SUBDIRS:
+        for root, dirs, files in os.walk(run_dir / sub):  # does not follow links
+            for name in sorted([*dirs, *files]):
+                if (Path(root) / name).is_symlink():
+                    return Path(root) / name
+    return None
+
+
+def check_no_symlinks(run_dir: Path) -> None:
+    """Raise :class:`RunDirError` naming a symbolic link the run would write through."""
+    link = planted_symlink(run_dir)
+    if link is not None:
+        raise RunDirError(f"{link} is a symbolic link (to {os.readlink(link)}) that no run created; writing "
+                          "through it would change files elsewhere: remove it or choose another directory")
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (refused while another process holds it, or while the directory
+    holds a symbolic link the run would write through)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    check_no_symlinks(run_dir)  # first: .lock itself may be a link
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -83,8 +83,15 @@ BAD_VALUES = [
     (["optimizer=muon_seed", "optimizer.eps=0"], "optimizer.eps"),
     (["optimizer.name=adam"], "optimizer.name"),
     (["data=synthetic", "data.n_classes=1"], "data.n_classes"),
+    (["data=synthetic", "data.n_val=0"], "data.n_val"),  # issue 22: null validation metrics
+    (["data=synthetic", "data.n_val=-3"], "data.n_val"),
     (["analysis.primary=raw_cos_nfm"], "analysis.primary"),
     (["model.init=shared_middle", "model.depth=1"], "model.init"),
+    # seeds outside what torch and NumPy take (issue 22): each was a 50-line traceback
+    (["seed=99999999999999999999999"], "seed"),
+    (["seed=-1"], "seed"),
+    (["data=synthetic", "data.seed=-1"], "data.seed"),
+    (["data=digits", "data.seed=18446744073709551616"], "data.seed"),
     (["device=cpu", "trainer.precision=fp16"], "trainer.precision"),
     (["experiment=seed", "device=cpu", "trainer.precision=fp16"], "trainer.precision"),
     # keys that `+` adds get past composition; validate names them

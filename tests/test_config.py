@@ -202,6 +202,30 @@ def test_muon_middle_scope_with_two_layers_is_valid(compose_config) -> None:
     validate(compose_config("data.split=seed", "data.val_fraction=0.2"))  # the same 20%
 
 
+def test_seed_range_is_what_torch_and_numpy_take(compose_config) -> None:
+    """Both ends of the accepted range validate, and every consumer of a seed takes them
+    (issue 22: seed=1e23 and data.seed=-1 died in torch's and NumPy's tracebacks)."""
+    import numpy as np
+    import torch
+
+    from agop_sweep.config.validate import SEED_MAX
+
+    for seed in (0, SEED_MAX):
+        validate(compose_config(f"seed={seed}", "data=synthetic", f"data.seed={seed}"))
+        torch.Generator().manual_seed(seed)
+        np.random.default_rng(seed)
+    with pytest.raises(ConfigError, match=r"^Invalid config: seed=9223372036854775808: must be an "
+                       r"integer in \[0, 2\*\*63 - 1\]$"):
+        validate(compose_config(f"seed={SEED_MAX + 1}"))
+
+
+def test_no_val_samples_is_valid_only_with_the_seed_split(compose_config) -> None:
+    """split=seed holds out 20 % of the training set, so n_val goes unused there."""
+    validate(compose_config("data=synthetic", "data.split=seed", "data.n_val=0"))
+    with pytest.raises(ConfigError, match=r"^Invalid config: data.n_val=0: must be >= 1"):
+        validate(compose_config("data=synthetic", "data.n_val=0"))
+
+
 def test_cuda_without_a_gpu_is_a_user_error() -> None:
     with pytest.raises(UserError, match="device='cuda'"):
         choose_device("cuda", n_gpus=0)

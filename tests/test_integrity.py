@@ -55,6 +55,86 @@ def test_after_a_refusal_the_run_still_resumes_and_reanalyzes(run_dir: Path) -> 
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_no_op_resume_changes_no_file_of_the_run(run_dir: Path) -> None:
+    """Issue 22: it rewrote .hydra/*.yaml (overrides.yaml gained resume=true) and appended to
+    the log. Now it only says so on the console."""
+    before = tree_digest(run_dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    proc = run_cli(*TINY, "resume=true", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "already completed; nothing to do" in proc.stdout + proc.stderr
+    assert tree_digest(run_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_analyze_with_every_checkpoint_refused_writes_nothing(run_dir: Path) -> None:
+    """Issue 22: it rewrote results.json (analysis_seconds 0.0) and drew plots for a run
+    trained with trainer.plots=off."""
+    shutil.rmtree(run_dir / "plots")  # as trainer.plots=off leaves it
+    for path in (run_dir / "models").iterdir():
+        path.write_bytes(path.read_bytes()[:1000])
+    before = tree_digest(run_dir)
+    proc = _analyze(run_dir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("agop-analyze: error: ")]
+    assert line.startswith(f"agop-analyze: error: none of the 4 checkpoints of {run_dir} could be analysed")
+    assert "cannot be read as a checkpoint" in line
+    assert tree_digest(run_dir) == before
+    assert not (run_dir / "plots").exists()
+
+
+# -- planted symbolic links (issue 22, point 3) ----------------------------------------------------
+@pytest.mark.parametrize("link", ["models", "plots", ".hydra", "agop_sweep.log", ".lock", "results.json"])
+def test_a_new_run_refuses_a_planted_symlink_into_another_run(run_dir: Path, tmp_path: Path,
+                                                             link: str) -> None:
+    """A new run into a dir whose models/ linked to another run's overwrote that run's
+    checkpoints. Now: one line naming the link, and the other run's files unchanged."""
+    before = tree_digest(run_dir)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / link).symlink_to(run_dir / link)
+    proc = run_cli(*TINY, "optimizer.lr=0.5", f"hydra.run.dir={new}", cwd=tmp_path)
+    line = one_line_error(proc)
+    assert line.startswith(f"{new / link} is a symbolic link (to {run_dir / link}) that no run created")
+    assert tree_digest(run_dir) == before
+    assert sorted(p.name for p in new.iterdir()) == [link]
+
+
+def test_a_no_op_resume_refuses_a_planted_symlink_and_deletes_nothing_through_it(run_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A no-op resume=true deleted another run's temporary file through a linked models/."""
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "models", other)
+    (other / ".model_epoch_9.pth.abc.tmp").write_bytes(b"a write in progress")
+    shutil.rmtree(run_dir / "models")
+    (run_dir / "models").symlink_to(other, target_is_directory=True)
+    before, before_other = tree_digest(run_dir), tree_digest(other)
+    proc = run_cli(*TINY, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "is a symbolic link" in one_line_error(proc)
+    assert tree_digest(run_dir) == before and tree_digest(other) == before_other
+
+
+def test_analyze_refuses_a_planted_symlink(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other_plots"
+    other.mkdir()
+    (other / "training_analysis.png").write_bytes(b"another run's figure")
+    shutil.rmtree(run_dir / "plots")
+    (run_dir / "plots").symlink_to(other, target_is_directory=True)
+    before, before_other = tree_digest(run_dir), tree_digest(other)
+    proc = _analyze(run_dir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{run_dir / 'plots'} is a symbolic link" in proc.stderr
+    assert tree_digest(run_dir) == before and tree_digest(other) == before_other
+
+
+def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path: Path) -> None:
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "scratch", target_is_directory=True)
+    proc = run_cli(*TINY, "trainer.plots=off", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "scratch" / "results.json").is_file()
+
+
 def test_a_sweep_over_a_run_control_key_is_refused_before_any_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", *TINY, "data.root=a,b", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

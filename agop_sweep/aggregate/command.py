@@ -4,11 +4,14 @@ command line, :func:`main`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +49,8 @@ from agop_sweep.nfa import DEFAULT_METRIC, METRICS
 log = logging.getLogger(__name__)
 
 PROG = "agop-aggregate"
+# The directory an aggregate writes into before its outputs are complete (see _staged).
+STAGING_PREFIX = ".aggregate-staging-"
 
 
 @dataclass
@@ -87,12 +92,35 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def _write_tables(out_dir: Path, table: pd.DataFrame, df: pd.DataFrame, fmt: str) -> list[Path]:
-    """runs.csv and metrics.<fmt>, atomically."""
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A fresh directory inside ``out_dir`` to write every output into; removed, with whatever
+    it holds, when the block fails. So a failing aggregate leaves ``out_dir`` as it was rather
+    than half a set of tables, figures and report (:func:`_publish` moves the set in)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     except OSError as e:
         raise AggregateError(f"cannot create the output directory {out_dir}: {e.strerror}") from None
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, out_dir: Path, files: Sequence[Path]) -> list[Path]:
+    """Rename each staged file into ``out_dir`` (atomic per file, same file system); only once
+    every output is written."""
+    published = []
+    for path in files:
+        target = out_dir / path.relative_to(stage)
+        os.replace(path, target)
+        published.append(target)
+    return published
+
+
+def _write_tables(out_dir: Path, table: pd.DataFrame, df: pd.DataFrame, fmt: str) -> list[Path]:
+    """runs.csv and metrics.<fmt>, atomically."""
     written = [_write_bytes(out_dir / "runs.csv", table.to_csv(index=False).encode())]
     if fmt == "parquet":
         write_atomic(out_dir / "metrics.parquet", lambda f: df.to_parquet(f, index=False))
@@ -208,15 +236,17 @@ def aggregate(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     table = runs_table(runs, df, metric)
     _check_options(runs, df, table, metric, by, x)
     fmt = _metrics_format(fmt)
-    written = _write_tables(out_dir, table, df, fmt)
-    drawn: list[str] = []
-    if figures:
-        drawn, files = _draw_figures(out_dir, runs, table, df, metric, by, x)
-        written += files
-    what = ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped, x, line_groups(runs, table, by),
-                       exponent_kind(runs))
-    text = report(runs, table, what)
-    written.append(_write_bytes(out_dir / "report.md", text.encode()))
+    with _staged(out_dir) as stage:
+        written = _write_tables(stage, table, df, fmt)
+        drawn: list[str] = []
+        if figures:
+            drawn, files = _draw_figures(stage, runs, table, df, metric, by, x)
+            written += files
+        what = ReportInput(metric, by, drawn, f"metrics.{fmt}", skipped, x, line_groups(runs, table, by),
+                           exponent_kind(runs))
+        text = report(runs, table, what)
+        written.append(_write_bytes(stage / "report.md", text.encode()))
+        written = _publish(stage, out_dir, written)
     return Summary(out_dir, len(runs), skipped, written, table, df)
 
 

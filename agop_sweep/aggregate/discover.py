@@ -285,6 +285,10 @@ def find_runs(dirs: Sequence[Path], stale_after_hours: float = DEFAULT_STALE_HOU
                 log.warning("%s; skipped", msg)
                 skipped.append(msg)
                 continue
+            if record.nonfinite:  # this tool writes null: another program wrote or edited the file
+                shown = ", ".join(list(dict.fromkeys(record.nonfinite))[:3])
+                log.warning("%s spells %d non-finite number(s) (%s), which this tool never writes; "
+                            "read as missing", path, len(record.nonfinite), shown)
             _add_hydra_config(record, run_dir)
             name = _unique_name(d, run_dir, names)
             names.add(name)

@@ -15,7 +15,7 @@ from agop_sweep.aggregate.discover import Run, value_key
 from agop_sweep.aggregate.groups import Groups, group_gid
 from agop_sweep.aggregate.layout import new_figure, wrap
 from agop_sweep.features import FILENAME as FEATURES_FILE
-from agop_sweep.features import load_features, orient, to_image
+from agop_sweep.features import FeaturesError, load_features, orient, to_image
 from agop_sweep.figures.style import blank_panel, show_image
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def _feature_runs(runs: Sequence[Run], groups: Groups) -> list[tuple[str, Run, d
                 continue
             try:
                 arrays = load_features(path)
-            except Exception as e:  # a half-copied or foreign file: draw the others
-                log.warning("skipping %s: %s", path, e)
+            except FeaturesError as e:  # a half-copied or foreign file: draw the others
+                log.warning("%s; skipped", e)
                 continue
             chosen.append((g, r, arrays))
             break

@@ -99,6 +99,18 @@ def _number(cfg: DictConfig, key: str, minimum: float = 0, strict: bool = True) 
         raise _fail(key, f"must be {'>' if strict else '>='} {minimum}", value)
 
 
+# The seeds every consumer takes: torch's generators ([-2**63, 2**64 - 1], and a negative seed is
+# silently remapped, so -1 and 2**64 - 1 would be one run), NumPy's default_rng (>= 0) and the
+# int64 columns of aggregate's tables (< 2**63). Outside it a run died in a 50-line traceback.
+SEED_MAX = 2**63 - 1
+
+
+def _seed(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not 0 <= value <= SEED_MAX:
+        raise _fail(key, "must be an integer in [0, 2**63 - 1]", value)
+
+
 def _fraction(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if not 0 <= value < 1:
@@ -170,8 +182,14 @@ def _validate_data(cfg: DictConfig) -> None:
     if "n_train" in data:
         for key in ("n_train", "n_features"):
             _number(cfg, f"data.{key}", minimum=1, strict=False)
-        _number(cfg, "data.n_val", minimum=0, strict=False)
+        # No validation samples would leave every val metric null (issue 22); split=seed holds
+        # out the original script's 20 % of the training set instead, and n_val goes unused.
+        if data.get("split") != DataSplit.seed and data.n_val < 1:
+            raise _fail("data.n_val", "must be >= 1 (the validation set; data.split=seed holds out 20% "
+                        "of the training set instead)", data.n_val)
         _number(cfg, "data.n_classes", minimum=2, strict=False)
+    if "seed" in data:
+        _seed(cfg, "data.seed")
     shape = list(data.image_shape)
     if len(shape) != 3 or any(s < 1 for s in shape):
         raise _fail("data.image_shape", "must be [channels, height, width] >= 1", shape)
@@ -188,6 +206,7 @@ def _validate_run(cfg: DictConfig) -> None:
     _number(cfg, "trainer.batch_size", minimum=1, strict=False)
     _number(cfg, "eval.batch_size", minimum=1, strict=False)
     _number(cfg, "threads", minimum=0, strict=False)
+    _seed(cfg, "seed")
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
         raise _fail("device", "must be auto, cpu, cuda or cuda:N", device)

@@ -6,7 +6,8 @@
 (agop_sweep.nfa.METRICS), weight_change, alpha_star, alpha_corr or, for runs that recorded
 every kind, alpha_star_<nfm>_<corr> / alpha_corr_<nfm>_<corr> (default: the run's primary).
 
-Bad input (no results.json, not one this version reads) gives one line on stderr, exit 1.
+Bad input (no results.json, not one this version reads, a features.npz that is not one) gives
+one line on stderr naming the file, exit 1, and draws nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error(PROG):
         record = RunRecord.in_dir(args.run_dir)
         _check_metric(record, args.metric)
-        written = save_run_figures(record, args.run_dir, per_channel=args.per_channel, metric=args.metric)
+        written = save_run_figures(record, args.run_dir, per_channel=args.per_channel, metric=args.metric,
+                                   strict=True)
     for path in written:
         print(path)
 

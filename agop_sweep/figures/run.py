@@ -6,6 +6,7 @@ and ``analyze`` call it; ``python -m agop_sweep.figures RUN_DIR`` redraws them b
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import textwrap
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 
 from agop_sweep.features import FILENAME as FEATURES_FILE
-from agop_sweep.features import load_features, nearest_epochs, orient, to_image
+from agop_sweep.features import FeaturesError, load_features, nearest_epochs, orient, to_image
 from agop_sweep.figures.style import (
     CORR_COLOR,
     DPI,
@@ -55,6 +56,8 @@ from agop_sweep.record import RunRecord, Status
 
 if TYPE_CHECKING:
     from agop_sweep.features import FeatureLog
+
+log = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
 # Epochs whose layer-0 features the per-run figure shows; the middle one is the schedule
@@ -348,31 +351,41 @@ def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channe
 
 # -- entry point ----------------------------------------------------------------------------
 def feature_arrays(
-    record: RunRecord, run_dir: Path, features: FeatureLog | None
+    record: RunRecord, run_dir: Path, features: FeatureLog | None, strict: bool = False
 ) -> dict[str, np.ndarray] | None:
-    """The run's features, from the live log when given, else from features.npz."""
+    """The run's features, from the live log when given, else from features.npz. A
+    features.npz that is not one (garbage, another program's) raises FeaturesError with
+    ``strict``; else it is named in a warning and left out."""
     shape = record.image_shape()
     if features is not None and len(features) and shape is not None:
         return features.arrays(shape)
     path = run_dir / FEATURES_FILE
-    if path.exists():
+    if not path.exists():
+        return None
+    try:
         return load_features(path)
-    return None
+    except FeaturesError as e:
+        if strict:
+            raise
+        log.warning("%s; the features figure is left out", e)
+        return None
 
 
 def save_run_figures(record: RunRecord, run_dir: str | os.PathLike[str],
                      features: FeatureLog | None = None, per_channel: bool = False,
-                     formats: Sequence[str] = ("png", "pdf"), metric: str | None = None) -> list[Path]:
+                     formats: Sequence[str] = ("png", "pdf"), metric: str | None = None,
+                     strict: bool = False) -> list[Path]:
     """Draw plots/training_analysis (of ``metric``, default the primary) and, when layer-0
-    features exist, plots/features, in each of ``formats``."""
+    features exist, plots/features, in each of ``formats``. ``strict``: a features.npz that
+    cannot be read raises FeaturesError before anything is drawn (else: a warning)."""
     run_dir = Path(run_dir)
     out = run_dir / PLOTS_DIR
     written = []
     preset = run_preset_line(run_dir, record.config)
+    arrays = feature_arrays(record, run_dir, features, strict)  # first: a refusal draws nothing
     with style():
         fig = training_analysis_figure(record, metric, preset)
         written += save_figure(fig, out / "training_analysis", formats)
-        arrays = feature_arrays(record, run_dir, features)
         if arrays is not None and len(arrays.get("epochs", [])):
             fig = features_figure(record, arrays, per_channel=per_channel, preset=preset)
             written += save_figure(fig, out / "features", formats)
