@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from agop_sweep.model import ACTIVATIONS, MLP, build_model, loss_fn
-from agop_sweep.optim import _fused, build_optimizer
+from agop_sweep.optim import Muon, _fused, build_optimizer
 
 REFERENCE_ACTS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda z: F.gelu(z, approximate="none")}
 
@@ -154,7 +154,8 @@ def test_muon_all_is_torch_muon_without_weight_decay(compose_config) -> None:
     model = _model()
     opt = build_optimizer(compose_config("optimizer=muon").optimizer, model)
     (muon,) = opt.optimizers.values()
-    assert type(muon) is torch.optim.Muon
+    # torch.optim.Muon itself, with its Newton-Schulz dtype chosen (optim.Muon: bf16 is torch's step)
+    assert type(muon) is Muon and isinstance(muon, torch.optim.Muon) and muon.ns_dtype == opt.ns_dtype
     (group,) = muon.param_groups
     assert group["weight_decay"] == 0.0  # torch's default would be 0.1
     assert (group["lr"], group["momentum"], group["nesterov"], group["ns_steps"]) == (0.01, 0.95, True, 5)
@@ -167,7 +168,7 @@ def test_muon_hidden_scope_splits_layers(compose_config) -> None:
     cfg = compose_config("optimizer=muon", "optimizer.scope=hidden", "optimizer.aux_lr=0.002").optimizer
     opt = build_optimizer(cfg, model)
     types = {type(o) for o in opt.optimizers.values()}
-    assert types == {torch.optim.Muon, torch.optim.Adam}
+    assert types == {Muon, torch.optim.Adam}
     muon = next(o for o in opt.optimizers.values() if isinstance(o, torch.optim.Muon))
     adam = next(o for o in opt.optimizers.values() if isinstance(o, torch.optim.Adam))
     muon_params = [p for g in muon.param_groups for p in g["params"]]
