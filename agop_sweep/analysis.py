@@ -73,7 +73,7 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
 
 
 def _layer_entry(layer: int, w: torch.Tensor, cmp: LayerComparison, cfg: DictConfig) -> dict[str, Any]:
-    """The results.json entry of one layer (SPEC: layer, shape, corr, metrics, ...)."""
+    """The results.json entry of one layer (README: results.json: layer, shape, corr, metrics, ...)."""
     entry: dict[str, Any] = {
         "layer": layer,
         "shape": list(w.shape),

@@ -1,7 +1,7 @@
-"""results.json, the record of one run (SPEC schema 1): its one owner. Everything that writes
+"""results.json, the record of one run (schema 1, README: results.json): its one owner. Everything that writes
 or reads results.json goes through :class:`RunRecord`. The document stays a plain dict
 (``record.data``) so that keys this version does not know survive a rewrite; the TypedDicts
-of :mod:`agop_sweep.record_schema` name the keys SPEC fixes."""
+of :mod:`agop_sweep.record_schema` name the keys README's results.json section fixes."""
 
 from __future__ import annotations
 
@@ -217,7 +217,8 @@ class RunRecord:
         return node
 
     def loss_name(self) -> str:
-        """The loss function (``mse``, ``ce``): the run's, else its config's, else SPEC's default."""
+        """The loss function (``mse``, ``ce``): the run's, else its config's, else the schema's
+        default (Config.loss)."""
         loss = self.run.get("loss") or self.setting("loss")
         return str(loss) if isinstance(loss, str) and loss else "mse"
 

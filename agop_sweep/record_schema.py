@@ -1,4 +1,4 @@
-"""results.json's shape (SPEC schema 1): the keys SPEC fixes as TypedDicts, the statuses,
+"""results.json's shape (schema 1, README: results.json): the keys it fixes as TypedDicts, the statuses,
 and the validation that every reader relies on."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ FILENAME = "results.json"
 
 
 class Status(StrEnum):
-    """A run's state in results.json (SPEC); ``interrupted`` is derived by aggregate, never written."""
+    """A run's state in results.json (README); ``interrupted`` is derived by aggregate, never written."""
 
     RUNNING = "running"
     COMPLETED = "completed"
@@ -141,7 +141,7 @@ def path_value(entry: Any, path: str) -> Any:
 
 
 def validate(data: Any) -> None:
-    """Raise :class:`RecordError` unless ``data`` has the shape SPEC gives results.json."""
+    """Raise :class:`RecordError` unless ``data`` has the shape README gives results.json."""
     if not isinstance(data, dict):
         raise RecordError("not a JSON object")
     version = data.get("schema_version")

@@ -1,4 +1,4 @@
-"""Whole runs: what a run writes (SPEC), checked against independent recomputations from its
+"""Whole runs: what a run writes (README: Output layout, results.json), checked against independent recomputations from its
 checkpoints; learning on digits; determinism; the real three-optimizer sweep as a subprocess.
 Separate CLI runs and an SVHN run from generated files are slow and run with -m slow."""
 
@@ -98,7 +98,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def check_run(run_dir: Path, optimizer: str, n_features: int, check_metrics_at: tuple[int, ...] = ()) -> dict:
-    """Everything SPEC says about results.json and models/, recomputed from the checkpoints."""
+    """Everything README says about results.json and models/, recomputed from the checkpoints."""
     res = json.loads((run_dir / "results.json").read_text())
     cfg = res["config"]
     model, dataset = cfg["model"], cfg["data"]["name"]

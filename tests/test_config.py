@@ -1,4 +1,4 @@
-"""Config composition (every group and option, and a sweep), the SPEC defaults, one schema per
+"""Config composition (every group and option, and a sweep), the documented defaults, one schema per
 option, and the errors in-process: composition's for wrong types, enum values and another
 option's keys, validate's one line for keys added with ``+`` and for wrong values.
 tests/test_config_cli.py meets the same errors through the CLI."""

@@ -51,7 +51,7 @@ def test_effective_rank_between_and_undefined() -> None:
 # -- image layout ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("c", "r", "k"), [(0, 0, 0), (1, 3, 7), (2, 31, 0), (2, 5, 31)])
 def test_to_image_follows_channel_row_column_order(c: int, r: int, k: int) -> None:
-    """SPEC: an image is flattened in (channel, row, column) order, so entry
+    """README: an image is flattened in (channel, row, column) order, so entry
     c*H*W + r*W + k is pixel (r, k) of channel c."""
     shape = (3, 32, 32)
     v = np.zeros(3 * 32 * 32)

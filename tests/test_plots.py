@@ -29,7 +29,7 @@ def fake_results(
     depth: int = 5, checkpoints: list[int] = PAPER, epochs: int = 100, status: str = "completed",
     last_epoch: int | None = None, val: bool = True, analysed: bool = True,
 ) -> RunRecord:
-    """A run's record shaped as SPEC says, with made-up but plausible numbers, up to
+    """A run's record shaped as README says, with made-up but plausible numbers, up to
     ``last_epoch`` (-1: none yet); ``analysed=False``: no analysis (analysis=off)."""
     last = epochs if last_epoch is None else last_epoch
     rng = np.random.default_rng(0)

@@ -66,7 +66,7 @@ def test_error_diverged_epoch_and_loss_name() -> None:
     record.set_status("diverged", diverged_epoch=3)
     assert record.diverged_epoch == 3
     record.data.update(diverged_epoch=True, error=7)
-    assert record.diverged_epoch is None and record.error is None  # not what SPEC writes there
+    assert record.diverged_epoch is None and record.error is None  # not what README says is written there
     assert RunRecord.new({"loss": "ce"}, {}).loss_name() == "ce"
     assert RunRecord.new({}, {"loss": "ce"}).loss_name() == "ce"
 

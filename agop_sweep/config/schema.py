@@ -275,7 +275,7 @@ class TrainerConfig:
     precision: Precision = Precision.tf32
     compile: bool = False
     plots: PlotMode = PlotMode.live
-    # Every checkpoint carries the optimizer's state (SPEC); false: only state.pt does, and a
+    # Every checkpoint carries the optimizer's state (README: Output layout); false: only state.pt does, and a
     # checkpoint's "optimizer" is {} (a third of an SGD checkpoint's size for Adam's).
     checkpoint_optimizer: bool = True
     # File names of the checkpoints in models/ (every command reads both kinds).
