@@ -1,4 +1,4 @@
-"""Whole runs: what a run writes (README: Output layout, results.json), checked against independent recomputations from its
+"""Whole runs: what a run writes (README), checked against independent recomputations from its
 checkpoints; learning on digits; determinism; the real three-optimizer sweep as a subprocess.
 Separate CLI runs and an SVHN run from generated files are slow and run with -m slow."""
 
