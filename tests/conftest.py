@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -45,6 +46,20 @@ def run_cli(
         [sys.executable, "-m", module, *args], cwd=cwd, env=app_env(), capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+def finished_tiny_run(root: Path, *extra: str) -> Path:
+    """A finished TINY run in ``root/run`` (with ``extra`` overrides); tests copy it first."""
+    proc = run_cli(*TINY, *extra, f"hydra.run.dir={root / 'run'}", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A copy of ``run`` in ``tmp_path/run``, to change without touching the original."""
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
 
 
 def run_cli_many(

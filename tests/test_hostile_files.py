@@ -6,14 +6,13 @@ aggregate writes its whole set of outputs or none of it."""
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from aggregate_fakes import write_fake_run
-from conftest import TINY, run_cli, tree_digest
+from conftest import TINY, copy_of, finished_tiny_run, run_cli, tree_digest
 
 from agop_sweep import rundir
 from agop_sweep.aggregate import command as agg_command
@@ -76,16 +75,12 @@ CRAFTED_FEATURES = {
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny finished run with checkpoints (for analyze and the run-dir check)."""
     root = tmp_path_factory.mktemp("hostile")
-    proc = run_cli(*TINY, "trainer.plots=off", f"hydra.run.dir={root / 'run'}", cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root / "run"
+    return finished_tiny_run(root, "trainer.plots=off")
 
 
 @pytest.fixture
 def run_dir(finished_run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(finished_run, dst)
-    return dst
+    return copy_of(finished_run, tmp_path)
 
 
 def _sweep(tmp_path: Path) -> tuple[Path, Path]:

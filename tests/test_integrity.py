@@ -10,23 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, one_line_error, run_cli, tree_digest
+from conftest import TINY, copy_of, finished_tiny_run, one_line_error, run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny finished run; tests copy it before touching it."""
     root = tmp_path_factory.mktemp("integrity")
-    proc = run_cli(*TINY, f"hydra.run.dir={root / 'run'}", cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root / "run"
+    return finished_tiny_run(root)
 
 
 @pytest.fixture
 def run_dir(finished_run: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(finished_run, dst)
-    return dst
+    return copy_of(finished_run, tmp_path)
 
 
 def _results(run_dir: Path) -> dict:
