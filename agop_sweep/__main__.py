@@ -1,3 +1,3 @@
-from agop_sweep.app import main
+from agop_sweep.run.app import main
 
 main()

@@ -1,8 +1,8 @@
 """Benchmark of one analysis: the project's exact AGOP against the original script's method.
 
-Project: the pass, agop_sweep.agop.jacobian_kernels over all n samples (one chunked forward
+Project: the pass, agop_sweep.analyze.agop.jacobian_kernels over all n samples (one chunked forward
 + backward sweep for all hidden layers), and the whole analysis,
-agop_sweep.analysis.analyze_model (the pass, then per layer W^T K W, every metric variant,
+agop_sweep.analyze.layers.analyze_model (the pass, then per layer W^T K W, every metric variant,
 the spectra, alpha_star and the layer-0 features), both timed at the full n.
 
 Reference: the method of the original training_100epochs.py (its ``egop`` routine), written
@@ -57,12 +57,12 @@ from flops import MatmulFlops
 from machine import MatmulRate, peak_memory
 from original import ORIGINAL_BATCH, original_agop, original_layer, reference_flops
 
-from agop_sweep import nfa
-from agop_sweep.agop import jacobian_kernels, panel_area, pass_flops
-from agop_sweep.analysis import analyze_model, exact_matmuls
+from agop_sweep.analyze import nfa
+from agop_sweep.analyze.agop import jacobian_kernels, panel_area, pass_flops
+from agop_sweep.analyze.layers import analyze_model, exact_matmuls
+from agop_sweep.analyze.nfa import agop_from_kernel
 from agop_sweep.config import AnalysisConfig
-from agop_sweep.model import MLP, build_model
-from agop_sweep.nfa import agop_from_kernel
+from agop_sweep.model.mlp import MLP, build_model
 
 # The per-layer analysis before it was rebuilt on factorisations, kept unchanged in tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -377,7 +377,8 @@ def flop_table(flops: dict[str, float], ref_flops: float, n_layers: int, check: 
          ["(dense_total)", f"{flops['dense_total'] / 1e12:.2f}", "full products, per-class top layer"],
          [f"original, {n_layers} layers", f"{ref_flops / 1e12:.2f}",
           f"{ref_flops / flops['total']:.1f}x the pass"]],
-        title="Matmul FLOPs at the full n (pass: agop_sweep.agop.pass_flops; original: reference_flops)")
+        title="Matmul FLOPs at the full n "
+              "(pass: agop_sweep.analyze.agop.pass_flops; original: reference_flops)")
     print(f"formulas vs matmuls dispatched (one chunk of the pass, one batch of the original per layer): "
           f"{'equal' if check['equal'] else 'DIFFERENT: ' + str(check)}")
 

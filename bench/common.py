@@ -205,7 +205,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as strict JSON, written atomically (the project's writer)."""
-    from agop_sweep import atomic
+    from agop_sweep.store import atomic
 
     atomic.write_json(path, jsonable(obj))
 
@@ -215,7 +215,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def dataset(x: torch.Tensor, y: torch.Tensor, n: int, n_val: int = 0) -> Any:
     """An agop_sweep Dataset of the first ``n`` samples (val: the next ``n_val``)."""
-    from agop_sweep.data import Dataset
+    from agop_sweep.data.datasets import Dataset
 
     return Dataset("svhn", x[:n], y[:n], x[n : n + n_val], y[n : n + n_val], N_CLASSES, (3, 32, 32))
 
@@ -227,8 +227,8 @@ class TrainerHarness:
     def __init__(self, cfg: Any, x: torch.Tensor, y: torch.Tensor, device: torch.device):
         import tempfile
 
-        from agop_sweep.device import Placement, effective_precision, set_precision
-        from agop_sweep.train import Trainer
+        from agop_sweep.run.device import Placement, effective_precision, set_precision
+        from agop_sweep.run.trainer import Trainer
 
         set_precision(effective_precision(cfg.trainer.precision, str(device)))  # as the app does
         self.cfg, self.device, self.x, self.y = cfg, device, x, y
@@ -243,7 +243,7 @@ class TrainerHarness:
 
     def train_steps(self, steps: int) -> float:
         """Seconds of Trainer.train_epoch over ``steps`` minibatches (an epoch of that size)."""
-        from agop_sweep.preemption import PreemptionGuard
+        from agop_sweep.run.preemption import PreemptionGuard
 
         data = dataset(self.x, self.y, steps * self.bs)
         progress = self.trainer.new_epoch(1, data)
@@ -251,7 +251,7 @@ class TrainerHarness:
 
     def gradient(self, steps: int, repeats: int = 3) -> float:
         """Seconds of ``steps`` forward + loss + backward passes alone (no optimizer update)."""
-        from agop_sweep.model import loss_fn
+        from agop_sweep.model.mlp import loss_fn
 
         model, cfg, bs = self.trainer.model, self.cfg, self.bs
 
@@ -267,7 +267,7 @@ class TrainerHarness:
 
     def evaluation(self, n: int, repeats: int = 3) -> float:
         """Seconds of evaluate.evaluate over ``n`` samples at eval.batch_size."""
-        from agop_sweep.evaluate import evaluate
+        from agop_sweep.run.evaluate import evaluate
 
         model = self.trainer.model
         model.eval()
@@ -283,7 +283,7 @@ class TrainerHarness:
 
     def state_write(self, repeats: int = 3) -> tuple[float, int]:
         """Seconds of the per-epoch resumable state (Trainer.save_state) and its bytes."""
-        from agop_sweep.resume import STATE_FILE
+        from agop_sweep.store.state import STATE_FILE
 
         t = self.trainer
         t.start(dataset(self.x, self.y, self.bs), None)  # a fresh record, as a new run has

@@ -137,9 +137,9 @@ def correctness(device: torch.device) -> dict[str, Any]:
     """The pass on ``device`` against float64 per-sample Jacobians on the CPU, small net."""
     from agop import make_model, original_agop, rel_err, weights
 
-    from agop_sweep.agop import jacobian_kernels
-    from agop_sweep.analysis import exact_matmuls
-    from agop_sweep.nfa import agop_from_kernel
+    from agop_sweep.analyze.agop import jacobian_kernels
+    from agop_sweep.analyze.layers import exact_matmuls
+    from agop_sweep.analyze.nfa import agop_from_kernel
 
     width, depth, d_in, n = 64, 3, 192, 512
     model, _ = make_model(width, depth, torch.device("cpu"), d_in=d_in)

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from common import Contention, compose_config, setup, table, write_json
 
-from agop_sweep.data import load_dataset
-from agop_sweep.model import build_model, loss_fn
-from agop_sweep.muon_seed import MuonSeed, orthogonalize
-from agop_sweep.ns_precision import bf16_speed
-from agop_sweep.optim import Muon, zeropower
+from agop_sweep.data.datasets import load_dataset
+from agop_sweep.model.mlp import build_model, loss_fn
+from agop_sweep.model.muon_seed import MuonSeed, orthogonalize
+from agop_sweep.model.ns_precision import bf16_speed
+from agop_sweep.model.optim import Muon, zeropower
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 

@@ -16,8 +16,8 @@ from torch import nn
 from torch.func import jacrev, vmap
 from torch.nn import functional as F
 
-from agop_sweep.model import MLP, build_model
-from agop_sweep.optim import build_optimizer
+from agop_sweep.model.mlp import MLP, build_model
+from agop_sweep.model.optim import build_optimizer
 
 ORIGINAL_BATCH = 128  # the original's batch, both for the layer inputs and for egop
 

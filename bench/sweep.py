@@ -56,13 +56,13 @@ from flops import eval_flops, ns_flops, train_flops
 from machine import MatmulRate, peak_rss_bytes, reset_peak_rss, rss_bytes, trimmed_rss_bytes
 from omegaconf import DictConfig
 
-from agop_sweep.agop import jacobian_kernels, pass_flops
-from agop_sweep.analysis import analyze_model, exact_matmuls
+from agop_sweep.analyze.agop import jacobian_kernels, pass_flops
+from agop_sweep.analyze.layers import analyze_model, exact_matmuls
 from agop_sweep.config import validate
-from agop_sweep.data import Dataset
-from agop_sweep.device import Placement
-from agop_sweep.hooks import FiguresHook
-from agop_sweep.train import Trainer
+from agop_sweep.data.datasets import Dataset
+from agop_sweep.run.device import Placement
+from agop_sweep.run.hooks import FiguresHook
+from agop_sweep.run.trainer import Trainer
 
 MIB = 2**20
 # Growth allowed between the settled and the last epoch of the memory check, per epoch:

@@ -1,10 +1,10 @@
 """Benchmark of training: one epoch per optimizer as the project runs it, and the original loop.
 
 Project: the config is composed as ``python -m agop_sweep optimizer=<name>`` composes it;
-the model and optimizer come from agop_sweep.model.build_model and
-agop_sweep.optim.build_optimizer, and the timed steps are Trainer.train_epoch itself, over
+the model and optimizer come from agop_sweep.model.mlp.build_model and
+agop_sweep.model.optim.build_optimizer, and the timed steps are Trainer.train_epoch itself, over
 ``--steps`` minibatches (the fastest of ``--repeats``), scaled to the epoch's ceil(n / batch)
-steps. The evaluation is agop_sweep.evaluate.evaluate over ``--eval-n`` samples, scaled to
+steps. The evaluation is agop_sweep.run.evaluate.evaluate over ``--eval-n`` samples, scaled to
 the train and val sets.
 
 Original loop (the peer): the training loop of the original training_100epochs.py, written

@@ -13,15 +13,15 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from agop_sweep.nfa import METRICS, VARIANTS
-from agop_sweep.record import RunRecord
+from agop_sweep.analyze.nfa import METRICS, VARIANTS
+from agop_sweep.store.record import RunRecord
 
 TINY = [
     "data=synthetic", "data.n_train=128", "data.n_val=32", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
     "trainer.plots=end",
 ]
-CALLBACK = "+hydra.callbacks.aggregate._target_=agop_sweep.callbacks.AggregateOnMultirunEnd"
+CALLBACK = "+hydra.callbacks.aggregate._target_=agop_sweep.run.callbacks.AggregateOnMultirunEnd"
 FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")
 OPTIMIZERS = ("adam", "muon", "sgd")
 LRS = {"sgd": 0.1, "adam": 0.001, "muon": 0.01}

@@ -1,4 +1,4 @@
-"""agop_sweep.nfa as it was before the per-layer analysis was rebuilt on factorisations
+"""agop_sweep.analyze.nfa as it was before the per-layer analysis was rebuilt on factorisations
 (eigendecompositions of K, of B B^T and of the (d_in, d_in) AGOP, all eigenvectors formed),
 kept unchanged as the reference the new code must equal to 1e-10 (tests/test_nfa.py).
 

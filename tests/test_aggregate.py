@@ -36,7 +36,7 @@ from matplotlib.collections import PolyCollection
 from agop_sweep.aggregate import aggregate, discover, main, tables
 from agop_sweep.aggregate import figures as agg_figures
 from agop_sweep.aggregate import groups as grouping
-from agop_sweep.record import RunRecord
+from agop_sweep.store.record import RunRecord
 
 
 @pytest.fixture(scope="module")

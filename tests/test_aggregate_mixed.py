@@ -28,9 +28,9 @@ from matplotlib.transforms import Bbox
 from agop_sweep.aggregate import aggregate, discover, main, tables
 from agop_sweep.aggregate.command import build_figures, line_groups
 from agop_sweep.aggregate.figures import comparison_figure
+from agop_sweep.analyze.nfa import VARIANTS
 from agop_sweep.figures.style import style
-from agop_sweep.nfa import VARIANTS
-from agop_sweep.record import RunRecord
+from agop_sweep.store.record import RunRecord
 
 MIN_PANEL_PX = 120
 RUN_CONTROL_TEXT = ("data.root", "data.verify", "trainer.plots", "False", "True")

@@ -30,7 +30,7 @@ from agop_sweep.aggregate.command import build_figures
 from agop_sweep.aggregate.discover import hydra_quote
 from agop_sweep.aggregate.lr_search import chance_loss, lr_search_figure, searches
 from agop_sweep.figures.style import ANSATZ_GID, edge
-from agop_sweep.record import RunRecord
+from agop_sweep.store.record import RunRecord
 
 
 def _edit(run_dir: Path, change) -> None:
@@ -77,14 +77,14 @@ def test_resume_command_quotes_the_run_dir(tmp_path: Path) -> None:
 
 def _interrupt_patch(epoch: int) -> str:
     """Run the app with a kill -9 (os._exit) when the checkpoint of ``epoch`` is written."""
-    return ("import os, sys, agop_sweep.checkpoint as c\n"
+    return ("import os, sys, agop_sweep.store.checkpoint as c\n"
             "orig = c.save_checkpoint\n"
             "def dying(run_dir, e, *a, **k):\n"
             f"    if e == {epoch}:\n"
             "        os._exit(137)\n"
             "    return orig(run_dir, e, *a, **k)\n"
             "c.save_checkpoint = dying\n"
-            "from agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
+            "from agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
 
 
 @pytest.mark.slow

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
-from agop_sweep import agop
-from agop_sweep.agop import chunk_kernels, jacobian_kernels
-from agop_sweep.model import ACTIVATIONS, MLP, build_model, loss_fn
-from agop_sweep.nfa import agop_from_kernel
+from agop_sweep.analyze import agop
+from agop_sweep.analyze.agop import chunk_kernels, jacobian_kernels
+from agop_sweep.analyze.nfa import agop_from_kernel
+from agop_sweep.model.mlp import ACTIVATIONS, MLP, build_model, loss_fn
 
 
 def _net(d_in: int, width: int, depth: int, act: str, classes: int = 10, seed: int = 0) -> MLP:

@@ -29,7 +29,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _analyze(run_dir: Path, *overrides: str):
-    return run_cli(str(run_dir), *overrides, cwd=run_dir.parent, module="agop_sweep.analyze")
+    return run_cli(str(run_dir), *overrides, cwd=run_dir.parent, module="agop_sweep.analyze.command")
 
 
 def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: Path, tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _main(*args: str) -> int:
     """``agop-analyze`` in this process (its exit code)."""
-    from agop_sweep.analyze import main
+    from agop_sweep.analyze.command import main
 
     try:
         main(list(args))
@@ -164,7 +164,7 @@ def test_a_sweep_dir_is_reanalysed_run_by_run_and_resumable(finished_run: Path, 
     fd = os.open(second / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        with caplog.at_level(logging.INFO, logger="agop_sweep.analyze"):
+        with caplog.at_level(logging.INFO, logger="agop_sweep.analyze.command"):
             assert _main(str(sweep), "analysis.primary=raw_pearson_agop") == 1
     finally:
         os.close(fd)
@@ -172,7 +172,7 @@ def test_a_sweep_dir_is_reanalysed_run_by_run_and_resumable(finished_run: Path, 
     assert "[1/2] optimizer=adam,seed=1: 4 analysed epochs" in caplog.text
     assert "[2/2] optimizer=adam,seed=2: failed" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="agop_sweep.analyze"):
+    with caplog.at_level(logging.INFO, logger="agop_sweep.analyze.command"):
         assert _main(str(sweep), "analysis.primary=raw_pearson_agop") == 0
     assert "[1/2] optimizer=adam,seed=1: skipped" in caplog.text
     assert "Re-analysed 1 of 2 runs (1 skipped" in caplog.text

@@ -30,9 +30,9 @@ bench_agop = importlib.import_module("agop")
 bench_train = importlib.import_module("train")
 gpu_check = importlib.import_module("gpu_check")
 
-from agop_sweep.agop import jacobian_kernels, pass_flops  # noqa: E402
-from agop_sweep.model import build_model  # noqa: E402
-from agop_sweep.nfa import agop_from_kernel  # noqa: E402
+from agop_sweep.analyze.agop import jacobian_kernels, pass_flops  # noqa: E402
+from agop_sweep.analyze.nfa import agop_from_kernel  # noqa: E402
+from agop_sweep.model.mlp import build_model  # noqa: E402
 
 D_IN, WIDTH, DEPTH, C = 48, 16, 3, 10
 

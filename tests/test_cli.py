@@ -22,11 +22,11 @@ from conftest import TINY, composing, error_lines, make_svhn_files, run_cli, run
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
-from agop_sweep.data import load_dataset
-from agop_sweep.device import Placement
+from agop_sweep.analyze.nfa import METRICS, VARIANTS
+from agop_sweep.data.datasets import load_dataset
 from agop_sweep.figures import run as figures_run
-from agop_sweep.nfa import METRICS, VARIANTS
-from agop_sweep.train import Trainer
+from agop_sweep.run.device import Placement
+from agop_sweep.run.trainer import Trainer
 
 RUN_KEYS = {"optimizer", "lr", "seed", "dataset", "width", "depth", "act", "n_train", "n_val", "device",
             "torch"}
@@ -221,7 +221,7 @@ def test_tiny_run_matches_its_checkpoints(trainer_run) -> None:
 
 
 def test_epoch_zero_checkpoint_is_the_seeded_init(trainer_run) -> None:
-    from agop_sweep.model import build_model
+    from agop_sweep.model.mlp import build_model
 
     run_dir = trainer_run("init", "seed=11")
     ck = _load(run_dir / "models" / ckpt_name(0, "synthetic", 16, 2, "relu"))
@@ -376,7 +376,7 @@ def test_experiment_seed_runs_as_the_original_script_did(tmp_path: Path) -> None
     first = _load(run_dir / res["checkpoints"]["3"])["state_dict"]
     assert not torch.equal(first["middle.0.weight"], first["middle.1.weight"])  # they train apart
     # One line at start says what the preset set, read from its file, with the values used.
-    from agop_sweep.presets import preset_settings
+    from agop_sweep.config.presets import preset_settings
 
     settings = preset_settings("experiment", "seed")
     assert {"optimizer", "model.init", "data.split", "trainer.precision"} <= set(settings)
@@ -391,7 +391,7 @@ def test_experiment_seed_runs_as_the_original_script_did(tmp_path: Path) -> None
 
 
 def test_no_preset_no_preset_line(trainer_run) -> None:
-    from agop_sweep.presets import run_preset_line
+    from agop_sweep.config.presets import run_preset_line
 
     run_dir = trainer_run("plain", "optimizer=sgd")
     assert run_preset_line(run_dir, {}) is None  # no .hydra/hydra.yaml choice: nothing to say

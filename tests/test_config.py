@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 
+from agop_sweep.analyze.nfa import DEFAULT_METRIC
 from agop_sweep.config import (
     DATASETS,
     OPTIMIZERS,
@@ -24,9 +25,8 @@ from agop_sweep.config import (
     validate,
 )
 from agop_sweep.config.schema import GROUP_SCHEMAS
-from agop_sweep.device import choose_device
 from agop_sweep.errors import UserError
-from agop_sweep.nfa import DEFAULT_METRIC
+from agop_sweep.run.device import choose_device
 
 GLOBAL_GROUPS = ("hparams_search", "cluster", "experiment")  # `# @package _global_` presets
 OPTION_SCHEMAS = {"optimizer": OPTIMIZERS, "data": DATASETS}

@@ -18,7 +18,7 @@ from agop_sweep.config import (
     upgrade_saved_config,
     validate,
 )
-from agop_sweep.resume import config_differences
+from agop_sweep.store.state import config_differences
 
 PAPER = [*range(21), 40, 60, 80, 100]
 # What the version before optimizer.fused and trainer.plots saved for a muon run with the
@@ -119,7 +119,7 @@ def test_an_unknown_option_is_left_for_validate_to_name() -> None:
 
 
 def test_a_reanalysis_override_applies_to_an_upgraded_config() -> None:
-    """As agop_sweep.analyze loads a run: the saved config typed, then the overrides."""
+    """As agop_sweep.analyze.command loads a run: the saved config typed, then the overrides."""
     cfg = OmegaConf.merge(structured(upgrade_saved_config(OLD_FLAT)),
                           OmegaConf.from_dotlist(["data.root=/elsewhere", "analysis.chunk_size=64"]))
     validate(cfg)

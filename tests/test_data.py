@@ -11,8 +11,8 @@ from omegaconf.errors import ValidationError
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from agop_sweep import data as data_mod
-from agop_sweep.data import load_dataset, seed_split
+from agop_sweep.data import datasets as data_mod
+from agop_sweep.data.datasets import load_dataset, seed_split
 from agop_sweep.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")

@@ -15,10 +15,10 @@ import scipy.linalg
 import torch
 from conftest import run_cli
 
-from agop_sweep import eigen
-from agop_sweep.analysis import _layer_entry
+from agop_sweep.analyze import eigen
+from agop_sweep.analyze.layers import _layer_entry
+from agop_sweep.analyze.nfa import METRICS, compare_layer
 from agop_sweep.config import AnalysisConfig
-from agop_sweep.nfa import METRICS, compare_layer
 
 
 def _layer(d_out: int, d_in: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

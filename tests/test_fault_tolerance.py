@@ -42,7 +42,8 @@ def run_app(run_dir: Path, *extra: str, cwd: Path) -> subprocess.CompletedProces
 
 def run_patched(patch: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run the app in a fresh interpreter after executing ``patch`` (which injects a fault)."""
-    launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
+    launch = ("import sys\nfrom agop_sweep.run.app import main\n"
+              "sys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
     code = patch + launch
     return subprocess.run([sys.executable, "-c", code, *RUN_ARGS, f"hydra.run.dir={run_dir}"],
                           cwd=cwd, env=app_env(), capture_output=True, text=True, timeout=900)
@@ -197,11 +198,11 @@ def test_divergence_is_a_result(tmp_path: Path) -> None:
 
 def test_exception_marks_run_failed(tmp_path: Path) -> None:
     code = (
-        "import sys, agop_sweep.analysis as a\n"
+        "import sys, agop_sweep.analyze.layers as a\n"
         "def boom(*args, **kwargs):\n"
         "    raise RuntimeError('injected failure')\n"
         "a.analyze_model = boom\n"
-        "import agop_sweep.train as t; t.analyze_model = boom\n"
+        "import agop_sweep.run.trainer as t; t.analyze_model = boom\n"
     )
     proc = run_patched(code, tmp_path / "run", tmp_path)
     assert proc.returncode == 1
@@ -214,7 +215,7 @@ def test_crash_while_writing_leaves_loadable_files(tmp_path: Path) -> None:
     """The process dies (os._exit) half-way through writing its 3rd results.json: every file
     on disk still loads, and a resume completes the run."""
     code = (
-        "import os, sys, agop_sweep.atomic as at\n"
+        "import os, sys, agop_sweep.store.atomic as at\n"
         "calls = {'n': 0}\n"
         "orig = at.write_atomic\n"
         "def dying(path, write):\n"
@@ -248,7 +249,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
     """ENOSPC while writing the epoch-2 checkpoint: one-line error, exit 1, the epoch-1
     checkpoint and state intact, and the run resumes once space is back."""
     code = (
-        "import errno, sys, agop_sweep.atomic as at\n"
+        "import errno, sys, agop_sweep.store.atomic as at\n"
         "orig = at.torch_save\n"
         "def full(path, obj):\n"
         "    if 'model_epoch_2:' in str(path):\n"
@@ -258,7 +259,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
         "        return at.write_atomic(path, partial)\n"
         "    return orig(path, obj)\n"
         "at.torch_save = full\n"
-        "import agop_sweep.checkpoint as c; c.torch_save = full\n"
+        "import agop_sweep.store.checkpoint as c; c.torch_save = full\n"
     )
     run_dir = tmp_path / "run"
     proc = run_patched(code, run_dir, tmp_path)

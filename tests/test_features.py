@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import composing
 
-from agop_sweep import checkpoint as ckpt
-from agop_sweep.analysis import Analysis
-from agop_sweep.device import Placement
-from agop_sweep.features import FeatureLog, load_features, nearest_epochs, orient, to_image
-from agop_sweep.nfa import effective_rank, gram, nfm_spectrum
+from agop_sweep.analyze.layers import Analysis
+from agop_sweep.analyze.nfa import effective_rank, gram, nfm_spectrum
+from agop_sweep.run.device import Placement
+from agop_sweep.store import checkpoint as ckpt
+from agop_sweep.store.features import FeatureLog, load_features, nearest_epochs, orient, to_image
 
 
 def spectrum_of_gram(x: torch.Tensor):
@@ -136,7 +136,7 @@ def test_empty_log_writes_nothing(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, object]]:
     from agop_sweep.figures import run as figures_run
-    from agop_sweep.train import Trainer
+    from agop_sweep.run.trainer import Trainer
 
     monkeypatch.setattr(figures_run, "save_run_figures", lambda *a, **k: None)  # figures: test_plots
     with composing() as compose:
@@ -153,8 +153,8 @@ def test_saved_features_match_autograd(tiny_run) -> None:
     """features.npz against an independent computation from the checkpoints: diag(W^T W),
     diag((W-W0)^T (W-W0)) and diag(AGOP) with AGOP = mean_i J_i^T J_i, J_i = d f(x_i) / d x_i
     by autograd over all training samples."""
-    from agop_sweep.data import load_dataset
-    from agop_sweep.model import build_model
+    from agop_sweep.data.datasets import load_dataset
+    from agop_sweep.model.mlp import build_model
 
     run_dir, cfg = tiny_run
     z = load_features(run_dir / "features.npz")

@@ -15,9 +15,9 @@ import torch
 from conftest import strip_timing
 
 from agop_sweep.config import validate
-from agop_sweep.device import Placement
-from agop_sweep.resume import flatten
-from agop_sweep.train import Trainer
+from agop_sweep.run.device import Placement
+from agop_sweep.run.trainer import Trainer
+from agop_sweep.store.state import flatten
 
 GOLDEN = Path(__file__).parent / "golden"
 # The runs that wrote the golden files (threads=1: the analysis sums in float32, and a

@@ -14,14 +14,14 @@ import pytest
 from aggregate_fakes import write_fake_run
 from conftest import TINY, copy_of, finished_tiny_run, run_cli, tree_digest
 
-from agop_sweep import rundir
 from agop_sweep.aggregate import command as agg_command
 from agop_sweep.aggregate import main as aggregate_main
-from agop_sweep.analyze import main as analyze_main
-from agop_sweep.features import FeaturesError, load_features
+from agop_sweep.analyze.command import main as analyze_main
 from agop_sweep.figures.__main__ import main as figures_main
 from agop_sweep.figures.run import save_run_figures
-from agop_sweep.record import RecordError, RunRecord
+from agop_sweep.store import rundir
+from agop_sweep.store.features import FeaturesError, load_features
+from agop_sweep.store.record import RecordError, RunRecord
 
 # results.json texts that crashed the readers: RecursionError, OverflowError (float() of the
 # integer), and a nesting below Python's recursion limit that the parser takes but no results.json has.

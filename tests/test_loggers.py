@@ -78,8 +78,8 @@ def test_a_missing_package_stops_the_run_with_one_line(tmp_path: Path, extra: st
 
 
 def test_outputs_store_and_experiment_names(tmp_path: Path, monkeypatch) -> None:
-    from agop_sweep.loggers.base import group_label, run_context
-    from agop_sweep.loggers.mlflow_hook import default_tracking_uri
+    from agop_sweep.trackers.base import group_label, run_context
+    from agop_sweep.trackers.mlflow import default_tracking_uri
 
     job = tmp_path / "outputs" / "multirun" / "2026-01-01" / "12-00-00" / "seed=1"
     db = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
@@ -147,7 +147,7 @@ def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path) -> None:
 
 KILL_AFTER_EPOCH_2 = """
 import os, signal
-from agop_sweep.loggers.mlflow_hook import MlflowHook
+from agop_sweep.trackers.mlflow import MlflowHook
 _log = MlflowHook._log_new_epochs
 def _log_then_die(self, record, current):
     _log(self, record, current)
@@ -230,10 +230,10 @@ def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
     from torch.utils.tensorboard import SummaryWriter
 
     from agop_sweep.config import to_container
-    from agop_sweep.device import Placement
-    from agop_sweep.loggers import build_loggers
-    from agop_sweep.rundir import claim
-    from agop_sweep.train import Trainer
+    from agop_sweep.run.device import Placement
+    from agop_sweep.run.trainer import Trainer
+    from agop_sweep.store.rundir import claim
+    from agop_sweep.trackers import build_loggers
 
     def fail_from_epoch_2(original, step_of):
         def call(self, *args, **kwargs):
@@ -263,11 +263,11 @@ def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
 
 
 def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
-    from agop_sweep.hooks import EpochEnd
-    from agop_sweep.loggers.base import RunContext
-    from agop_sweep.loggers.mlflow_hook import MlflowHook
-    from agop_sweep.loggers.tensorboard_hook import TensorBoardHook
-    from agop_sweep.record import RunRecord
+    from agop_sweep.run.hooks import EpochEnd
+    from agop_sweep.store.record import RunRecord
+    from agop_sweep.trackers.base import RunContext
+    from agop_sweep.trackers.mlflow import MlflowHook
+    from agop_sweep.trackers.tensorboard import TensorBoardHook
 
     config = {"seed": 1, "optimizer": {"lr": 0.1}}
     record = RunRecord.new({"optimizer": "sgd"}, config, tmp_path / "results.json")

@@ -1,4 +1,4 @@
-"""The learning-rate search presets (conf/hparams_search, agop_sweep/search.py) and their part
+"""The learning-rate search presets (conf/hparams_search, agop_sweep/run/search.py) and their part
 of the aggregate report (agop_sweep/aggregate/lr_search.py).
 
 A real search stored in SQLite is run twice with the same command into the same sweep dir:
@@ -21,11 +21,10 @@ import yaml
 from aggregate_fakes import write_fake_run
 from conftest import app_env
 
-from agop_sweep import search
 from agop_sweep.aggregate import aggregate
 from agop_sweep.config import validate
-from agop_sweep.record import RunRecord
-from agop_sweep.search import (
+from agop_sweep.run import search
+from agop_sweep.run.search import (
     ExtendingTPESampler,
     StorageError,
     TrialRow,
@@ -34,6 +33,7 @@ from agop_sweep.search import (
     study_trials,
     summary,
 )
+from agop_sweep.store.record import RunRecord
 
 # A search that takes seconds per trial: tiny synthetic data, three epochs, no plots.
 TINY = [
@@ -121,9 +121,9 @@ def test_report_lists_the_best_lr(extended: Path, tmp_path: Path) -> None:
 def test_storage_mismatch_stops_with_one_line(tmp_path: Path) -> None:
     """optuna 2.10 on SQLAlchemy 2 used to stop with a bare AssertionError and leave a broken
     database file; now the command refuses before the storage is touched."""
-    patch = ("import sys, agop_sweep.search as s\n"
+    patch = ("import sys, agop_sweep.run.search as s\n"
              "s._version = lambda p: {'optuna': '2.10.1', 'sqlalchemy': '2.0.30'}.get(p)\n"
-             "from agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
+             "from agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
     sweep = tmp_path / "sweep"
     proc = run([sys.executable, "-c", patch, *search_cmd(sweep)[3:]], tmp_path)
     assert proc.returncode == 1
@@ -175,8 +175,8 @@ def test_presets_skip_the_analysis_and_early_checkpoints(compose_config, preset:
         assert cfg.optimizer.name == preset
         assert cfg.analysis.enabled is False
         assert list(cfg.schedule.checkpoints) == [epochs]
-        assert cfg.hydra.sweeper.sampler._target_ == "agop_sweep.search.ExtendingTPESampler"
-        assert cfg.hydra.callbacks.lr_search._target_ == "agop_sweep.search.LRSearch"
+        assert cfg.hydra.sweeper.sampler._target_ == "agop_sweep.run.search.ExtendingTPESampler"
+        assert cfg.hydra.callbacks.lr_search._target_ == "agop_sweep.run.search.LRSearch"
         validate(cfg)
     cfg = compose_config(f"hparams_search={preset}", "schedule.epochs=7")
     assert list(cfg.schedule.checkpoints) == [7]
@@ -184,7 +184,7 @@ def test_presets_skip_the_analysis_and_early_checkpoints(compose_config, preset:
 
 # -- the sampler -------------------------------------------------------------------------------
 def _ask(storage: str, seed: int, n: int) -> list[float]:
-    import optuna  # after agop_sweep.search, which keeps its import warning quiet
+    import optuna  # after agop_sweep.run.search, which keeps its import warning quiet
 
     study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
                                 sampler=ExtendingTPESampler(seed=seed))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from agop_sweep.model import ACTIVATIONS, MLP, build_model, loss_fn
-from agop_sweep.optim import Muon, _fused, build_optimizer
+from agop_sweep.model.mlp import ACTIVATIONS, MLP, build_model, loss_fn
+from agop_sweep.model.optim import Muon, _fused, build_optimizer
 
 REFERENCE_ACTS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": lambda z: F.gelu(z, approximate="none")}
 

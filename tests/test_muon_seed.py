@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agop_sweep.muon_seed import MuonSeed, orthogonalize
+from agop_sweep.model.muon_seed import MuonSeed, orthogonalize
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device"))]

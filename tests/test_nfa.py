@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from torch.func import jacrev, vmap
 
-from agop_sweep.nfa import (
+from agop_sweep.analyze.nfa import (
     ALPHAS,
     CENTERED_VARIANTS,
     METRICS,
@@ -30,7 +30,7 @@ from agop_sweep.nfa import (
     nfm_spectrum,
     top_eigvec_cosine,
 )
-from agop_sweep.record import finite_or_none
+from agop_sweep.store.record import finite_or_none
 
 
 def spectrum_of_gram(x: torch.Tensor) -> Spectrum:
@@ -432,7 +432,7 @@ def test_an_ill_conditioned_weight_takes_the_direct_route() -> None:
     so the AGOP is decomposed itself, and every number still equals the reference's."""
     import nfa_reference
 
-    from agop_sweep import nfa
+    from agop_sweep.analyze import nfa
 
     w, w0, k = _trained(32, 96, seed=5)
     u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
@@ -453,7 +453,7 @@ def test_layers_side_by_side_give_the_numbers_of_one_after_another() -> None:
     """analysis.compare_layers runs the layers on threads of one torch thread each."""
     from omegaconf import OmegaConf
 
-    from agop_sweep.analysis import compare_layers
+    from agop_sweep.analyze.layers import compare_layers
     from agop_sweep.config import AnalysisConfig
 
     cfg = OmegaConf.structured(AnalysisConfig())

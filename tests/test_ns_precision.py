@@ -13,10 +13,10 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz  # torch's own, to compare with
 from torch.utils.flop_counter import FlopCounterMode
 
-from agop_sweep import ns_precision
-from agop_sweep.muon_seed import MuonSeed, orthogonalize
-from agop_sweep.ns_precision import Bf16Speed, newton_schulz_flops, resolve_ns_dtype, warn_if_slow
-from agop_sweep.optim import Muon, build_optimizer, zeropower
+from agop_sweep.model import ns_precision
+from agop_sweep.model.muon_seed import MuonSeed, orthogonalize
+from agop_sweep.model.ns_precision import Bf16Speed, newton_schulz_flops, resolve_ns_dtype, warn_if_slow
+from agop_sweep.model.optim import Muon, build_optimizer, zeropower
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 SHAPES = [(24, 40), (40, 24), (32, 32)]
@@ -123,7 +123,7 @@ def test_auto_takes_what_the_device_does_fast(monkeypatch: pytest.MonkeyPatch,
     assert resolve_ns_dtype("bf16", "cpu") == "bf16" and resolve_ns_dtype("fp32", "cpu") == "fp32"
     for fast, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(ns_precision, "bf16_speed", lambda _d, fast=fast: Bf16Speed(fast, "probed"))
-        with caplog.at_level(logging.INFO, logger="agop_sweep.ns_precision"):
+        with caplog.at_level(logging.INFO, logger="agop_sweep.model.ns_precision"):
             assert resolve_ns_dtype("auto", "cpu") == expected
         assert f"Newton-Schulz in {expected} (optimizer.ns_dtype=auto): probed" in caplog.text
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from agop_sweep.config import OPTIMIZERS, OptimizerName
-from agop_sweep.model import build_model, loss_fn
-from agop_sweep.muon_seed import MuonSeed
-from agop_sweep.optim import BUILDERS, Muon, build_optimizer
+from agop_sweep.model.mlp import build_model, loss_fn
+from agop_sweep.model.muon_seed import MuonSeed
+from agop_sweep.model.optim import BUILDERS, Muon, build_optimizer
 
 
 def _model(depth: int = 3):
@@ -46,7 +46,7 @@ def test_muon_seed_is_the_original_scripts_muon_with_the_configured_settings(com
 
 
 def test_muon_seed_is_imported_only_when_built() -> None:
-    code = "import sys, agop_sweep.optim; assert 'agop_sweep.muon_seed' not in sys.modules"
+    code = "import sys, agop_sweep.model.optim; assert 'agop_sweep.model.muon_seed' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

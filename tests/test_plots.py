@@ -14,13 +14,13 @@ import pytest
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from agop_sweep.features import FeatureLog
+from agop_sweep.analyze.nfa import VARIANTS
 from agop_sweep.figures import style
 from agop_sweep.figures.__main__ import main as figures_main
 from agop_sweep.figures.run import features_figure, save_run_figures, training_analysis_figure
 from agop_sweep.figures.style import SWITCH_GID, grid_shape, schedule_switch
-from agop_sweep.nfa import VARIANTS
-from agop_sweep.record import RunRecord
+from agop_sweep.store.features import FeatureLog
+from agop_sweep.store.record import RunRecord
 
 PAPER = [*range(21), 40, 60, 80, 100]
 
@@ -378,8 +378,8 @@ def test_the_preset_is_in_the_figure_titles(tmp_path: Path, monkeypatch: pytest.
     setting of the preset with the value the run used."""
     import yaml
 
+    from agop_sweep.config.presets import preset_settings
     from agop_sweep.figures import run as run_module
-    from agop_sweep.presets import preset_settings
 
     settings = preset_settings("experiment", "seed")
     assert {"optimizer", "model.init", "trainer.precision"} <= set(settings)

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from agop_sweep.preemption import Preempted, PreemptionGuard
+from agop_sweep.run.preemption import Preempted, PreemptionGuard
 
 
 class Clock:
@@ -26,7 +26,7 @@ def test_a_long_step_is_announced(caplog: pytest.LogCaptureFixture) -> None:
     clock.now += 390.0  # a 6.5-minute Muon step
     assert guard.requested is False
     clock.now += 120.0  # two minutes into the next one, SIGTERM
-    with caplog.at_level(logging.WARNING, logger="agop_sweep.preemption"):
+    with caplog.at_level(logging.WARNING, logger="agop_sweep.run.preemption"):
         guard._handle(signal.SIGTERM, None)
     (message,) = [r.getMessage() for r in caplog.records]
     assert message == ("Received SIGTERM: the step in progress runs to its end first (the last one took "
@@ -42,7 +42,7 @@ def test_short_steps_keep_the_short_message(caplog: pytest.LogCaptureFixture) ->
     for _ in range(3):
         assert not guard.requested
         clock.now += 0.03
-    with caplog.at_level(logging.WARNING, logger="agop_sweep.preemption"):
+    with caplog.at_level(logging.WARNING, logger="agop_sweep.run.preemption"):
         guard._handle(signal.SIGUSR1, None)
     assert [r.getMessage() for r in caplog.records] == ["Received SIGUSR1: saving state at the next step"]
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from agop_sweep.record import RecordError, RunRecord, validate
+from agop_sweep.store.record import RecordError, RunRecord, validate
 
 
 def _record() -> RunRecord:

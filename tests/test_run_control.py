@@ -10,8 +10,8 @@ import yaml
 from conftest import make_svhn_files, run_cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from agop_sweep import resume
 from agop_sweep.config import RUN_CONTROL_KEYS, is_run_control_key, run_control_exclude_keys
+from agop_sweep.store import state as resume
 
 # Every run-control key overridden, as a command line gives them.
 RUN_CONTROL_OVERRIDES = [

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agop_sweep.device import choose_device, choose_threads
 from agop_sweep.errors import ConfigError
+from agop_sweep.run.device import choose_device, choose_threads
 
 TINY = [
     "data=synthetic", "data.n_train=1024", "data.n_val=64", "data.n_features=64",

@@ -2,7 +2,7 @@
 its batch order, and its loss at every step.
 
 The original loop is re-implemented here from the script's description, independently of
-agop_sweep.seed_order: its ``Net`` (nn.Sequential blocks, the middle ones deep copies of one),
+agop_sweep.data.seed_order: its ``Net`` (nn.Sequential blocks, the middle ones deep copies of one),
 a real ``DataLoader(shuffle=True)`` over (image, one-hot) pairs, ``nn.MSELoss``, the epoch-0
 loss pass, and at every analysed epoch a validation pass and its analysis's effect on torch's
 generator: ``torch.manual_seed`` and the networks the analysis builds.
@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from agop_sweep.config import validate
-from agop_sweep.data import load_dataset
-from agop_sweep.device import Placement
-from agop_sweep.model import build_model
-from agop_sweep.seed_order import SeedOrder
-from agop_sweep.train import Trainer
+from agop_sweep.data.datasets import load_dataset
+from agop_sweep.data.seed_order import SeedOrder
+from agop_sweep.model.mlp import build_model
+from agop_sweep.run.device import Placement
+from agop_sweep.run.trainer import Trainer
 
 
 class OriginalNet(nn.Module):

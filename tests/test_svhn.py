@@ -15,8 +15,8 @@ from conftest import FileServer, Served, SvhnFiles, make_svhn_files
 from omegaconf import open_dict
 from sklearn.model_selection import train_test_split
 
-from agop_sweep import svhn
-from agop_sweep.data import load_dataset
+from agop_sweep.data import svhn
+from agop_sweep.data.datasets import load_dataset
 from agop_sweep.errors import DataError
 
 

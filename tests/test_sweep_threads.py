@@ -11,8 +11,8 @@ import pytest
 from conftest import TINY, run_cli
 from omegaconf import OmegaConf
 
-from agop_sweep.callbacks import count_jobs
-from agop_sweep.device import available_cores
+from agop_sweep.run.callbacks import count_jobs
+from agop_sweep.run.device import available_cores
 
 
 def _config(overrides: list[str], sweeper: dict | None = None) -> OmegaConf:

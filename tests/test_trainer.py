@@ -15,12 +15,12 @@ from conftest import composing, strip_timing
 from omegaconf import DictConfig, open_dict
 
 from agop_sweep.config import to_container, upgrade_saved_config
-from agop_sweep.device import Placement
 from agop_sweep.errors import UserError
-from agop_sweep.record import RunRecord
-from agop_sweep.resume import check_same_experiment, config_differences
-from agop_sweep.rundir import claim
-from agop_sweep.train import Trainer
+from agop_sweep.run.device import Placement
+from agop_sweep.run.trainer import Trainer
+from agop_sweep.store.record import RunRecord
+from agop_sweep.store.rundir import claim
+from agop_sweep.store.state import check_same_experiment, config_differences
 
 TINY = [
     "data=synthetic", "data.n_train=512", "data.n_val=64", "data.n_features=64",
@@ -174,7 +174,7 @@ def test_validation_rejects_before_data(make_cfg, tmp_path: Path) -> None:
 def test_checkpoints_without_optimizer_state(make_cfg, tmp_path: Path) -> None:
     """trainer.checkpoint_optimizer=false: checkpoints carry {} as their optimizer state, the
     resumable state keeps it, and the weights are those of a default run."""
-    from agop_sweep import checkpoint
+    from agop_sweep.store import checkpoint
 
     full = run(make_cfg("optimizer=adam"), tmp_path / "full")
     slim = run(make_cfg("optimizer=adam", "trainer.checkpoint_optimizer=false"), tmp_path / "slim")
@@ -189,7 +189,7 @@ def test_checkpoints_without_optimizer_state(make_cfg, tmp_path: Path) -> None:
 
 
 def test_epochs_past_the_last_checkpoint_are_announced(make_cfg, tmp_path: Path, caplog) -> None:
-    with caplog.at_level("WARNING", logger="agop_sweep.train"):
+    with caplog.at_level("WARNING", logger="agop_sweep.run.trainer"):
         res = run(make_cfg("schedule.epochs=5"), tmp_path)  # smoke's checkpoints stop at 3
     assert [a["epoch"] for a in res["analysis"]] == [0, 1, 2, 3]
     assert any("the last 2 epoch(s) up to 5 are trained but neither analysed nor checkpointed" in r.message

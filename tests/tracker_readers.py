@@ -99,7 +99,8 @@ def warnings_in(proc: subprocess.CompletedProcess[str]) -> list[str]:
 
 def run_app(tmp_path: Path, *extra: str, code: str = "") -> subprocess.CompletedProcess[str]:
     """The app in a fresh interpreter, after ``code`` (which may patch something)."""
-    launch = "import sys\nfrom agop_sweep.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
+    launch = ("import sys\nfrom agop_sweep.run.app import main\n"
+              "sys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
     return subprocess.run([sys.executable, "-c", code + launch, *ARGS, *extra], cwd=tmp_path,
                           env=app_env(), capture_output=True, text=True, timeout=300)
 

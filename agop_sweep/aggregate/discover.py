@@ -1,5 +1,5 @@
 """Finding runs: every directory below the given ones that holds a results.json, read through
-:class:`~agop_sweep.record.RunRecord`, with the task overrides that tell the runs apart and
+:class:`~agop_sweep.store.record.RunRecord`, with the task overrides that tell the runs apart and
 its status, ``interrupted`` derived for a running record whose process is gone."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from hydra.errors import HydraException
 
 from agop_sweep.config import RUN_CONTROL_KEYS
 from agop_sweep.errors import UserError
-from agop_sweep.record import FILENAME as RESULTS_FILE
-from agop_sweep.record import RecordError, RunRecord, Status
+from agop_sweep.store.record import FILENAME as RESULTS_FILE
+from agop_sweep.store.record import RecordError, RunRecord, Status
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from agop_sweep.aggregate.discover import Run, value_key
 from agop_sweep.aggregate.groups import Groups, group_gid
 from agop_sweep.aggregate.layout import new_figure, wrap
-from agop_sweep.features import FILENAME as FEATURES_FILE
-from agop_sweep.features import FeaturesError, load_features, orient, to_image
 from agop_sweep.figures.style import blank_panel, show_image
+from agop_sweep.store.features import FILENAME as FEATURES_FILE
+from agop_sweep.store.features import FeaturesError, load_features, orient, to_image
 
 log = logging.getLogger(__name__)
 

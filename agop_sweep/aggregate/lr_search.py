@@ -28,7 +28,7 @@ from agop_sweep.aggregate.discover import Run, experiment_columns
 from agop_sweep.aggregate.groups import group_colors, group_gid, line_labels, line_order
 from agop_sweep.aggregate.layout import legend_below, new_figure, wrap
 from agop_sweep.figures.style import log_axis, use_log
-from agop_sweep.record import RunRecord, Status
+from agop_sweep.store.record import RunRecord, Status
 
 FIGURE = "lr_search"
 SEARCH_KEY = "hparams_search"

@@ -28,7 +28,7 @@ from agop_sweep.figures.style import (
     kind_text,
     metric_kind,
 )
-from agop_sweep.record import Status
+from agop_sweep.store.record import Status
 
 FIGURES = ("comparison", "losses", "final_correlation", "effective_rank", "features")
 # The order in which the counts name the statuses (any other after them, by name).

@@ -13,7 +13,7 @@ import pandas as pd
 from agop_sweep.aggregate.discover import RUN_COLUMNS, Run, override_columns
 from agop_sweep.aggregate.discover import is_missing as _missing
 from agop_sweep.figures.style import LAYER_KEYS, alpha_keys_of, companion, edge, is_alpha_star, layer_values
-from agop_sweep.record import RunRecord, number
+from agop_sweep.store.record import RunRecord, number
 
 EPOCH_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 SPECTRA = ("agop", "nfm_raw", "nfm_delta")

@@ -72,7 +72,7 @@ class DataSplit(StrEnum):
 
 class DataOrder(StrEnum):
     default = "default"  # a seeded torch.randperm per epoch
-    seed = "seed"  # the original script's DataLoader draws, replayed (agop_sweep.seed_order)
+    seed = "seed"  # the original script's DataLoader draws, replayed (agop_sweep.data.seed_order)
 
 
 class Precision(StrEnum):
@@ -155,7 +155,7 @@ class MuonConfig(TorchOptimizerConfig):
 
 @dataclass
 class MuonSeedConfig(OptimizerConfig):
-    """The original script's Muon (agop_sweep.muon_seed.MuonSeed) for every weight matrix."""
+    """The original script's Muon (agop_sweep.model.muon_seed.MuonSeed) for every weight matrix."""
 
     name: OptimizerName = OptimizerName.muon_seed
     lr: float = 0.01
@@ -249,7 +249,7 @@ class ScheduleConfig:
 @dataclass
 class AnalysisConfig:
     enabled: bool = True
-    # One of agop_sweep.nfa.METRICS, checked by validate (an enum here would import torch
+    # One of agop_sweep.analyze.nfa.METRICS, checked by validate (an enum here would import torch
     # with the schema, and so slow down --help and every start-up error).
     primary: str = "delta_cos_agop"
     # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.

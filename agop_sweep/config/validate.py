@@ -163,7 +163,7 @@ def _validate_model_and_schedule(cfg: DictConfig) -> None:
                         checkpoints)
     if len(set(checkpoints)) != len(checkpoints):
         raise _fail("schedule.checkpoints", "lists an epoch twice", checkpoints)
-    from agop_sweep.nfa import METRICS
+    from agop_sweep.analyze.nfa import METRICS
 
     if cfg.analysis.primary not in METRICS:
         raise _fail("analysis.primary", f"must be one of {', '.join(METRICS)}", cfg.analysis.primary)

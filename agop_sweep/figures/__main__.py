@@ -3,7 +3,7 @@
     python -m agop_sweep.figures RUN_DIR [--per-channel] [--metric M]
 
 ``--metric``: the per-layer curve of training_analysis, a name in ``metrics``
-(agop_sweep.nfa.METRICS), weight_change, alpha_star, alpha_corr or, for runs that recorded
+(agop_sweep.analyze.nfa.METRICS), weight_change, alpha_star, alpha_corr or, for runs that recorded
 every kind, alpha_star_<nfm>_<corr> / alpha_corr_<nfm>_<corr> (default: the run's primary).
 
 Bad input (no results.json, not one this version reads, a features.npz that is not one) gives
@@ -18,7 +18,7 @@ from pathlib import Path
 from agop_sweep.errors import UserError, exit_on_user_error
 from agop_sweep.figures.run import save_run_figures
 from agop_sweep.figures.style import LAYER_KEYS, alpha_keys_of
-from agop_sweep.record import RunRecord
+from agop_sweep.store.record import RunRecord
 
 PROG = "python -m agop_sweep.figures"
 

@@ -1,6 +1,6 @@
 """A run's own figures: plots/training_analysis.{png,pdf} and plots/features.{png,pdf}.
 
-:func:`save_run_figures` draws both from a :class:`~agop_sweep.record.RunRecord` (the trainer
+:func:`save_run_figures` draws both from a :class:`~agop_sweep.store.record.RunRecord` (the trainer
 and ``analyze`` call it; ``python -m agop_sweep.figures RUN_DIR`` redraws them by hand).
 """
 
@@ -20,8 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 
-from agop_sweep.features import FILENAME as FEATURES_FILE
-from agop_sweep.features import FeaturesError, load_features, nearest_epochs, orient, to_image
+from agop_sweep.config.presets import run_preset_line
 from agop_sweep.figures.style import (
     CORR_COLOR,
     DPI,
@@ -51,11 +50,12 @@ from agop_sweep.figures.style import (
     switch_handle,
     use_log,
 )
-from agop_sweep.presets import run_preset_line
-from agop_sweep.record import RunRecord, Status
+from agop_sweep.store.features import FILENAME as FEATURES_FILE
+from agop_sweep.store.features import FeaturesError, load_features, nearest_epochs, orient, to_image
+from agop_sweep.store.record import RunRecord, Status
 
 if TYPE_CHECKING:
-    from agop_sweep.features import FeatureLog
+    from agop_sweep.store.features import FeatureLog
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def training_analysis_figure(record: RunRecord, metric: str | None = None,
     """One panel per analysed layer (losses left, ``metric`` right: a name in ``metrics``, a
     per-layer key such as alpha_star or a per-kind one such as alpha_star_raw_cos; default the
     primary correlation) plus an overview panel with every layer's ``metric``; the title names
-    the run and, with ``preset`` (see :mod:`agop_sweep.presets`), what its preset set."""
+    the run and, with ``preset`` (see :mod:`agop_sweep.config.presets`), what its preset set."""
     c = _Curves.of(record, metric)
     n_layers = c.corr.shape[1]
     log_loss = use_log(c.train, c.val)
@@ -328,7 +328,7 @@ def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channe
     epochs (left), the top NFM and AGOP eigenvectors (right, top), and every layer's
     eigenvalue spectra at the last analysed epoch (right, bottom).
 
-    ``arrays`` is a features.npz as a dict (see :mod:`agop_sweep.features`). Each image has
+    ``arrays`` is a features.npz as a dict (see :mod:`agop_sweep.store.features`). Each image has
     its own colour scale, given by its colour bar; ``per_channel`` shows colour channels
     separately instead of summed; ``preset``: what the run's preset set, for the title.
     """

@@ -20,11 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from agop_sweep.atomic import write_atomic
-from agop_sweep.nfa import ALPHAS, CORR_KINDS, METRICS, NFM_KINDS, metric_kinds
+from agop_sweep.analyze.nfa import ALPHAS, CORR_KINDS, METRICS, NFM_KINDS, metric_kinds
+from agop_sweep.store.atomic import write_atomic
 
 if TYPE_CHECKING:
-    from agop_sweep.record import RunRecord
+    from agop_sweep.store.record import RunRecord
 
 DPI = 100
 SWITCH_GID = "schedule-switch"

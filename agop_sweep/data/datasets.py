@@ -1,0 +1,204 @@
+"""Datasets as whole tensors on the training device: flattened inputs in [0, 1], int labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agop_sweep.data import svhn
+from agop_sweep.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# data.split: ``default`` validates on the test set (SVHN), on a val_fraction of the data
+# (digits) or on the generated n_val samples (synthetic); ``seed`` on the original script's
+# 20 % of the training set: seed_split(n, ORIGINAL_SEED), whatever data.seed is.
+SPLITS = ("default", "seed")
+ORIGINAL_SEED = 1717
+
+
+@dataclass
+class Dataset:
+    """Train and validation sets, each a (n, d) float32 tensor and a (n,) int64 tensor."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    n_classes: int
+    image_shape: tuple[int, int, int]
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def n_train(self) -> int:
+        return self.x_train.shape[0]
+
+    @property
+    def n_val(self) -> int:
+        return self.x_val.shape[0]
+
+
+def _holdout(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split off ``fraction`` of the samples (seeded) as a validation set."""
+    n_val = round(len(x) * fraction)
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def seed_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The original script's 80/20 split of n >= 2 samples: (train, val) index arrays.
+
+    The script called ``np.random.seed(seed)`` and then scikit-learn's
+    ``train_test_split(X, y, train_size=0.8)``, which draws one permutation from NumPy's
+    global generator: val is its first n - floor(0.8 n) entries, train the floor(0.8 n)
+    after them, each in permutation order. This makes the same draw from a private
+    ``RandomState(seed)``, so the global generator is left as it was.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(
+        np.arange(n), train_size=0.8, random_state=np.random.RandomState(seed)
+    )
+    return train, val
+
+
+def _split_mode(cfg: DictConfig) -> str:
+    """``data.split`` as a str, ``default`` where the dataset's config has no such key."""
+    mode = OmegaConf.select(cfg, "split", default="default")
+    mode = str(getattr(mode, "value", mode))  # the schema may type it as an Enum
+    if mode not in SPLITS:
+        raise ConfigError(f"data.split={mode!r} is not one of {', '.join(SPLITS)}")
+    val_fraction = OmegaConf.select(cfg, "val_fraction", default=0.0)
+    if mode == "seed" and val_fraction not in (0.0, 0.2):
+        raise ConfigError(
+            f"data.split=seed holds out the original script's 20 % of the training set, but "
+            f"data.val_fraction={val_fraction} asks for another split; set one of them"
+        )
+    return mode
+
+
+def _seed_holdout(
+    x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The training set (x, y) split into train and validation as the original script did."""
+    if len(x) < 2:
+        raise DataError(f"data.split=seed needs at least 2 training samples, got {len(x)}")
+    train, val = seed_split(len(x), ORIGINAL_SEED)
+    return x[train], y[train], x[val], y[val]
+
+
+def _svhn(cfg: DictConfig) -> tuple[np.ndarray, ...]:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return svhn.load_split(
+            cfg.root, name, cfg.url, verify=cfg.verify, allow_download=cfg.download
+        )
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        out = x.reshape(len(x), -1).astype(np.float32)
+        out /= 255.0  # in place: SVHN's train set is 0.9 GB as float32
+        return out
+
+    x, y = read("train")
+    if _split_mode(cfg) == "seed":  # split the uint8 images: a quarter of the float32 copies
+        x_tr, y_tr, x_va, y_va = _seed_holdout(x, y)
+        return flat(x_tr), y_tr, flat(x_va), y_va
+    if cfg.val_fraction > 0:
+        return _holdout(flat(x), y, cfg.val_fraction, cfg.seed)
+    x_te, y_te = read("test")
+    return flat(x), y, flat(x_te), y_te
+
+
+def _digits(cfg: DictConfig) -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)  # pixel values are 0..16
+    y = bunch.target.astype(np.int64)
+    if _split_mode(cfg) == "seed":
+        return _seed_holdout(x, y)
+    return _holdout(x, y, cfg.val_fraction, cfg.seed)
+
+
+# Rows of synthetic data generated at a time (float64 noise: 8192 x 3072 x 8 B = 0.2 GB).
+SYNTHETIC_BLOCK_ROWS = 8192
+
+
+def _synthetic(cfg: DictConfig) -> tuple[np.ndarray, ...]:
+    """Gaussian class prototypes plus noise, squashed into [0, 1]: learnable, not trivial."""
+    rng = np.random.default_rng(cfg.seed)
+    n, c, d = cfg.n_train + cfg.n_val, cfg.n_classes, cfg.n_features
+    prototypes = rng.standard_normal((c, d)).astype(np.float32)
+    y = rng.integers(0, c, size=n)
+    # x = 1 / (1 + exp(-0.5 (prototype + 1.5 noise))) in float32, in place and with the noise
+    # drawn in row blocks: at SVHN's size (99,289 x 3072) x is 1.2 GB, and whole-array float64
+    # temporaries would quadruple the peak. The blocks continue one random stream, so the data
+    # are the same, bit for bit, as from one whole-array draw.
+    x = np.empty((n, d), dtype=np.float32)
+    for i in range(0, n, SYNTHETIC_BLOCK_ROWS):
+        block = x[i : i + SYNTHETIC_BLOCK_ROWS]
+        block[...] = rng.standard_normal(block.shape)
+        block *= 1.5
+        block += prototypes[y[i : i + SYNTHETIC_BLOCK_ROWS]]
+        block *= -0.5
+    np.exp(x, out=x)
+    x += 1.0
+    np.reciprocal(x, out=x)
+    if _split_mode(cfg) == "seed":  # the same training samples as by default, split 80/20
+        return _seed_holdout(x[: cfg.n_train], y[: cfg.n_train])
+    return x[: cfg.n_train], y[: cfg.n_train], x[cfg.n_train :], y[cfg.n_train :]
+
+
+_LOADERS = {"svhn": _svhn, "digits": _digits, "synthetic": _synthetic}
+_CLASSES = {"svhn": 10, "digits": 10}
+
+
+def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
+    """Load ``cfg`` (the ``data`` group) onto ``device`` and check it is usable."""
+    split_mode = _split_mode(cfg)  # checked before any file is read
+    name = str(getattr(cfg.name, "value", cfg.name))  # the schema may type it as an Enum
+    x_tr, y_tr, x_va, y_va = _LOADERS[name](cfg)
+    n_classes = _CLASSES.get(name) or cfg.n_classes  # only synthetic has the key
+    image_shape = tuple(cfg.image_shape)
+    if int(np.prod(image_shape)) != x_tr.shape[1]:
+        raise DataError(
+            f"data.image_shape={list(image_shape)} has {int(np.prod(image_shape))} pixels but "
+            f"the {name} inputs have {x_tr.shape[1]} features; fix data.image_shape"
+        )
+    for split, x in (("train", x_tr), ("val", x_va)):
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).any(axis=1).sum())
+            raise DataError(
+                f"The {name} {split} inputs hold NaN or inf in {bad} samples; "
+                "clean the data files"
+            )
+    if len(x_tr) == 0:
+        raise DataError(f"The {name} training set is empty; check data.* settings")
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    data = Dataset(
+        name=name,
+        x_train=put(x_tr.astype(np.float32, copy=False)),
+        y_train=put(y_tr.astype(np.int64, copy=False)),
+        x_val=put(x_va.astype(np.float32, copy=False)),
+        y_val=put(y_va.astype(np.int64, copy=False)),
+        n_classes=n_classes,
+        image_shape=image_shape,  # type: ignore[arg-type]
+    )
+    log.info(
+        "Data %s (split %s): %d train, %d val, %d features, %d classes, on %s",
+        data.name, split_mode, data.n_train, data.n_val, data.n_features, n_classes, device,
+    )
+    return data

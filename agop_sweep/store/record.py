@@ -1,0 +1,291 @@
+"""results.json, the record of one run (schema 1, README: results.json): its one owner. Everything that writes
+or reads results.json goes through :class:`RunRecord`. The document stays a plain dict
+(``record.data``) so that keys this version does not know survive a rewrite; the TypedDicts
+of :mod:`agop_sweep.store.schema` name the keys README's results.json section fixes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agop_sweep.analyze.nfa import DEFAULT_METRIC
+from agop_sweep.store import schema
+from agop_sweep.store.atomic import write_json
+from agop_sweep.store.schema import AnalysisEntry, EpochEntry, RecordError, RunInfo, Status
+
+# Readers import everything about results.json from here.
+FILENAME, SCHEMA_VERSION, LayerEntry = schema.FILENAME, schema.SCHEMA_VERSION, schema.LayerEntry
+finite_or_none, number, validate = schema.finite_or_none, schema.number, schema.validate
+
+__all__ = [
+    "FILENAME", "SCHEMA_VERSION", "AnalysisEntry", "EpochEntry", "LayerEntry", "RecordError", "RunInfo",
+    "RunRecord", "Status", "finite_or_none", "number", "read_document", "validate",
+]
+
+# Bounds far above anything this tool writes (a results.json nests about 8 levels; its integers
+# are epochs, sizes, pids and seeds below 2**64). Only a crafted or foreign file exceeds them,
+# and past them Python's parser and float() fail: a RecursionError on deep nesting, an
+# OverflowError when a 401-digit integer becomes a float.
+MAX_DEPTH = 64
+MAX_INT = 2**64
+
+
+class _TooLarge(Exception):
+    """Raised from the JSON parser's integer hook: the integer's text (its digits counted)."""
+
+
+def _parse_int(text: str) -> int:
+    # Counting digits first keeps int() off texts beyond Python's own 4300-digit limit.
+    if len(text.lstrip("-")) > len(str(MAX_INT)) or not -MAX_INT < (value := int(text)) < MAX_INT:
+        raise _TooLarge(text)
+    return value
+
+
+def _too_deep(document: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``document`` nests lists and objects more than ``limit`` levels (iteratively, so
+    that the check itself cannot overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def read_document(path: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+    """The parsed JSON of ``path`` and the non-finite numbers it spells (``NaN``, ``Infinity``,
+    ``1e999``: Python reads them, results.json writes null instead, so they mark a file that
+    another program wrote or edited). Raises :class:`RecordError` naming the file for anything
+    that is not JSON within :data:`MAX_DEPTH` and :data:`MAX_INT`; OSError when unreadable."""
+    nonfinite: list[str] = []
+
+    def constant(text: str) -> float:
+        nonfinite.append(text)
+        return float(text)
+
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            nonfinite.append(text)
+        return value
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_int=_parse_int, parse_constant=constant, parse_float=parse_float)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path} is not a text file") from None
+    except RecursionError:
+        raise RecordError(f"{path} is not an agop_sweep results.json: it nests more than "
+                          f"{MAX_DEPTH} levels deep") from None
+    except _TooLarge as e:
+        raise RecordError(f"{path} is not an agop_sweep results.json: it holds an integer of "
+                          f"{len(str(e).lstrip('-'))} digits, beyond 2**64") from None
+    if _too_deep(data):
+        raise RecordError(f"{path} is not an agop_sweep results.json: it nests more than "
+                          f"{MAX_DEPTH} levels deep")
+    return data, nonfinite
+
+
+class RunRecord:
+    """A run's results.json in memory (``data``: the document). Mutators keep its invariants (one
+    entry per epoch, analyses sorted by epoch); :meth:`save` writes it atomically, non-finite
+    numbers as null."""
+
+    def __init__(self, data: dict[str, Any], path: str | os.PathLike[str] | None = None):
+        self.data = data
+        self.path = None if path is None else Path(path)
+        # The non-finite numbers the file spelled (NaN, Infinity): read as missing, but worth
+        # naming, since this tool writes null (see :func:`read_document`).
+        self.nonfinite: list[str] = []
+
+    # -- building, loading, saving ------------------------------------------------------------
+    @classmethod
+    def new(cls, run: RunInfo | dict[str, Any], config: dict[str, Any],
+            path: str | os.PathLike[str] | None = None) -> RunRecord:
+        return cls({
+            "schema_version": SCHEMA_VERSION, "status": Status.RUNNING.value, "run": dict(run),
+            "config": config, "epochs": [], "analysis": [], "checkpoints": {},
+            "timing": {"train_seconds": 0.0, "analysis_seconds": 0.0, "total_seconds": 0.0},
+        }, path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | os.PathLike[str] | None = None) -> RunRecord:
+        """A record from a parsed document; raises :class:`RecordError` naming what is wrong."""
+        try:
+            validate(data)
+        except RecordError as e:
+            where = f"{path} " if path is not None else ""
+            raise RecordError(f"{where}is not an agop_sweep results.json: {e}") from None
+        return cls(data, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RunRecord:
+        """Read and validate a results.json; RecordError for anything that is not one."""
+        data, nonfinite = read_document(path)
+        record = cls.from_dict(data, path)
+        record.nonfinite = nonfinite
+        return record
+
+    @classmethod
+    def in_dir(cls, run_dir: str | os.PathLike[str]) -> RunRecord:
+        return cls.load(Path(run_dir) / FILENAME)
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> None:
+        target = path if path is not None else self.path
+        if target is None:
+            raise ValueError("RunRecord.save needs a path")
+        write_json(target, finite_or_none(self.data))
+
+    # -- the parts -------------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.data["run"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data.get("config") or {}
+
+    @property
+    def epochs(self) -> list[EpochEntry]:
+        return self.data["epochs"]
+
+    @property
+    def analysis(self) -> list[AnalysisEntry]:
+        return self.data["analysis"]
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        return self.data.setdefault("checkpoints", {})
+
+    @property
+    def timing(self) -> dict[str, float]:
+        return self.data.setdefault("timing", {})
+
+    @property
+    def error(self) -> str | None:
+        """The one-line error of a failed run, else None."""
+        return self.data["error"] if isinstance(self.data.get("error"), str) else None
+
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch a diverged run's loss became non-finite, when recorded."""
+        return epoch if type(epoch := self.data.get("diverged_epoch")) is int else None
+
+    # -- updates -----------------------------------------------------------------------------------
+    def set_status(self, status: Status | str, **extra: Any) -> None:
+        self.data["status"] = Status(status).value
+        self.data.update(extra)
+
+    def add_epoch(self, entry: EpochEntry | dict[str, Any]) -> None:
+        kept = [e for e in self.epochs if e["epoch"] != entry["epoch"]]
+        self.data["epochs"] = sorted([*kept, entry], key=lambda e: e["epoch"])
+
+    def add_analysis(self, entry: AnalysisEntry | dict[str, Any]) -> None:
+        kept = [a for a in self.analysis if a["epoch"] != entry["epoch"]]
+        self.data["analysis"] = sorted([*kept, entry], key=lambda a: a["epoch"])
+
+    def add_checkpoint(self, epoch: int, relpath: str) -> None:
+        self.checkpoints[str(epoch)] = relpath
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timing[key] = self.timing.get(key, 0.0) + seconds
+
+    # -- readers -------------------------------------------------------------------------------------
+    def setting(self, dotted: str, default: Any = None) -> Any:
+        """A value of the resolved config by dotted key (``schedule.epochs``), else ``default``."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def loss_name(self) -> str:
+        """The loss function (``mse``, ``ce``): the run's, else its config's, else the schema's
+        default (Config.loss)."""
+        loss = self.run.get("loss") or self.setting("loss")
+        return str(loss) if isinstance(loss, str) and loss else "mse"
+
+    def primary_metric(self) -> str:
+        """The correlation variant that ``corr`` holds (``analysis.primary``)."""
+        return str(self.setting("analysis.primary", DEFAULT_METRIC))
+
+    def checkpoint_epochs(self) -> list[int] | None:
+        """The scheduled analysis/checkpoint epochs, or None when the config lacks them."""
+        epochs = self.setting("schedule.checkpoints")
+        return [int(e) for e in epochs] if epochs else None
+
+    def image_shape(self) -> tuple[int, ...] | None:
+        shape = self.setting("data.image_shape")
+        return tuple(int(s) for s in shape) if shape else None
+
+    def n_layers(self) -> int:
+        return max((len(a["layers"]) for a in self.analysis), default=int(self.run.get("depth") or 0))
+
+    def _per_layer(self, get: Callable[[Any], Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Analysed epochs (A,) and ``get(layer entry)`` per layer (A, L), NaN where not a number."""
+        epochs = np.array([a["epoch"] for a in self.analysis], dtype=float)
+        values = np.full((len(self.analysis), self.n_layers()), np.nan)
+        for i, a in enumerate(self.analysis):
+            for entry in a["layers"]:
+                values[i, entry["layer"]] = number(get(entry))
+        return epochs, values
+
+    def layer_metric(self, metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Analysed epochs (A,) and ``metric`` per layer (A, L), NaN where null or missing: a variant
+        in ``metrics``, a per-layer key (``weight_change``), or None: the primary ``corr``."""
+        def get(entry: Any) -> Any:
+            metrics = entry.get("metrics") or {}
+            return entry.get("corr") if metric is None else metrics[metric] if metric in metrics \
+                else entry.get(metric)
+
+        return self._per_layer(get)
+
+    def layer_field(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`layer_metric`, for a dotted path into each layer entry, a list element by
+        its index (``spectra.agop.effective_rank``, ``spectra.agop.top5_share.0``)."""
+        return self._per_layer(lambda entry: schema.path_value(entry, path))
+
+    def metric_names(self) -> list[str]:
+        """The correlation variants recorded in the layers' ``metrics``, in first-seen order."""
+        return list(dict.fromkeys(name for a in self.analysis for entry in a["layers"]
+                                  if isinstance(entry.get("metrics"), dict) for name in entry["metrics"]))
+
+    def epoch_metric(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Epochs (E,) and ``key`` (``train_loss``, ...) of every epoch entry (E,), NaN where null."""
+        epochs = np.array([e["epoch"] for e in self.epochs], dtype=float)
+        return epochs, np.array([number(e.get(key)) for e in self.epochs], dtype=float)
+
+    def layer_shape(self, layer: int) -> list[int] | None:
+        return next((list(e["shape"]) for a in self.analysis for e in a["layers"]
+                     if e["layer"] == layer and e.get("shape")), None)
+
+    def last_epoch(self) -> EpochEntry | None:
+        return max(self.epochs, key=lambda e: e["epoch"]) if self.epochs else None
+
+    def objective(self) -> float:
+        """Final val loss (train loss without a val set); +inf when diverged or undefined:
+        what a learning-rate search minimises."""
+        last = self.last_epoch()
+        if self.status == Status.DIVERGED or last is None:
+            return math.inf
+        value = number(last.get("val_loss"))
+        if math.isnan(value):
+            value = number(last.get("train_loss"))
+        return math.inf if math.isnan(value) else value
