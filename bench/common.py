@@ -267,7 +267,7 @@ class TrainerHarness:
 
     def evaluation(self, n: int, repeats: int = 3) -> float:
         """Seconds of evaluate.evaluate over ``n`` samples at eval.batch_size."""
-        from agop_sweep.run.evaluate import evaluate
+        from agop_sweep.model.mlp import evaluate
 
         model = self.trainer.model
         model.eval()

@@ -137,7 +137,7 @@ def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTraine
     with TemporaryDirectory() as tmp:
         t = ProbeTrainer(cfg, Path(tmp), Placement(str(device), torch.get_num_threads()))
         t.run()
-        results = t.record.data
+        results = t.record.document()
     return t, results
 
 

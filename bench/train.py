@@ -4,7 +4,7 @@ Project: the config is composed as ``python -m agop_sweep optimizer=<name>`` com
 the model and optimizer come from agop_sweep.model.mlp.build_model and
 agop_sweep.model.optim.build_optimizer, and the timed steps are Trainer.train_epoch itself, over
 ``--steps`` minibatches (the fastest of ``--repeats``), scaled to the epoch's ceil(n / batch)
-steps. The evaluation is agop_sweep.run.evaluate.evaluate over ``--eval-n`` samples, scaled to
+steps. The evaluation is agop_sweep.model.mlp.evaluate over ``--eval-n`` samples, scaled to
 the train and val sets.
 
 Original loop (the peer): the training loop of the original training_100epochs.py, written

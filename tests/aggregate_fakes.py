@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from agop_sweep.analyze.nfa import METRICS, VARIANTS
+from agop_sweep.analyze.names import METRICS, VARIANTS
 from agop_sweep.store.record import RunRecord
 
 TINY = [
@@ -43,13 +43,13 @@ def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str
               "schedule": {"name": "smoke", "epochs": epochs, "checkpoints": list(range(epochs + 1))},
               "analysis": {"primary": "delta_cos_agop"},
               "data": {"name": "synthetic", "n_train": 128, "image_shape": [1, 8, 8]}}
-    record = RunRecord.new({"optimizer": optimizer, "lr": lr, "seed": seed, "dataset": "synthetic",
-                            "width": 16, "depth": depth, "act": "relu"}, config)
+    record = RunRecord.start({"optimizer": optimizer, "lr": lr, "seed": seed, "dataset": "synthetic",
+                              "width": 16, "depth": depth, "act": "relu"}, config, started_at=1000.0 + seed)
     for e in range(epochs + 1):
         loss = 0.1 * (1 - 0.1 * e * rng.random())
-        record.add_epoch({"epoch": e, "train_loss": loss, "val_loss": loss * 1.05,
-                          "train_acc": 0.1 + 0.2 * e * rng.random(), "val_acc": 0.1 + 0.1 * e * rng.random(),
-                          "seconds": 0.5})
+        record.finish_epoch({"epoch": e, "train_loss": loss, "val_loss": loss * 1.05,
+                             "train_acc": 0.1 + 0.2 * e * rng.random(),
+                             "val_acc": 0.1 + 0.1 * e * rng.random(), "seconds": 0.5, "train_seconds": 0.25})
         layers = []
         for l in range(depth):
             names = METRICS if new_keys else VARIANTS
@@ -68,11 +68,7 @@ def write_fake_run(run_dir: Path, optimizer: str, seed: int, overrides: list[str
                             "top_eigvec_cos": {"raw": float(rng.random()), "delta": None if e == 0 else 0.5}},
             })
         record.add_analysis({"epoch": e, "n_samples": 128, "seconds": 0.1, "layers": layers})
-    record.add_time("train_seconds", 1.0)
-    record.add_time("analysis_seconds", 0.5)
-    record.add_time("total_seconds", 2.0)
-    record.timing.update(started_at=1000.0 + seed, finished_at=1003.5 + seed)
-    record.set_status("completed")
+    record.mark_completed()
     (run_dir / ".hydra").mkdir(parents=True)
     record.save(run_dir / "results.json")
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -132,3 +128,16 @@ def valid_png(path: Path) -> tuple[int, int]:
     with Image.open(path) as img:
         assert img.format == "PNG"
         return img.size
+
+
+def end_as(record: RunRecord, status: str, *, diverged_epoch: int = 1,
+           error: str = "RuntimeError: boom") -> None:
+    """Give a fake record ``status`` through the record's own methods (``running``: as it is)."""
+    if status == "completed":
+        record.mark_completed()
+    elif status == "diverged":
+        record.mark_diverged(diverged_epoch)
+    elif status == "failed":
+        record.mark_failed(error)
+    elif status != "running":
+        raise ValueError(f"unknown status {status!r}")

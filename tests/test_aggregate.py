@@ -24,6 +24,7 @@ import pytest
 from aggregate_fakes import (
     FIGURES,
     OPTIMIZERS,
+    end_as,
     env,
     legend_texts,
     make_fake_sweep,
@@ -270,19 +271,15 @@ def test_running_diverged_failed_and_corrupt(sweep: Path, tmp_path: Path, caplog
     for name, status in edits.items():
         path = work / name / "results.json"
         full = RunRecord.load(path)
-        cut = RunRecord.new(full.run, full.config)  # the run as it was after epoch 1
+        # the run as it was after epoch 1
+        cut = RunRecord.start(full.run, dict(full.config), started_at=full.started_at)
         if status == "running":  # still running: its process (here, this one) is alive
-            cut.run.update(pid=os.getpid(), host=socket.gethostname())
-        for entry in full.epochs[:2]:
-            cut.add_epoch(entry)
-        for entry in full.analysis[:2]:
-            cut.add_analysis(entry)
-        cut.timing.update(full.timing)
+            cut.update_run(pid=os.getpid(), host=socket.gethostname())
+        for entry, analysis in zip(full.epochs[:2], full.analysis[:2], strict=True):
+            cut.finish_epoch(entry, analysis)
         if status == "diverged":
-            cut.add_epoch({**cut.epochs[-1], "train_loss": None, "val_loss": None})
-            cut.set_status(status, diverged_epoch=1)
-        elif status == "failed":
-            cut.set_status(status, error="RuntimeError: boom")
+            cut.finish_epoch({**cut.epochs[-1], "train_loss": None, "val_loss": None})
+        end_as(cut, status)
         cut.save(path)
     (work / "corrupt").mkdir()
     (work / "corrupt" / "results.json").write_text('{"schema_version": 1, "status": "runn')

@@ -17,7 +17,7 @@ from matplotlib.collections import PolyCollection
 from agop_sweep.aggregate.command import aggregate, build_figures, line_groups, main
 from agop_sweep.aggregate.discover import find_runs
 from agop_sweep.aggregate.tables import runs_table, tidy_table
-from agop_sweep.analyze.nfa import METRICS
+from agop_sweep.analyze.names import METRICS
 from agop_sweep.figures.__main__ import main as figures_main
 from agop_sweep.figures.run import training_analysis_figure
 from agop_sweep.figures.style import LAYER_KEYS

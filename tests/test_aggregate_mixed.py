@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from aggregate_fakes import end_as
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
@@ -28,7 +29,7 @@ from matplotlib.transforms import Bbox
 from agop_sweep.aggregate import aggregate, discover, main, tables
 from agop_sweep.aggregate.command import build_figures, line_groups
 from agop_sweep.aggregate.figures import comparison_figure
-from agop_sweep.analyze.nfa import VARIANTS
+from agop_sweep.analyze.names import VARIANTS
 from agop_sweep.figures.style import style
 from agop_sweep.store.record import RunRecord
 
@@ -48,12 +49,13 @@ def write_run(run_dir: Path, overrides: list[str], *, optimizer: str = "adam", s
               "model": {"width": width, "depth": depth, "act": act}, "trainer": {"plots": "end"},
               "schedule": {"epochs": epochs, "checkpoints": list(range(epochs + 1))},
               "analysis": {"primary": "delta_cos_agop"}, "data": {"name": data, "image_shape": shape}}
-    record = RunRecord.new({"optimizer": optimizer, "lr": 0.01, "seed": seed, "dataset": data, "width": width,
-                            "depth": depth, "act": act, "loss": loss, **(run_extra or {})}, config)
+    record = RunRecord.start({"optimizer": optimizer, "lr": 0.01, "seed": seed, "dataset": data,
+                              "width": width, "depth": depth, "act": act, "loss": loss, **(run_extra or {})},
+                             config)
     base = 2.3 if loss == "ce" else 0.09
     for e in range(epochs + 1):
         value = base * (1 - 0.1 * e * rng.random())
-        record.add_epoch({"epoch": e, "train_loss": value, "val_loss": 1.05 * value, "seconds": 0.5,
+        record.finish_epoch({"epoch": e, "train_loss": value, "val_loss": 1.05 * value, "seconds": 0.5,
                           "train_acc": 0.1 + 0.2 * e * rng.random(),
                           "val_acc": 0.1 + 0.15 * e * rng.random()})
         layers = []
@@ -64,7 +66,7 @@ def write_run(run_dir: Path, overrides: list[str], *, optimizer: str = "adam", s
                            "corr": metrics["delta_cos_agop"], "metrics": metrics,
                            "spectra": {"agop": spectrum, "nfm_delta": dict(spectrum)}})
         record.add_analysis({"epoch": e, "n_samples": 100, "seconds": 0.1, "layers": layers})
-    record.set_status(status)
+    end_as(record, status)
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     record.save(run_dir / "results.json")
@@ -82,8 +84,8 @@ def write_failed_at_start(run_dir: Path, overrides: list[str], error: str) -> Ru
     run = {"optimizer": "muon", "lr": 0.01, "seed": 1, "dataset": "svhn", "width": 16, "depth": 3,
            "act": "relu", "loss": "mse", "n_train": None, "n_val": None, "device": "cpu", "torch": None,
            "version": "0", "git": None}
-    record = RunRecord.new(run, {"optimizer": {"name": "muon"}, "data": {"name": "svhn"}})
-    record.set_status("failed", error=error)
+    record = RunRecord.start(run, {"optimizer": {"name": "muon"}, "data": {"name": "svhn"}})
+    record.mark_failed(error)
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     record.save(run_dir / "results.json")

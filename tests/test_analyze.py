@@ -29,7 +29,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _analyze(run_dir: Path, *overrides: str):
-    return run_cli(str(run_dir), *overrides, cwd=run_dir.parent, module="agop_sweep.analyze.command")
+    return run_cli(str(run_dir), *overrides, cwd=run_dir.parent, module="agop_sweep.analyze")
 
 
 def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from conftest import TINY, composing, error_lines, make_svhn_files, run_cli, run
 from omegaconf import OmegaConf
 from torch.func import jacrev, vmap
 
-from agop_sweep.analyze.nfa import METRICS, VARIANTS
+from agop_sweep.analyze.names import METRICS, VARIANTS
 from agop_sweep.data.datasets import load_dataset
 from agop_sweep.figures import run as figures_run
 from agop_sweep.run.device import Placement

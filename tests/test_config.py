@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 
-from agop_sweep.analyze.nfa import DEFAULT_METRIC
+from agop_sweep.analyze.names import DEFAULT_METRIC
 from agop_sweep.config import (
     DATASETS,
     OPTIMIZERS,

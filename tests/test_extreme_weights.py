@@ -17,7 +17,8 @@ from conftest import run_cli
 
 from agop_sweep.analyze import eigen
 from agop_sweep.analyze.layers import _layer_entry
-from agop_sweep.analyze.nfa import METRICS, compare_layer
+from agop_sweep.analyze.names import METRICS
+from agop_sweep.analyze.nfa import compare_layer
 from agop_sweep.config import AnalysisConfig
 
 

@@ -249,8 +249,8 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
     """ENOSPC while writing the epoch-2 checkpoint: one-line error, exit 1, the epoch-1
     checkpoint and state intact, and the run resumes once space is back."""
     code = (
-        "import errno, sys, agop_sweep.store.atomic as at\n"
-        "orig = at.torch_save\n"
+        "import errno, sys, agop_sweep.store.atomic as at, agop_sweep.store.checkpoint as c\n"
+        "orig = c.torch_save\n"
         "def full(path, obj):\n"
         "    if 'model_epoch_2:' in str(path):\n"
         "        def partial(f):\n"
@@ -258,8 +258,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path) -> None:
         "            raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "        return at.write_atomic(path, partial)\n"
         "    return orig(path, obj)\n"
-        "at.torch_save = full\n"
-        "import agop_sweep.store.checkpoint as c; c.torch_save = full\n"
+        "c.torch_save = full\n"
     )
     run_dir = tmp_path / "run"
     proc = run_patched(code, run_dir, tmp_path)

@@ -47,7 +47,7 @@ def test_after_a_refusal_the_run_still_resumes_and_reanalyzes(run_dir: Path) -> 
     proc = run_cli(*TINY, "resume=true", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stderr
     assert "already completed" in proc.stdout + proc.stderr
-    proc = run_cli(str(run_dir), cwd=run_dir.parent, module="agop_sweep.analyze.command")
+    proc = run_cli(str(run_dir), cwd=run_dir.parent, module="agop_sweep.analyze")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -172,7 +172,7 @@ def test_a_failure_into_a_directory_of_another_run_writes_nothing(run_dir: Path)
 
 # -- analyze keeps what was valid ------------------------------------------------------------------
 def _analyze(run_dir: Path):
-    return run_cli(str(run_dir), cwd=run_dir.parent, module="agop_sweep.analyze.command")
+    return run_cli(str(run_dir), cwd=run_dir.parent, module="agop_sweep.analyze")
 
 
 def _checkpoint(run_dir: Path, epoch: int) -> Path:

@@ -270,15 +270,15 @@ def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
     from agop_sweep.trackers.tensorboard import TensorBoardHook
 
     config = {"seed": 1, "optimizer": {"lr": 0.1}}
-    record = RunRecord.new({"optimizer": "sgd"}, config, tmp_path / "results.json")
+    record = RunRecord.start({"optimizer": "sgd"}, config, tmp_path / "results.json")
     entry = {"epoch": 0, "train_loss": 0.5, "val_loss": None, "train_acc": 0.1, "val_acc": 0.2,
              "seconds": 1.0}
-    record.add_epoch(entry)
+    record.finish_epoch(entry)
     ctx = RunContext(tmp_path, "seed=1", tmp_path.parent)
     hooks = [TensorBoardHook(ctx), MlflowHook(ctx, store, "failed")]
     for hook in hooks:
         hook.on_epoch_end(EpochEnd(0, 5, entry, None, record, tmp_path, False))
-    record.set_status("failed", error="RuntimeError: boom")
+    record.mark_failed("RuntimeError: boom")
     record.save()
     for hook in hooks:
         hook.on_run_end(record, tmp_path)

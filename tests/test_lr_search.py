@@ -88,7 +88,7 @@ def test_same_command_twice_extends_the_study(extended: Path) -> None:
     for r, d in zip(records, dirs, strict=True):
         assert f"optimizer.lr={r.run['lr']!r}" in d.name
         # The preset skips the analysis and keeps only the last epoch's checkpoint.
-        assert r.data["analysis"] == [] and r.config["analysis"]["enabled"] is False
+        assert r.analysis == [] and r.config["analysis"]["enabled"] is False
         assert r.config["schedule"]["checkpoints"] == [3]
         assert sorted(p.name.split(":")[0] for p in (d / "models").iterdir()) == ["model_epoch_3"]
     # The summary covers the whole study, and its best is the best trial.

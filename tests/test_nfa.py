@@ -14,11 +14,8 @@ import scipy.linalg
 import torch
 from torch.func import jacrev, vmap
 
+from agop_sweep.analyze.names import ALPHAS, CENTERED_VARIANTS, METRICS, VARIANTS, metric_kinds
 from agop_sweep.analyze.nfa import (
-    ALPHAS,
-    CENTERED_VARIANTS,
-    METRICS,
-    VARIANTS,
     Spectrum,
     agop_from_kernel,
     compare_layer,
@@ -26,7 +23,6 @@ from agop_sweep.analyze.nfa import (
     denoise_psd_eigenvalues,
     effective_rank,
     gram,
-    metric_kinds,
     nfm_spectrum,
     top_eigvec_cosine,
 )

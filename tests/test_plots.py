@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aggregate_fakes import end_as
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from agop_sweep.analyze.nfa import VARIANTS
+from agop_sweep.analyze.names import VARIANTS
 from agop_sweep.figures import style
 from agop_sweep.figures.__main__ import main as figures_main
 from agop_sweep.figures.run import features_figure, save_run_figures, training_analysis_figure
@@ -33,13 +34,13 @@ def fake_results(
     ``last_epoch`` (-1: none yet); ``analysed=False``: no analysis (analysis=off)."""
     last = epochs if last_epoch is None else last_epoch
     rng = np.random.default_rng(0)
-    record = RunRecord.new(
+    record = RunRecord.start(
         {"optimizer": "muon", "lr": 0.01, "seed": 3, "dataset": "digits", "width": 16, "depth": depth},
         {"schedule": {"epochs": epochs, "checkpoints": checkpoints},
          "analysis": {"primary": "delta_cos_agop"}, "data": {"image_shape": [1, 8, 8]}})
     for e in range(last + 1):
         loss = 0.1 * math.exp(-e / 30)
-        record.add_epoch({"epoch": e, "train_loss": loss, "val_loss": 1.1 * loss if val else None,
+        record.finish_epoch({"epoch": e, "train_loss": loss, "val_loss": 1.1 * loss if val else None,
                           "train_acc": 1 - loss, "val_acc": (1 - 1.1 * loss) if val else None,
                           "seconds": 1.0})
     for e in (c for c in checkpoints if c <= last and analysed):
@@ -50,7 +51,7 @@ def fake_results(
             shape = [16, 64 if l == 0 else 16]
             layers.append({"layer": l, "shape": shape, "corr": value, "metrics": metrics})
         record.add_analysis({"epoch": e, "n_samples": 100, "seconds": 0.1, "layers": layers})
-    record.set_status(status)
+    end_as(record, status)
     return record
 
 
@@ -161,8 +162,8 @@ def test_uniform_schedule_has_no_switch_line_and_grid_adapts() -> None:
 def test_partial_runs_are_drawn_as_far_as_they_go(status: str, tmp_path: Path) -> None:
     res = fake_results(status=status, last_epoch=7, val=False)
     if status == "diverged":
-        res.add_epoch({**res.epochs[-1], "train_loss": None, "train_acc": None})
-        res.set_status(status, diverged_epoch=7)
+        res.finish_epoch({**res.epochs[-1], "train_loss": None, "train_acc": None})
+        res.mark_diverged(7)
     fig = training_analysis_figure(res)
     layer0 = next(ax for ax in fig.axes if ax.get_title().startswith("layer 0"))
     labels = [ln.get_label() for ln in layer0.get_lines()]

@@ -13,9 +13,9 @@ from agop_sweep.store.record import RecordError, RunRecord, validate
 
 
 def _record() -> RunRecord:
-    record = RunRecord.new({"optimizer": "sgd", "depth": 2}, {})
-    record.add_epoch({"epoch": 1, "train_loss": 0.5, "val_loss": None, "train_acc": True, "val_acc": 0.2})
-    record.add_epoch({"epoch": 0, "train_loss": 1.0, "val_loss": 2.0, "train_acc": 0.1})
+    record = RunRecord.start({"optimizer": "sgd", "depth": 2}, {})
+    record.finish_epoch({"epoch": 1, "train_loss": 0.5, "val_loss": None, "train_acc": True, "val_acc": 0.2})
+    record.finish_epoch({"epoch": 0, "train_loss": 1.0, "val_loss": 2.0, "train_acc": 0.1})
     spectra = {"agop": {"effective_rank": 3.5, "top5_share": [0.4, 0.3]}, "nfm_delta": None}
     record.add_analysis({"epoch": 0, "n_samples": 8, "seconds": 0.0, "layers": [
         {"layer": 0, "shape": [4, 8], "corr": None, "metrics": {"raw_cos_agop": 0.3, "delta_cos_agop": None}},
@@ -35,7 +35,7 @@ def test_epoch_metric_in_epoch_order_with_nan_for_null_missing_and_non_numbers()
     for key, expected in (("val_loss", [2.0, np.nan]), ("val_acc", [np.nan, 0.2]),
                           ("train_acc", [0.1, np.nan]), ("nope", [np.nan, np.nan])):
         np.testing.assert_array_equal(record.epoch_metric(key)[1], expected)
-    assert [a.size for a in RunRecord.new({}, {}).epoch_metric("train_loss")] == [0, 0]
+    assert [a.size for a in RunRecord.start({}, {}).epoch_metric("train_loss")] == [0, 0]
 
 
 def test_layer_field_follows_dotted_paths_and_list_indices() -> None:
@@ -55,28 +55,28 @@ def test_layer_field_follows_dotted_paths_and_list_indices() -> None:
 
 def test_metric_names_first_seen_order() -> None:
     assert _record().metric_names() == ["raw_cos_agop", "delta_cos_agop", "extra_variant"]
-    assert RunRecord.new({}, {}).metric_names() == []
+    assert RunRecord.start({}, {}).metric_names() == []
 
 
 def test_error_diverged_epoch_and_loss_name() -> None:
     record = _record()
     assert record.error is None and record.diverged_epoch is None and record.loss_name() == "mse"
-    record.set_status("failed", error="RuntimeError: boom")
+    record.mark_failed("RuntimeError: boom")
     assert record.error == "RuntimeError: boom"
-    record.set_status("diverged", diverged_epoch=3)
+    record.mark_diverged(3)
     assert record.diverged_epoch == 3
-    record.data.update(diverged_epoch=True, error=7)
+    record = RunRecord({**record.document(), "diverged_epoch": True, "error": 7})
     assert record.diverged_epoch is None and record.error is None  # not what README says is written there
-    assert RunRecord.new({"loss": "ce"}, {}).loss_name() == "ce"
-    assert RunRecord.new({}, {"loss": "ce"}).loss_name() == "ce"
+    assert RunRecord.start({"loss": "ce"}, {}).loss_name() == "ce"
+    assert RunRecord.start({}, {"loss": "ce"}).loss_name() == "ce"
 
 
 def _with_layers(*layers: dict) -> dict:
-    record = RunRecord.new({"depth": 2}, {})
+    record = RunRecord.start({"depth": 2}, {})
     ok = [{"layer": l, "shape": [4, 4], "corr": 0.5, "metrics": {"raw_cos_agop": 0.5}} for l in (0, 1)]
     record.add_analysis({"epoch": 0, "n_samples": 8, "seconds": 0.0, "layers": ok})
     record.add_analysis({"epoch": 1, "n_samples": 8, "seconds": 0.0, "layers": list(layers)})
-    return record.data
+    return record.document()
 
 
 @pytest.mark.parametrize(("layer", "reason"), [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from aggregate_fakes import end_as
 from conftest import composing, strip_timing
 from omegaconf import DictConfig, open_dict
 
@@ -146,10 +147,10 @@ def test_configs_saved_by_earlier_versions_are_upgraded() -> None:
 
 
 def _objective(status: str, val_loss: float | None, train_loss: float | None = None) -> float:
-    record = RunRecord.new({}, {})
-    record.add_epoch({"epoch": 1, "train_loss": train_loss, "val_loss": val_loss, "train_acc": None,
+    record = RunRecord.start({}, {})
+    record.finish_epoch({"epoch": 1, "train_loss": train_loss, "val_loss": val_loss, "train_acc": None,
                       "val_acc": None})
-    record.set_status(status)
+    end_as(record, status)
     return record.objective()
 
 
@@ -158,7 +159,7 @@ def test_objective() -> None:
     assert _objective("completed", 0.25, 0.2) == 0.25
     assert _objective("completed", None, 0.2) == 0.2
     assert _objective("completed", None, None) == math.inf
-    assert RunRecord.new({}, {}).objective() == math.inf
+    assert RunRecord.start({}, {}).objective() == math.inf
 
 
 def test_validation_rejects_before_data(make_cfg, tmp_path: Path) -> None:

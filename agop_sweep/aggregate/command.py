@@ -41,7 +41,7 @@ from agop_sweep.aggregate.lr_search import lr_search_figure, searches
 from agop_sweep.aggregate.report import ReportInput, report, status_counts
 from agop_sweep.aggregate.sweep_x import figure_name, sweep_figure, x_values
 from agop_sweep.aggregate.tables import runs_table, tidy_table
-from agop_sweep.analyze.nfa import DEFAULT_METRIC, METRICS
+from agop_sweep.analyze.names import DEFAULT_METRIC, METRICS
 from agop_sweep.errors import exit_on_user_error
 from agop_sweep.figures.style import ALPHA_KEYS, LAYER_KEYS, primary_kind, save_figure, schedule_switch, style
 from agop_sweep.store.atomic import write_atomic

@@ -203,8 +203,7 @@ def last_written(record: RunRecord) -> float | None:
             return record.path.stat().st_mtime
         except OSError:
             pass
-    started = (record.data.get("timing") or {}).get("started_at")
-    return float(started) if isinstance(started, (int, float)) else None
+    return record.started_at
 
 
 def derived_status(record: RunRecord, stale_after_hours: float = DEFAULT_STALE_HOURS,
@@ -235,7 +234,7 @@ def _add_hydra_config(record: RunRecord, run_dir: Path) -> None:
     except (OSError, yaml.YAMLError):
         loaded = None
     if isinstance(loaded, dict):
-        record.data["config"] = loaded
+        record.set_config(loaded)
 
 
 # -- walking the directories -----------------------------------------------------------------------
@@ -295,6 +294,9 @@ def find_runs(dirs: Sequence[Path], stale_after_hours: float = DEFAULT_STALE_HOU
             items = _read_overrides(run_dir)
             runs.append(Run(name, run_dir, record, parse_overrides(items), override_texts(items), items,
                             derived_status(record, stale_after_hours, now)))
+    from agop_sweep.run.slurm import mark_queued_runs
+
+    mark_queued_runs(runs)  # a stopped run whose SLURM job waits in the queue is requeued, not interrupted
     columns = override_columns(runs)
     runs.sort(key=lambda r: (tuple(value_key(r.setting(k)) for k in columns), r.name))
     return runs, skipped

@@ -42,19 +42,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agop_sweep.analyze.nfa import METRICS, metric_kinds
+from agop_sweep.analyze.names import METRICS, metric_kinds
 from agop_sweep.config import structured, to_container, upgrade_saved_config, validate
 from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint as ckpt
 from agop_sweep.store.atomic import write_atomic
 from agop_sweep.store.record import FILENAME as RESULTS_FILE
-from agop_sweep.store.record import RecordError, RunRecord, Status
+from agop_sweep.store.record import (
+    RecordError,
+    RunRecord,
+    git_commit,
+    package_version,
+    run_info,
+)
 
 log = logging.getLogger("agop_sweep.analyze.command")
 
 PROG = "agop-analyze"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-REANALYSES = "reanalyses"  # results.json: one entry per re-analysis of the run
 # Directories below a sweep that never hold a run.
 SKIP_DIRS = {".hydra", "models", "plots", ".submitit", "__pycache__", "tensorboard"}
 EPOCH_RE = ckpt.EPOCH_RE  # kept for callers of earlier versions
@@ -175,8 +180,6 @@ class Outcome:
 def reanalysis_entry(overrides: Sequence[str], before: str, after: str, epochs: list[int],
                      problems: list[str], seconds: float) -> dict[str, Any]:
     """The record of one re-analysis, as results.json's ``reanalyses`` keeps it."""
-    from agop_sweep.run.provenance import git_commit, package_version
-
     now = time.time()
     return {"at": now, "at_text": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
             "options": sorted(overrides), "previous_primary": before, "primary": after, "epochs": epochs,
@@ -186,8 +189,8 @@ def reanalysis_entry(overrides: Sequence[str], before: str, after: str, epochs: 
 
 def already_done(record: RunRecord | None, overrides: Sequence[str]) -> bool:
     """Whether the run's latest re-analysis had these options and read every checkpoint."""
-    entries = (record.data.get(REANALYSES) or []) if record is not None else []
-    last = entries[-1] if entries and isinstance(entries[-1], dict) else None
+    entries = record.reanalyses if record is not None else []
+    last = entries[-1] if entries else None
     return last is not None and last.get("options") == sorted(overrides) and bool(last.get("complete"))
 
 
@@ -226,7 +229,6 @@ def reanalyze(run_dir: Path, overrides: list[str],
     from agop_sweep.figures.run import save_run_figures
     from agop_sweep.model.mlp import build_model
     from agop_sweep.run.device import place_job
-    from agop_sweep.run.provenance import run_info
     from agop_sweep.store.features import FeatureLog
     from agop_sweep.store.rundir import locked
 
@@ -245,9 +247,11 @@ def reanalyze(run_dir: Path, overrides: list[str],
         init_weights = [w.detach().clone() for w in model.hidden_weights()]
         model = model.to(device).eval()
         if record is None:
-            info = run_info(cfg, data, str(device))
-            record = RunRecord.new(info, to_container(cfg), run_dir / RESULTS_FILE)
-            record.set_status(Status.COMPLETED)
+            config = to_container(cfg)
+            record = RunRecord.start(run_info(config, dataset=data.name, n_train=data.n_train,
+                                              n_val=data.n_val, device=str(device)),
+                                     config, run_dir / RESULTS_FILE)
+            record.mark_completed()
         problems, analyses, feature_log = [], [], FeatureLog()
         for epoch, path in found.items():
             try:
@@ -267,8 +271,7 @@ def reanalyze(run_dir: Path, overrides: list[str],
             raise UserError(f"none of the {len(problems)} checkpoints of {run_dir} could be analysed, so its "
                             f"files are left as they were; the first: {problems[0]}")
         before = record.primary_metric()
-        _merge(record, run_dir, cfg, analyses, found)
-        record.data.setdefault(REANALYSES, []).append(reanalysis_entry(
+        _merge(record, run_dir, cfg, analyses, found, reanalysis_entry(
             overrides, before, str(cfg.analysis.primary), [e for e, _, _ in analyses], problems,
             time.perf_counter() - start))
         record.save()
@@ -279,22 +282,21 @@ def reanalyze(run_dir: Path, overrides: list[str],
     return record, problems
 
 
-def _merge(record: RunRecord, run_dir: Path, cfg: DictConfig, analyses: list, found: dict[int, Path]) -> None:
+def _merge(record: RunRecord, run_dir: Path, cfg: DictConfig, analyses: list, found: dict[int, Path],
+           entry: dict[str, Any]) -> None:
     """The new analyses into ``record``, each merged with the earlier one of its epoch (see
     :func:`merge_analysis`); earlier ones stay for epochs not re-analyzed, and the checkpoint
     map names only files that exist."""
     old_kind, new_kind = _kind(record.primary_metric()), _kind(str(cfg.analysis.primary))
     earlier = {a["epoch"]: a for a in record.analysis}
     # What analyzed the checkpoints now: enabled even when training ran with analysis=off.
-    record.config["analysis"] = {**to_container(cfg)["analysis"], "enabled": True}
-    record.timing["analysis_seconds"] = 0.0
-    for epoch, path, result in analyses:
-        record.add_analysis(merge_analysis(earlier.get(epoch), result.record, old_kind, new_kind))
-        record.add_time("analysis_seconds", result.record["seconds"])
-        record.add_checkpoint(epoch, path.relative_to(run_dir).as_posix())
-    for epoch, path in found.items():
-        if not path.exists():
-            record.checkpoints.pop(str(epoch), None)
+    config = {**record.config, "analysis": {**to_container(cfg)["analysis"], "enabled": True}}
+    checkpoints = {int(e): rel for e, rel in record.checkpoints.items()
+                   if not (int(e) in found and not found[int(e)].exists())}
+    checkpoints.update({epoch: path.relative_to(run_dir).as_posix() for epoch, path, _ in analyses})
+    merged = [merge_analysis(earlier.get(epoch), result.record, old_kind, new_kind)
+              for epoch, _, result in analyses]
+    record.reanalysed(config, merged, checkpoints, entry)
 
 
 # -- a sweep ---------------------------------------------------------------------------------------

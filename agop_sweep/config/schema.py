@@ -17,6 +17,8 @@ from enum import StrEnum
 
 from omegaconf import MISSING
 
+from agop_sweep.analyze.names import DEFAULT_METRIC
+
 
 class Act(StrEnum):
     relu = "relu"
@@ -249,9 +251,8 @@ class ScheduleConfig:
 @dataclass
 class AnalysisConfig:
     enabled: bool = True
-    # One of agop_sweep.analyze.nfa.METRICS, checked by validate (an enum here would import torch
-    # with the schema, and so slow down --help and every start-up error).
-    primary: str = "delta_cos_agop"
+    # One of agop_sweep.analyze.names.METRICS, checked by validate.
+    primary: str = DEFAULT_METRIC
     # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.
     chunk_size: int = 2048
     # Extra per-layer numbers (effective ranks, spectra shares, eigenvector alignment).

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from agop_sweep.analyze.names import METRICS
 from agop_sweep.config.schema import (
     OPTION_SCHEMAS,
     Config,
@@ -163,8 +164,6 @@ def _validate_model_and_schedule(cfg: DictConfig) -> None:
                         checkpoints)
     if len(set(checkpoints)) != len(checkpoints):
         raise _fail("schedule.checkpoints", "lists an epoch twice", checkpoints)
-    from agop_sweep.analyze.nfa import METRICS
-
     if cfg.analysis.primary not in METRICS:
         raise _fail("analysis.primary", f"must be one of {', '.join(METRICS)}", cfg.analysis.primary)
     _number(cfg, "analysis.chunk_size", minimum=1, strict=False)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from agop_sweep.analyze.nfa import ALPHAS, CORR_KINDS, METRICS, NFM_KINDS, metric_kinds
+from agop_sweep.analyze.names import ALPHAS, CORR_KINDS, METRICS, NFM_KINDS, metric_kinds
 from agop_sweep.store.atomic import write_atomic
 
 if TYPE_CHECKING:

@@ -109,3 +109,27 @@ def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor, reduction: str = "
         err = (logits - target).pow(2)
         return err.mean() if reduction == "mean" else err.sum() / logits.shape[1]
     return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+    loss: str, batch_size: int,
+) -> tuple[float | None, float | None]:
+    """Mean loss and accuracy of ``model`` over all of ``x`` (n, d) / ``y`` (n,), on the device
+    with one host sync; None for n = 0."""
+    n = x.shape[0]
+    if n == 0:
+        return None, None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            logits = model(x[start : start + batch_size]).float()
+            yb = y[start : start + batch_size]
+            loss_sum += loss_fn(loss, logits, yb, reduction="sum").double()
+            correct += (logits.argmax(1) == yb).sum()
+    return float(loss_sum) / n, float(correct) / n
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

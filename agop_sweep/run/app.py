@@ -52,24 +52,16 @@ def _parallel_jobs() -> int:
     return max(1, min(n_jobs, sweep_jobs or n_jobs))
 
 
-def _start_failure_info(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``run`` and ``config`` for the record of a job that never reached training."""
-    from agop_sweep.run.provenance import git_commit, package_version
-
-    def pick(key: str) -> Any:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
-
-    run = {"optimizer": pick("optimizer.name"), "lr": pick("optimizer.lr"), "seed": pick("seed"),
-           "dataset": pick("data.name"), "width": pick("model.width"), "depth": pick("model.depth"),
-           "act": pick("model.act"), "loss": pick("loss"), "n_train": None, "n_val": None,
-           "device": pick("device"), "torch": None, "version": package_version(), "git": git_commit()}
-    try:
-        config = to_container(cfg)
-    except Exception:
-        config = {}
-    return {k: (str(v) if v is not None and not isinstance(v, (int, float, bool)) else v)
-            for k, v in run.items()}, config
+def _config_for_record(cfg: DictConfig) -> dict[str, Any]:
+    """The config of a job that failed before training, resolved where it can be: a bad
+    interpolation is what may have stopped it."""
+    for resolve in (True, False):
+        try:
+            config = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
+        except Exception:
+            continue
+        return config if isinstance(config, dict) else {}
+    return {}
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> float:
@@ -81,6 +73,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
     hc = HydraConfig.get()
     with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
+        if claim.finished is not None:
+            return _nothing_to_do(run_dir, claim.finished.document())
         if claim.state is not None and claim.state.results.get("status") in FINISHED:
             return _nothing_to_do(run_dir, claim.state.results)
         rundir.write_hydra_files(run_dir, cfg, HydraConfig.instance().cfg, list(hc.overrides.task))
@@ -149,7 +143,7 @@ def run(cfg: DictConfig) -> float:
         raise  # the directory belongs to another run: write nothing there
     except Exception as e:
         if not _trainer_recorded(run_dir):
-            rundir.record_start_failure(run_dir, *_start_failure_info(cfg), one_line(e))
+            rundir.record_start_failure(run_dir, _config_for_record(cfg), one_line(e))
         if isinstance(e, OSError) and not isinstance(e, UserError):
             where = f"{e.filename}: " if e.filename else ""
             raise UserError(f"Cannot write the run's files: {where}{e.strerror or e}") from None
@@ -190,7 +184,9 @@ def error_report(error: BaseException) -> str | None:
     if isinstance(error, OSError):  # e.g. Hydra creating the output dir or opening the log
         where = f"{error.filename}: " if error.filename else ""
         return f"Cannot write the run's files: {where}{error.strerror or error}"
-    return None
+    from agop_sweep.run.slurm import launch_problem  # a SLURM job that ended without a result, --cfg with -m
+
+    return launch_problem(error)
 
 
 def _one_line(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agop_sweep.errors import ConfigError
@@ -43,11 +44,20 @@ def choose_threads(requested: int, n_cores: int, n_parallel: int) -> int:
     return max(1, n_cores // max(1, n_parallel))
 
 
-def available_cores() -> int:
+def available_cores(environ: Mapping[str, str] = os.environ) -> int:
+    """The cores this process may use: its CPU affinity (cgroups, cpusets), and no more than
+    ``SLURM_CPUS_PER_TASK`` when set. SLURM without its affinity or cgroup plugins leaves a
+    job the whole node's affinity, so the job's ``cpus_per_task`` is what it was given."""
     try:
-        return len(os.sched_getaffinity(0))  # honours cgroups / SLURM cpus_per_task
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    given = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if given.isdigit() and int(given) > 0:
+        if int(given) < cores:
+            log.debug("SLURM_CPUS_PER_TASK=%s of %d cores", given, cores)
+        return min(cores, int(given))
+    return cores
 
 
 def place_job(requested_device: str, requested_threads: int, job_num: int, n_parallel: int) -> Placement:

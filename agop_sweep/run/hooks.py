@@ -1,24 +1,22 @@
-"""What happens after each epoch, outside the training loop: per-epoch hooks.
+"""Observers of a run: per-epoch hooks (the figures, and the trackers of :mod:`agop_sweep.trackers`).
 
-The trainer measures an epoch, updates the record, writes the checkpoint, and then calls
-every hook's :meth:`EpochHook.on_epoch_end` in order; at the end of a run (completed,
-diverged, failed or stopped) it calls :meth:`EpochHook.on_run_end`. A hook that keeps
-state across a kill (a tracker's run id) returns it from :meth:`EpochHook.state_dict`; the
-trainer saves it in state.pt and hands it back through :meth:`EpochHook.load_state_dict`.
-
-The built-in hooks, in the order the trainer runs them: features.npz, results.json, the
-resumable state, the figures. A hook that only reports (figures, trackers) must never fail
-the run: it logs and carries on.
+The trainer records and persists an epoch itself (checkpoint, features.npz, results.json,
+state.pt), then calls every hook's :meth:`EpochHook.on_epoch_end` in order; at the end of a
+run (completed, diverged, failed or stopped) it calls :meth:`EpochHook.on_run_end`. A hook
+that keeps state across a kill (a tracker's run id) returns it from
+:meth:`EpochHook.state_dict`; the trainer saves it in state.pt and hands it back through
+:meth:`EpochHook.load_state_dict`. A hook only reports, so it must never fail the run: it
+logs and carries on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agop_sweep.store.atomic import disk_full
 from agop_sweep.store.features import FeatureLog
 from agop_sweep.store.record import EpochEntry, RunRecord
 
@@ -64,43 +62,6 @@ class EpochHook:
         pass
 
 
-class FeaturesHook(EpochHook):
-    """features.npz after every analysed epoch (layer-0 diagonals, eigenvectors, spectra)."""
-
-    name = "features"
-
-    def __init__(self, features: FeatureLog, image_shape: tuple[int, ...], enabled: bool):
-        self.features, self.image_shape, self.enabled = features, image_shape, enabled
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        if event.analysis is not None and self.enabled:
-            self.features.save(event.run_dir, self.image_shape)
-
-
-class RecordHook(EpochHook):
-    """results.json, rewritten atomically after every epoch and at the end."""
-
-    name = "record"
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        event.record.save()
-
-    def on_run_end(self, record: RunRecord, run_dir: Path) -> None:
-        record.save()
-
-
-class StateHook(EpochHook):
-    """state.pt after every epoch: ``save(next_epoch)`` is the trainer's."""
-
-    name = "state"
-
-    def __init__(self, save: Callable[[int], None]):
-        self.save = save
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        self.save(event.epoch + 1)
-
-
 class FiguresHook(EpochHook):
     """The run's figures: ``live`` redraws the PNGs after each analysed epoch but the last,
     ``live`` and ``end`` draw PNG and PDF when the run ends, ``off`` never draws."""
@@ -123,5 +84,9 @@ class FiguresHook(EpochHook):
 
         try:
             save_run_figures(record, run_dir, self.features, formats=formats)
-        except Exception:
-            log.exception("Could not draw the run's figures")
+        except Exception as e:
+            if not disk_full(e):
+                log.exception("Could not draw the run's figures")
+                return
+            log.warning("Could not draw the run's figures: the disk is full; free some space, then draw "
+                        "them with python -m agop_sweep.figures %s", run_dir)

@@ -2,9 +2,12 @@
 
 Data lives on the device as whole tensors; a batch is an index slice of the epoch's
 permutation. Nothing syncs with the host inside an epoch: the running loss is summed on
-the device and read once per epoch. After every epoch the record is updated, the scheduled
-checkpoint written, and the per-epoch hooks (:mod:`agop_sweep.run.hooks`) save features.npz,
-results.json, the resumable state and the figures, so a killed run continues exactly.
+the device and read once per epoch. After every epoch (:meth:`Trainer.finish_epoch`) the
+record is updated, then the epoch is persisted in this order: the scheduled checkpoint,
+features.npz, results.json, state.pt; only then are the observers told (the figures and the
+trackers, :mod:`agop_sweep.run.hooks`). state.pt is written last, so that a run killed at
+any moment, or stopped by a full disk, continues from a state that every other file agrees
+with or is behind.
 """
 
 from __future__ import annotations
@@ -28,17 +31,17 @@ from agop_sweep.config import to_container
 from agop_sweep.data.datasets import Dataset, load_dataset
 from agop_sweep.data.seed_order import SeedOrder
 from agop_sweep.errors import one_line
-from agop_sweep.model.mlp import MLP, build_model, loss_fn
+from agop_sweep.model.mlp import MLP, build_model, evaluate, loss_fn, weights_finite
 from agop_sweep.model.ns_precision import warn_if_slow
 from agop_sweep.model.optim import OptimizerSet, build_optimizer
 from agop_sweep.run.device import Placement, effective_precision
-from agop_sweep.run.evaluate import evaluate, weights_finite
-from agop_sweep.run.hooks import EpochEnd, EpochHook, FeaturesHook, FiguresHook, RecordHook, StateHook
+from agop_sweep.run.hooks import EpochEnd, EpochHook, FiguresHook
 from agop_sweep.run.preemption import Preempted, PreemptionGuard
-from agop_sweep.run.provenance import run_info
+from agop_sweep.run.slurm import slurm_job_info
 from agop_sweep.store import checkpoint as ckpt
+from agop_sweep.store.atomic import disk_full
 from agop_sweep.store.features import FeatureLog
-from agop_sweep.store.record import EpochEntry, RunRecord, Status
+from agop_sweep.store.record import EpochEntry, RunRecord, Status, run_info
 from agop_sweep.store.state import EpochProgress, ResumeState, save_state
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,12 @@ log = logging.getLogger(__name__)
 class Trainer:
     """One run in ``run_dir``: :meth:`run` trains, analyses and records; returns the objective.
 
-    ``hooks`` run after the built-in ones (features, record, state, figures), e.g. trackers.
+    ``hooks`` observe the run after the figures (the trackers); they never persist its state.
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, placement: Placement,
-                 started_at: float | None = None, hooks: Sequence[EpochHook] = ()):
-        self.started_at = time.time() if started_at is None else started_at
+                 hooks: Sequence[EpochHook] = ()):
+        self.started_at = time.time()
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = torch.device(placement.device)
@@ -112,32 +115,26 @@ class Trainer:
                                         cfg.model.depth, data.n_classes, cfg.schedule.checkpoints)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
-        self.hooks: list[EpochHook] = [
-            FeaturesHook(self.features, data.image_shape, cfg.analysis.save_features),
-            RecordHook(),
-            StateHook(lambda next_epoch: self.save_state(next_epoch, None)),
-            FiguresHook(cfg.trainer.plots, self.features),
-            *self.extra_hooks,
-        ]
+        self.image_shape = data.image_shape
+        self.hooks: list[EpochHook] = [FiguresHook(cfg.trainer.plots, self.features), *self.extra_hooks]
 
     def start(self, data: Dataset, state: ResumeState | None) -> tuple[int, EpochProgress | None]:
         """A new record, or everything restored from ``state``: the first epoch to run and
         where it stands."""
         progress, first_epoch = None, 0
         if state is None:
-            self.record = RunRecord.new(run_info(self.cfg, data, str(self.device)), self.config,
-                                        self.run_dir / "results.json")
+            info = run_info(self.config, dataset=data.name, n_train=data.n_train, n_val=data.n_val)
+            self.record = RunRecord.start(info, self.config, self.run_dir / "results.json", self.started_at)
         else:
             progress, first_epoch = self.restore(state), state.next_epoch
             log.info("Resuming %s at epoch %d%s", self.run_dir, first_epoch,
                      f" step {progress.step}" if progress else "")
-            self.record.set_status(Status.RUNNING)
+            self.record.resumed()
         if self.optimizer.ns_dtype is not None:
-            self.record.run["ns_dtype"] = self.optimizer.ns_dtype
-        self.record.run.update(device=str(self.device), precision=self.precision,
-                               threads=torch.get_num_threads(),
-                               pid=os.getpid(), host=socket.gethostname())
-        self.record.timing.setdefault("started_at", self.started_at)
+            self.record.update_run(ns_dtype=self.optimizer.ns_dtype)
+        self.record.update_run(device=str(self.device), precision=self.precision,
+                               threads=torch.get_num_threads(), pid=os.getpid(), host=socket.gethostname(),
+                               **slurm_job_info())  # aggregate asks SLURM about a stopped run's job
         unscheduled = self.cfg.schedule.epochs - max(self.checkpoints)
         if unscheduled > 0:
             log.warning("schedule.checkpoints ends at epoch %d: the last %d epoch(s) up to %d are trained "
@@ -230,15 +227,23 @@ class Trainer:
         return entry, analysis
 
     def finish_epoch(self, entry: EpochEntry, analysis: Analysis | None) -> EpochEnd:
-        """Record the epoch, checkpoint it, run the hooks."""
+        """Record the epoch, persist it, then tell the observers."""
+        epoch = entry["epoch"]
+        diverged = self.record_epoch(entry, analysis)
+        self.persist(epoch, analysis, diverged)
+        last = self.cfg.schedule.epochs
+        event = EpochEnd(epoch, last, entry, analysis, self.record, self.run_dir, diverged)
+        for hook in self.hooks:
+            hook.on_epoch_end(event)
+        return event
+
+    def record_epoch(self, entry: EpochEntry, analysis: Analysis | None) -> bool:
+        """The epoch into the record (and its analysis into the feature log); whether the run
+        diverged, which ends it."""
         record, epoch, last = self.record, entry["epoch"], self.cfg.schedule.epochs
+        record.finish_epoch(entry, None if analysis is None else analysis.record)
         if analysis is not None:
-            record.add_analysis(analysis.record)
-            record.add_time("analysis_seconds", analysis.record["seconds"])
             self.features.add(epoch, analysis)
-        record.add_epoch(entry)
-        record.add_time("train_seconds", entry["train_seconds"])
-        record.add_time("total_seconds", entry["seconds"])
         log.info("Epoch %d/%d: train loss %s acc %s | val loss %s acc %s | %.1f s", epoch, last,
                  _fmt(entry["train_loss"]), _fmt(entry["train_acc"]), _fmt(entry["val_loss"]),
                  _fmt(entry["val_acc"]), entry["seconds"])
@@ -246,17 +251,20 @@ class Trainer:
         diverged = loss is None or not math.isfinite(loss) or not weights_finite(self.model)
         if diverged:
             log.warning("Run diverged at epoch %d (non-finite loss or weights); stopping it", epoch)
-            record.set_status(Status.DIVERGED, diverged_epoch=epoch)
-        elif epoch in self.checkpoints:
-            record.add_checkpoint(epoch, self.save_checkpoint(epoch))
-        if epoch == last and not diverged:
-            record.set_status(Status.COMPLETED)
-        if Status(record.status).ended:
-            record.timing["finished_at"] = time.time()
-        event = EpochEnd(epoch, last, entry, analysis, record, self.run_dir, diverged)
-        for hook in self.hooks:
-            hook.on_epoch_end(event)
-        return event
+            record.mark_diverged(epoch)
+        elif epoch == last:
+            record.mark_completed()
+        return diverged
+
+    def persist(self, epoch: int, analysis: Analysis | None, diverged: bool) -> None:
+        """The epoch's files: the scheduled checkpoint, features.npz, results.json, and last
+        state.pt, which continues the run at the next epoch."""
+        if epoch in self.checkpoints and not diverged:
+            self.record.add_checkpoint(epoch, self.save_checkpoint(epoch))
+        if analysis is not None and self.cfg.analysis.save_features:
+            self.features.save(self.run_dir, self.image_shape)
+        self.record.save()
+        self.save_state(epoch + 1, None)
 
     # -- files ---------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> str:
@@ -274,7 +282,7 @@ class Trainer:
             init_weights=self.init_weights,
             shuffle_rng=self.shuffle.get_state(),
             torch_rng=torch.get_rng_state(),
-            results=self.record.data,
+            results=self.record.document(),
             features=self.features.to_dict(),
             config=self.config,
             hooks={h.name: s for h in self.hooks if (s := h.state_dict())},
@@ -288,7 +296,7 @@ class Trainer:
         self.shuffle.set_state(state.shuffle_rng)
         torch.set_rng_state(state.torch_rng)
         self.record = RunRecord(state.results, self.run_dir / "results.json")
-        self.features.load_dict(state.features)  # in place: the hooks hold this very log
+        self.features.load_dict(state.features)  # in place: the figures hold this very log
         if self.scaler is not None and state.grad_scaler:
             self.scaler.load_state_dict(state.grad_scaler)
         for hook in self.hooks:
@@ -305,11 +313,13 @@ class Trainer:
                 log.exception("Hook %s failed at the end of the run", hook.name)
 
     def record_failure(self, error: BaseException) -> None:
-        self.record.set_status(Status.FAILED, error=one_line(error))
+        self.record.mark_failed(one_line(error))
         try:
             self.record.save()
-        except Exception:
-            log.exception("Could not record the failure in results.json")
+        except Exception as e:
+            if not disk_full(e):
+                log.exception("Could not record the failure in results.json")
+            # A full disk is the error being reported: one line says it, and state.pt resumes.
 
     @contextlib.contextmanager
     def _saving_on_preemption(self, epoch: int, progress: EpochProgress | None) -> Iterator[None]:

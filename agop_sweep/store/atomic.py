@@ -1,17 +1,20 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+A full disk is reported as :class:`DiskFullError`, one line naming the file, whichever
+library was writing: torch's zip writer, for one, raises a RuntimeError whose context is the
+OSError(ENOSPC) of the failed write."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 from agop_sweep.errors import UserError
 
@@ -43,12 +46,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        if disk_full(e):
             raise DiskFullError(
                 f"No space left on the device while writing {target} (the previous version is "
                 "intact); free some space, then continue the run with resume=true"
             ) from None
         raise
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, is a full disk."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, DiskFullError) or (isinstance(cause, OSError) and cause.errno in _NO_SPACE):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
@@ -60,7 +75,10 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
     return count
 
 
+@functools.cache
 def _umask() -> int:
+    """The process's umask, read once: reading it means setting it, which would race with
+    threads that create files (tqdm's monitor, trackers)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -75,7 +93,3 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     data = json.dumps(obj, indent=1, allow_nan=False).encode()
     write_atomic(path, lambda f: f.write(data))
-
-
-def torch_save(path: str | os.PathLike[str], obj: Any) -> None:
-    write_atomic(path, lambda f: torch.save(obj, f))

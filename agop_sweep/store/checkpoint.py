@@ -19,9 +19,14 @@ import numpy as np
 import torch
 
 from agop_sweep.errors import UserError
-from agop_sweep.store.atomic import torch_save
+from agop_sweep.store.atomic import write_atomic
 
 MODELS_DIR = "models"
+
+
+def torch_save(path: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` atomically (see :mod:`agop_sweep.store.atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 # Besides tensors, numbers, strings, lists and dicts (torch's weights_only set), a run's files
 # hold NumPy arrays (the feature log in state.pt) and, from earlier versions, torch's version

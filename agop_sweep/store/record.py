@@ -1,20 +1,29 @@
-"""results.json, the record of one run (schema 1, README: results.json): its one owner. Everything that writes
-or reads results.json goes through :class:`RunRecord`. The document stays a plain dict
-(``record.data``) so that keys this version does not know survive a rewrite; the TypedDicts
-of :mod:`agop_sweep.store.schema` name the keys README's results.json section fixes."""
+"""results.json, the record of one run (schema 1, README: results.json), and its one owner.
+
+Everything that writes or reads results.json goes through :class:`RunRecord`, whose methods
+say what happened to the run (started, an epoch finished, diverged, failed at start,
+re-analysed); nothing outside reaches into the document. The document stays a plain dict so
+that keys this version does not know survive a rewrite; the TypedDicts of
+:mod:`agop_sweep.store.schema` name the keys README's results.json section fixes. Importing
+this module does not import torch: every reader of results.json stays light.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agop_sweep.analyze.nfa import DEFAULT_METRIC
+from agop_sweep.analyze.names import DEFAULT_METRIC
 from agop_sweep.store import schema
 from agop_sweep.store.atomic import write_json
 from agop_sweep.store.schema import AnalysisEntry, EpochEntry, RecordError, RunInfo, Status
@@ -22,6 +31,7 @@ from agop_sweep.store.schema import AnalysisEntry, EpochEntry, RecordError, RunI
 # Readers import everything about results.json from here.
 FILENAME, SCHEMA_VERSION, LayerEntry = schema.FILENAME, schema.SCHEMA_VERSION, schema.LayerEntry
 finite_or_none, number, validate = schema.finite_or_none, schema.number, schema.validate
+REANALYSES = schema.REANALYSES
 
 __all__ = [
     "FILENAME", "SCHEMA_VERSION", "AnalysisEntry", "EpochEntry", "LayerEntry", "RecordError", "RunInfo",
@@ -98,13 +108,66 @@ def read_document(path: str | os.PathLike[str]) -> tuple[Any, list[str]]:
     return data, nonfinite
 
 
-class RunRecord:
-    """A run's results.json in memory (``data``: the document). Mutators keep its invariants (one
-    entry per epoch, analyses sorted by epoch); :meth:`save` writes it atomically, non-finite
-    numbers as null."""
+# -- the run section ----------------------------------------------------------------------------------
+@functools.cache
+def package_version() -> str:
+    try:
+        return metadata.version("agop_sweep")
+    except metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+        return "unknown"
 
-    def __init__(self, data: dict[str, Any], path: str | os.PathLike[str] | None = None):
-        self.data = data
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout this package is imported from; None when it is not imported
+    from a git checkout (an installed wheel), even if site-packages lies inside some other
+    repository: the package's own files must be tracked there."""
+    here = Path(__file__).resolve().parent
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name], cwd=here,
+                                 capture_output=True, timeout=10)
+        if tracked.returncode != 0:
+            return None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = head.stdout.strip()
+    return sha if head.returncode == 0 and sha else None
+
+
+def run_info(config: Mapping[str, Any], *, dataset: str | None = None, n_train: int | None = None,
+             n_val: int | None = None, device: str | None = None) -> RunInfo:
+    """results.json's ``run`` section from a resolved config: what the run is, and where it
+    ran. The data set's facts come from the loaded data; a job that failed before loading it
+    records None for them."""
+    def pick(dotted: str) -> Any:
+        node: Any = config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return node if node is None or isinstance(node, (int, float, bool)) else str(node)
+
+    try:
+        torch_version: str | None = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    return {
+        "optimizer": pick("optimizer.name"), "lr": pick("optimizer.lr"), "seed": pick("seed"),
+        "dataset": dataset if dataset is not None else pick("data.name"),
+        "width": pick("model.width"), "depth": pick("model.depth"), "act": pick("model.act"),
+        "loss": pick("loss"), "n_train": n_train, "n_val": n_val,
+        "device": device if device is not None else pick("device"),
+        "torch": torch_version, "version": package_version(), "git": git_commit(),
+    }
+
+
+class RunRecord:
+    """A run's results.json in memory. Its methods keep the invariants (one entry per epoch,
+    analyses sorted by epoch, an end time once the run ended); :meth:`save` writes it
+    atomically, non-finite numbers as null."""
+
+    def __init__(self, document: dict[str, Any], path: str | os.PathLike[str] | None = None):
+        self._doc = document
         self.path = None if path is None else Path(path)
         # The non-finite numbers the file spelled (NaN, Infinity): read as missing, but worth
         # naming, since this tool writes null (see :func:`read_document`).
@@ -112,13 +175,24 @@ class RunRecord:
 
     # -- building, loading, saving ------------------------------------------------------------
     @classmethod
-    def new(cls, run: RunInfo | dict[str, Any], config: dict[str, Any],
-            path: str | os.PathLike[str] | None = None) -> RunRecord:
+    def start(cls, run: RunInfo | dict[str, Any], config: dict[str, Any],
+              path: str | os.PathLike[str] | None = None, started_at: float | None = None) -> RunRecord:
+        """The record of a run that starts now: status running, no epochs yet."""
         return cls({
             "schema_version": SCHEMA_VERSION, "status": Status.RUNNING.value, "run": dict(run),
             "config": config, "epochs": [], "analysis": [], "checkpoints": {},
-            "timing": {"train_seconds": 0.0, "analysis_seconds": 0.0, "total_seconds": 0.0},
+            "timing": {"train_seconds": 0.0, "analysis_seconds": 0.0, "total_seconds": 0.0,
+                       "started_at": time.time() if started_at is None else started_at},
         }, path)
+
+    @classmethod
+    def failed_at_start(cls, config: Mapping[str, Any], error: str,
+                        path: str | os.PathLike[str] | None = None) -> RunRecord:
+        """The record of a job that stopped before training (a bad value, a missing package):
+        what its config says about the run, status failed with the one-line ``error``."""
+        record = cls.start(run_info(config), dict(config), path)
+        record.mark_failed(error)
+        return record
 
     @classmethod
     def from_dict(cls, data: Any, path: str | os.PathLike[str] | None = None) -> RunRecord:
@@ -146,65 +220,124 @@ class RunRecord:
         target = path if path is not None else self.path
         if target is None:
             raise ValueError("RunRecord.save needs a path")
-        write_json(target, finite_or_none(self.data))
+        write_json(target, finite_or_none(self._doc))
 
     # -- the parts -------------------------------------------------------------------------------
     @property
     def status(self) -> str:
-        return self.data["status"]
+        return self._doc["status"]
 
     @property
     def run(self) -> dict[str, Any]:
-        return self.data["run"]
+        return self._doc["run"]
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.data.get("config") or {}
+    def config(self) -> Mapping[str, Any]:
+        """The resolved config the run used ({} when unknown); change it with :meth:`set_config`."""
+        config = self._doc.get("config")
+        return config if isinstance(config, dict) else {}
 
     @property
     def epochs(self) -> list[EpochEntry]:
-        return self.data["epochs"]
+        return self._doc["epochs"]
 
     @property
     def analysis(self) -> list[AnalysisEntry]:
-        return self.data["analysis"]
+        return self._doc["analysis"]
 
     @property
-    def checkpoints(self) -> dict[str, str]:
-        return self.data.setdefault("checkpoints", {})
+    def checkpoints(self) -> Mapping[str, str]:
+        """Checkpoint file (relative to the run dir) by epoch, as a string."""
+        return self._doc.get("checkpoints") or {}
 
     @property
-    def timing(self) -> dict[str, float]:
-        return self.data.setdefault("timing", {})
+    def timing(self) -> Mapping[str, float]:
+        return self._doc.get("timing") or {}
+
+    @property
+    def started_at(self) -> float | None:
+        started = self.timing.get("started_at")
+        return float(started) if isinstance(started, (int, float)) else None
+
+    @property
+    def reanalyses(self) -> list[dict[str, Any]]:
+        """The re-analyses of the run's checkpoints, oldest first (``python -m agop_sweep.analyze``)."""
+        entries = self._doc.get(REANALYSES)
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def document(self) -> dict[str, Any]:
+        """The whole document, for saving it elsewhere (state.pt); not to be changed."""
+        return self._doc
 
     @property
     def error(self) -> str | None:
         """The one-line error of a failed run, else None."""
-        return self.data["error"] if isinstance(self.data.get("error"), str) else None
+        return self._doc["error"] if isinstance(self._doc.get("error"), str) else None
 
     @property
     def diverged_epoch(self) -> int | None:
         """The epoch a diverged run's loss became non-finite, when recorded."""
-        return epoch if type(epoch := self.data.get("diverged_epoch")) is int else None
+        return epoch if type(epoch := self._doc.get("diverged_epoch")) is int else None
 
-    # -- updates -----------------------------------------------------------------------------------
-    def set_status(self, status: Status | str, **extra: Any) -> None:
-        self.data["status"] = Status(status).value
-        self.data.update(extra)
+    # -- what happens to the run ------------------------------------------------------------------
+    def update_run(self, **keys: Any) -> None:
+        """Facts about where and how the run runs (``device``, ``threads``, ``ns_dtype``...)."""
+        self._doc["run"].update(keys)
 
-    def add_epoch(self, entry: EpochEntry | dict[str, Any]) -> None:
+    def set_config(self, config: dict[str, Any]) -> None:
+        self._doc["config"] = config
+
+    def resumed(self) -> None:
+        self._doc["status"] = Status.RUNNING.value
+
+    def finish_epoch(self, entry: EpochEntry | dict[str, Any], analysis: AnalysisEntry | None = None) -> None:
+        """An epoch's losses (``entry``, with ``seconds`` and ``train_seconds``) and its analysis,
+        replacing an earlier entry of the same epoch (a resumed run repeats a stopped epoch)."""
+        if analysis is not None:
+            self.add_analysis(analysis)
+            self._add_time("analysis_seconds", analysis["seconds"])
         kept = [e for e in self.epochs if e["epoch"] != entry["epoch"]]
-        self.data["epochs"] = sorted([*kept, entry], key=lambda e: e["epoch"])
+        self._doc["epochs"] = sorted([*kept, entry], key=lambda e: e["epoch"])
+        self._add_time("train_seconds", entry.get("train_seconds", 0.0))
+        self._add_time("total_seconds", entry.get("seconds", 0.0))
+
+    def add_checkpoint(self, epoch: int, relpath: str) -> None:
+        self._doc.setdefault("checkpoints", {})[str(epoch)] = relpath
+
+    def mark_completed(self) -> None:
+        self._end(Status.COMPLETED)
+
+    def mark_diverged(self, epoch: int) -> None:
+        self._end(Status.DIVERGED, diverged_epoch=epoch)
+
+    def mark_failed(self, error: str) -> None:
+        self._end(Status.FAILED, error=error)
 
     def add_analysis(self, entry: AnalysisEntry | dict[str, Any]) -> None:
         kept = [a for a in self.analysis if a["epoch"] != entry["epoch"]]
-        self.data["analysis"] = sorted([*kept, entry], key=lambda a: a["epoch"])
+        self._doc["analysis"] = sorted([*kept, entry], key=lambda a: a["epoch"])
 
-    def add_checkpoint(self, epoch: int, relpath: str) -> None:
-        self.checkpoints[str(epoch)] = relpath
+    def reanalysed(self, config: dict[str, Any], analyses: list[AnalysisEntry | dict[str, Any]],
+                   checkpoints: Mapping[int, str], entry: dict[str, Any]) -> None:
+        """A re-analysis: ``analyses`` replace those of their epochs, ``config`` (its analysis
+        section) is what produced them, ``checkpoints`` are the files that exist now, and
+        ``entry`` joins the list of re-analyses."""
+        self._doc["config"] = config
+        self._doc.setdefault("timing", {})["analysis_seconds"] = 0.0
+        for analysis in analyses:
+            self.add_analysis(analysis)
+            self._add_time("analysis_seconds", analysis["seconds"])
+        self._doc["checkpoints"] = {str(e): rel for e, rel in sorted(checkpoints.items())}
+        self._doc.setdefault(REANALYSES, []).append(entry)
 
-    def add_time(self, key: str, seconds: float) -> None:
-        self.timing[key] = self.timing.get(key, 0.0) + seconds
+    def _end(self, status: Status, **extra: Any) -> None:
+        self._doc["status"] = status.value
+        self._doc.update(extra)
+        self._doc.setdefault("timing", {})["finished_at"] = time.time()
+
+    def _add_time(self, key: str, seconds: float) -> None:
+        timing = self._doc.setdefault("timing", {})
+        timing[key] = timing.get(key, 0.0) + seconds
 
     # -- readers -------------------------------------------------------------------------------------
     def setting(self, dotted: str, default: Any = None) -> Any:

@@ -55,41 +55,65 @@ def holds_run(run_dir: Path) -> bool:
 
 @dataclass
 class Claim:
+    """A claimed run dir: the state to continue from (None: start at epoch 0), or the record
+    of a run that already ended and lost its state.pt (nothing to do)."""
+
     run_dir: Path
     state: ResumeState | None
+    finished: RunRecord | None = None
 
 
-def check_claimable(run_dir: Path, config: dict[str, Any], resume: bool) -> ResumeState | None:
-    """Read-only: the saved state to continue from (resume), None to start afresh; raises
-    :class:`RunDirError` when the directory holds a run this command must not touch."""
+def check_claimable(run_dir: Path, config: dict[str, Any], resume: bool) -> Claim:
+    """Read-only: what this command may do in ``run_dir``; raises :class:`RunDirError` when the
+    directory holds a run it must not touch."""
     check_no_symlinks(run_dir)  # first: the files read below may be links into another run
     if not resume:
         if holds_run(run_dir):
             raise RunDirError(f"{run_dir} already holds a run; pass resume=true to continue it, "
                               "or choose another hydra.run.dir")
-        return None
+        return Claim(run_dir, None)
     state = load_state(run_dir)
     if state is not None:
         check_same_experiment(upgrade_saved_config(state.config), config)
-    elif holds_run(run_dir):
-        raise RunDirError(f"resume=true but {run_dir} holds a results.json and no {STATE_FILE} to "
-                          "continue from; choose another hydra.run.dir")
-    else:
-        log.info("resume=true but %s holds no saved state; starting afresh", run_dir)
-    return state
+        return Claim(run_dir, state)
+    if holds_run(run_dir):
+        return _without_state(run_dir, config)
+    log.info("resume=true but %s holds no saved state; starting afresh", run_dir)
+    return Claim(run_dir, None)
+
+
+def _without_state(run_dir: Path, config: dict[str, Any]) -> Claim:
+    """resume=true where a run's results.json has epochs but there is no state.pt: the disk
+    filled up before the first one was written, or someone deleted it (a truncated one, or
+    to save space). A finished run has nothing left to do; an unfinished run of the same
+    experiment restarts in place from epoch 0, and since training is deterministic it
+    rewrites its files with the same numbers. A results.json that cannot be read is not
+    this tool's to overwrite."""
+    try:
+        record = RunRecord.in_dir(run_dir)
+    except (OSError, RecordError) as e:
+        raise RunDirError(f"resume=true but {run_dir} holds no {STATE_FILE}, and its {RESULTS_FILE} cannot "
+                          f"be read ({e}); choose another hydra.run.dir") from None
+    if record.status in (Status.COMPLETED, Status.DIVERGED):
+        return Claim(run_dir, None, finished=record)
+    if record.config:
+        check_same_experiment(upgrade_saved_config(dict(record.config)), config)
+    log.warning("%s holds no %s to continue from (the disk may have filled up before it was written); "
+                "restarting the run from epoch 0 in place", run_dir, STATE_FILE)
+    return Claim(run_dir, None)
 
 
 @contextlib.contextmanager
 def claim(run_dir: Path, config: dict[str, Any], resume: bool) -> Iterator[Claim]:
     """Claim ``run_dir`` for this process (see the module docstring) and yield what to resume."""
-    state = check_claimable(run_dir, config, resume)
+    check_claimable(run_dir, config, resume)
     with locked(run_dir):
         # Another job may have started here between the check and the lock.
-        state = check_claimable(run_dir, config, resume)
+        claimed = check_claimable(run_dir, config, resume)
         for d in (run_dir, run_dir / ckpt.MODELS_DIR, run_dir / "plots"):
             if d.is_dir() and (n := remove_stale_temporaries(d)) > 0:
                 log.info("Removed %d temporary file(s) a killed run left in %s", n, d)
-        yield Claim(run_dir, state)
+        yield claimed
 
 
 # The directories the app writes into below a run dir (checkpoints, figures, Hydra's files,
@@ -153,13 +177,12 @@ def write_hydra_files(run_dir: Path, task_config: Any, hydra_config: Any, overri
         write_atomic(out / name, lambda f, text=text: f.write(text.encode()))
 
 
-def record_start_failure(run_dir: Path, run: dict[str, Any], config: dict[str, Any], error: str) -> bool:
+def record_start_failure(run_dir: Path, config: dict[str, Any], error: str) -> bool:
     """A results.json with status failed for a job that stopped before training, so that a
     sweep accounts for it; only where no run lives. Returns whether it was written."""
     if holds_run(run_dir):
         return False
-    record = RunRecord.new(run, config, run_dir / RESULTS_FILE)
-    record.set_status(Status.FAILED, error=error)
+    record = RunRecord.failed_at_start(config, error, run_dir / RESULTS_FILE)
     try:
         with locked(run_dir):
             if holds_run(run_dir):

@@ -11,6 +11,8 @@ from agop_sweep.errors import UserError
 
 SCHEMA_VERSION = 1
 FILENAME = "results.json"
+# results.json: one entry per re-analysis of the run (python -m agop_sweep.analyze).
+REANALYSES = "reanalyses"
 
 
 class Status(StrEnum):
@@ -27,22 +29,33 @@ class Status(StrEnum):
 
 
 class RunInfo(TypedDict):
-    optimizer: str
-    lr: float
-    seed: int
-    dataset: str
-    width: int
-    depth: int
-    act: str
-    loss: str
-    n_train: int
-    n_val: int
-    device: str
-    torch: str
+    """What the run is and where it ran; None where a job that failed before training could
+    not know (its data set's size, for one)."""
+
+    optimizer: str | None
+    lr: float | None
+    seed: int | None
+    dataset: str | None
+    width: int | None
+    depth: int | None
+    act: str | None
+    loss: str | None
+    n_train: int | None
+    n_val: int | None
+    device: str | None
+    torch: str | None
     # The Muon variants: the dtype their Newton-Schulz ran in (optimizer.ns_dtype resolved).
     ns_dtype: NotRequired[str]
     version: NotRequired[str]
     git: NotRequired[str | None]
+    # Where the job ran: the trainer's precision (trainer.precision resolved), its threads,
+    # process and host (aggregate tells a dead run from a live one by them).
+    precision: NotRequired[str]
+    threads: NotRequired[int]
+    pid: NotRequired[int]
+    host: NotRequired[str]
+    # The SLURM job of a submitit job (``<array job>_<task>``): aggregate asks SLURM about it.
+    slurm_job: NotRequired[str]
 
 
 class EpochEntry(TypedDict):

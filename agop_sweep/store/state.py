@@ -17,7 +17,6 @@ import torch
 from agop_sweep.config import is_run_control_key
 from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint
-from agop_sweep.store.atomic import torch_save
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class ResumeState:
 
 
 def save_state(run_dir: Path, state: ResumeState) -> None:
-    torch_save(run_dir / STATE_FILE, asdict(state))
+    checkpoint.torch_save(run_dir / STATE_FILE, asdict(state))
 
 
 def load_state(run_dir: Path) -> ResumeState | None:

@@ -1,0 +1,174 @@
+"""A full disk at any moment of a run: one line, nothing half-written, and ``resume=true``
+finishes the run with the numbers of an uninterrupted one once space is back (issue 22).
+
+The real test fills a real file system: a small tmpfs mounted in a private mount namespace
+(``unshare -rm``, no privileges needed where user namespaces are allowed), grown after the
+failure with ``mount -o remount,size=``. Where namespaces are not allowed it is skipped,
+and the simulated test below still covers the case that used to be lost for good: the disk
+filling up before the first state.pt was ever written.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, app_env, error_lines, finished_tiny_run, run_cli, strip_timing
+
+from agop_sweep.config import is_run_control_key
+
+# Run-dir sizes in the TINY run's range (it writes about 450 kB): the first file written
+# fails at 8k, a checkpoint at about 20k, state.pt before any was written at about 60k, a
+# state.pt or checkpoint in the middle of torch's zip writer at about 120k.
+SIZES_DEFAULT = ("20k", "60k", "120k")
+SIZES_ALL = ("8k", "20k", "40k", "60k", "80k", "100k", "120k", "150k", "200k", "300k")
+
+SCRIPT = """
+set -u
+mount -t tmpfs -o size={size} tmpfs {disk}
+{app} hydra.run.dir={disk}/run > {out}/first.out 2> {out}/first.err
+echo $? > {out}/first.rc
+ls -a {disk}/run > {out}/files 2>/dev/null
+mount -o remount,size=64m {disk}
+{app} hydra.run.dir={disk}/run resume=true > {out}/second.out 2> {out}/second.err
+echo $? > {out}/second.rc
+cp {disk}/run/results.json {out}/results.json 2>/dev/null
+ls -a {disk}/run/models > {out}/models 2>/dev/null
+"""
+
+
+def _namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=8k tmpfs /mnt 2>/dev/null "
+                           "|| mount -t tmpfs -o size=8k tmpfs /tmp"], capture_output=True, timeout=30)
+    return proc.returncode == 0
+
+
+NAMESPACES = _namespaces_work()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    run = finished_tiny_run(tmp_path_factory.mktemp("disk_full_reference"))
+    return json.loads((run / "results.json").read_text())
+
+
+def numbers(results: dict) -> dict:
+    """What a resumed run must share with an uninterrupted one: results.json without its
+    timings and without the run-control keys of its config (``resume``)."""
+    config = {k: v for k, v in results["config"].items() if not is_run_control_key(k)}
+    return strip_timing({**results, "config": config})
+
+
+def _fill_and_resume(size: str, tmp_path: Path) -> dict[str, str]:
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    app = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "agop_sweep", *TINY])
+    script = SCRIPT.format(size=size, disk=disk, out=out, app=app)
+    proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=tmp_path, env=app_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return {p.name: p.read_text() for p in out.iterdir()}
+
+
+def _check(size: str, got: dict[str, str], reference: dict) -> str:
+    """The invariant at every size; returns the file the one-line error named ('' if none)."""
+    first_err = got["first.err"]
+    assert "Traceback" not in first_err and "Traceback" not in got["first.out"], first_err
+    named = ""
+    if got["first.rc"].strip() != "0":
+        assert got["first.rc"].strip() == "1"
+        lines = error_lines(first_err)
+        assert len(lines) == 1, first_err
+        assert lines[0].startswith("No space left on the device while writing "), first_err
+        assert "resume=true" in lines[0]
+        named = lines[0].split(" while writing ")[1].split(" (")[0]
+    # Nothing half-written is left under its real name, and temporaries are gone after the resume.
+    assert got["second.rc"].strip() == "0", got["second.err"]
+    assert not [f for f in got.get("models", "").split() if f.endswith(".tmp")]
+    assert numbers(json.loads(got["results.json"])) == numbers(reference), size
+    return named
+
+
+@pytest.mark.skipif(not NAMESPACES, reason="needs unshare -rm (user and mount namespaces) for a real tmpfs")
+@pytest.mark.parametrize("size", SIZES_DEFAULT)
+def test_a_full_disk_then_resume_gives_the_uninterrupted_numbers(size: str, tmp_path: Path,
+                                                                 reference: dict) -> None:
+    named = _check(size, _fill_and_resume(size, tmp_path), reference)
+    assert named, f"a {size} file system should be too small for the run"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NAMESPACES, reason="needs unshare -rm (user and mount namespaces) for a real tmpfs")
+def test_every_size_from_the_first_file_to_the_last(tmp_path: Path, reference: dict) -> None:
+    named = {}
+    for size in SIZES_ALL:
+        got = _fill_and_resume(size, tmp_path / size)
+        named[size] = _check(size, got, reference)
+        named[size] += f" (state.pt written: {'state.pt' in got.get('files', '').split()})"
+    print(json.dumps(named, indent=1))  # the failure points, for the note
+    # The case that used to be lost for good is among them: the disk full before any state.pt.
+    assert any("state.pt written: False" in v and v.split(" (")[0] for v in named.values()), named
+
+
+def test_a_disk_full_before_the_first_state_pt_restarts_in_place(tmp_path: Path, reference: dict) -> None:
+    """Simulated everywhere: every write of state.pt fails with ENOSPC, so the run has a
+    results.json with epoch 0 and no state.pt; resume=true restarts it in place, warns once,
+    and ends with the uninterrupted run's numbers."""
+    patch = (
+        "import errno, agop_sweep.store.checkpoint as c\n"
+        "orig = c.torch_save\n"
+        "def full(path, obj):\n"
+        "    if str(path).endswith('state.pt'):\n"
+        "        def fail(f):\n"
+        "            f.write(b'x' * 100)\n"
+        f"            raise OSError({errno.ENOSPC}, 'No space left on device')\n"
+        "        return c.write_atomic(path, fail)\n"
+        "    return orig(path, obj)\n"
+        "c.torch_save = full\n"
+        "import sys\nfrom agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
+    )
+    run_dir = tmp_path / "run"
+    first = subprocess.run([sys.executable, "-c", patch, *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                           env=app_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1
+    lines = error_lines(first.stderr)
+    assert len(lines) == 1 and "state.pt" in lines[0] and "resume=true" in lines[0], first.stderr
+    assert not (run_dir / "state.pt").exists()
+    assert json.loads((run_dir / "results.json").read_text())["epochs"]  # epoch 0 is recorded
+    second = run_cli(*TINY, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "restarting the run from epoch 0 in place" in second.stdout + second.stderr
+    assert numbers(json.loads((run_dir / "results.json").read_text())) == numbers(reference)
+
+
+def test_a_finished_run_without_state_pt_resumes_to_nothing(tmp_path: Path, reference: dict) -> None:
+    """Deleting a finished run's state.pt (it is the largest file) leaves a run that
+    resume=true leaves alone, exit 0, instead of refusing it."""
+    run_dir = finished_tiny_run(tmp_path)
+    (run_dir / "state.pt").unlink()
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "already completed; nothing to do" in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_another_experiment_without_state_pt_is_refused(tmp_path: Path) -> None:
+    run_dir = finished_tiny_run(tmp_path)
+    (run_dir / "state.pt").unlink()
+    data = json.loads((run_dir / "results.json").read_text())
+    data["status"] = "failed"
+    (run_dir / "results.json").write_text(json.dumps(data))
+    proc = run_cli(*TINY, "seed=5", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert proc.returncode == 1
+    line = error_lines(proc.stderr)[-1]
+    assert line.startswith("resume=true but the output dir holds a different experiment: seed"), line
