@@ -141,3 +141,13 @@ def end_as(record: RunRecord, status: str, *, diverged_epoch: int = 1,
         record.mark_failed(error)
     elif status != "running":
         raise ValueError(f"unknown status {status!r}")
+
+
+def build_figures(runs, table, df, metric: str, by: str, x: str | None = None) -> dict:
+    """Every figure aggregate would draw for these tables, by name, in the shared style, not saved."""
+    from agop_sweep.aggregate.command import figure_builders
+    from agop_sweep.figures.style import style
+
+    with style():
+        built = {name: build() for name, build in figure_builders(runs, table, df, metric, by, x).items()}
+    return {name: fig for name, fig in built.items() if fig is not None}

@@ -18,7 +18,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from aggregate_fakes import LRS, write_fake_run
+from aggregate_fakes import LRS, build_figures, write_fake_run
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
@@ -27,7 +27,7 @@ from matplotlib.patches import Rectangle
 
 from agop_sweep.aggregate import aggregate, discover, tables
 from agop_sweep.aggregate import groups as grouping
-from agop_sweep.aggregate.command import build_figures, line_groups
+from agop_sweep.aggregate.command import line_groups
 from agop_sweep.aggregate.lr_search import lr_search_figure, searches
 
 BYS = ["optimizer", "seed", "model.width"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from aggregate_fakes import env, make_fake_sweep, make_lr_sweep, results_of, write_fake_run
+from aggregate_fakes import build_figures, env, make_fake_sweep, make_lr_sweep, results_of, write_fake_run
 from matplotlib.collections import PolyCollection
 
-from agop_sweep.aggregate.command import aggregate, build_figures, line_groups, main
+from agop_sweep.aggregate.command import aggregate, line_groups, main
 from agop_sweep.aggregate.discover import find_runs
 from agop_sweep.aggregate.tables import runs_table, tidy_table
 from agop_sweep.analyze.names import METRICS

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from aggregate_fakes import end_as
+from aggregate_fakes import build_figures, end_as
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
@@ -27,7 +27,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from agop_sweep.aggregate import aggregate, discover, main, tables
-from agop_sweep.aggregate.command import build_figures, line_groups
+from agop_sweep.aggregate.command import line_groups
 from agop_sweep.aggregate.figures import comparison_figure
 from agop_sweep.analyze.names import VARIANTS
 from agop_sweep.figures.style import style

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from aggregate_fakes import write_fake_run
+from aggregate_fakes import build_figures, write_fake_run
 from conftest import TINY, app_env
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -26,7 +26,6 @@ from PIL import Image
 from test_aggregate_groups import write_issue_sweep
 
 from agop_sweep.aggregate import aggregate, discover, tables
-from agop_sweep.aggregate.command import build_figures
 from agop_sweep.aggregate.discover import hydra_quote
 from agop_sweep.aggregate.lr_search import chance_loss, lr_search_figure, searches
 from agop_sweep.figures.style import ANSATZ_GID, edge

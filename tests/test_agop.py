@@ -7,7 +7,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from agop_sweep.analyze import agop
-from agop_sweep.analyze.agop import chunk_kernels, jacobian_kernels
+from agop_sweep.analyze.agop import jacobian_kernels
 from agop_sweep.analyze.nfa import agop_from_kernel
 from agop_sweep.model.mlp import ACTIVATIONS, MLP, build_model, loss_fn
 
@@ -97,17 +97,6 @@ def test_kernels_do_not_depend_on_the_chunk_size(monkeypatch) -> None:
     for chunk in (1, 3, 7, 25, 100):
         for k, b in zip(_pass(model, x, chunk).kernels, base, strict=True):
             torch.testing.assert_close(k, b, rtol=1e-12, atol=1e-14)
-
-
-def test_chunk_kernels_are_unnormalised_sums_and_logits() -> None:
-    model = _net(8, 10, 3, "gelu")
-    x = _inputs(9, 8)
-    weights = [w.detach() for w in model.hidden_weights()]
-    with torch.no_grad():
-        sums, logits = chunk_kernels(weights, model.last.weight.detach(), model.act, model.act_grad, x)
-        torch.testing.assert_close(logits, model(x))
-    for s, k in zip(sums, _pass(model, x, 4).kernels, strict=True):
-        torch.testing.assert_close(s / 9, k, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])

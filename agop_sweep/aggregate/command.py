@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from agop_sweep.aggregate.alignment import alignment_figure
 from agop_sweep.aggregate.discover import (
     DEFAULT_STALE_HOURS,
     RUN_COLUMNS,
@@ -29,6 +28,7 @@ from agop_sweep.aggregate.discover import (
     override_columns,
 )
 from agop_sweep.aggregate.figures import (
+    alignment_figure,
     comparison_figure,
     effective_rank_figure,
     features_comparison_figure,
@@ -169,14 +169,6 @@ def figure_builders(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, 
         "alignment": lambda: alignment_figure(df, groups, switch, metric, kind),
         **({figure_name(x): sweep} if x else {}),
     }
-
-
-def build_figures(runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame, metric: str,
-                  by: str, x: str | None = None) -> dict[str, Figure]:
-    """Every figure the data allows, by name, in the shared style, not saved."""
-    with style():
-        built = {name: build() for name, build in figure_builders(runs, table, df, metric, by, x).items()}
-    return {name: fig for name, fig in built.items() if fig is not None}
 
 
 def _draw_figures(out_dir: Path, runs: Sequence[Run], table: pd.DataFrame, df: pd.DataFrame,

@@ -126,35 +126,6 @@ def _symmetric(upper: torch.Tensor) -> torch.Tensor:
     return upper.triu() + upper.triu(1).T
 
 
-def chunk_kernels(
-    hidden: Sequence[torch.Tensor],
-    readout: torch.Tensor,
-    act: Activation,
-    act_grad: Activation,
-    x: torch.Tensor,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Unnormalised sum_i G_i^T G_i per hidden layer over one chunk, and the logits.
-
-    Args:
-        hidden: weights W_0..W_{L-1}, W_l of shape (d_out_l, d_in_l).
-        readout: the last layer's weight (c, d_out_{L-1}).
-        x: inputs (b, d_in_0) in the weights' dtype.
-    Returns:
-        ([S_l (d_out_l, d_out_l)], logits (b, c)).
-    """
-    ws = _Workspace(hidden, readout.shape[0], x.shape[0], x.dtype, x.device)
-    logits = _chunk_panels(hidden, readout, act, act_grad, x, ws)
-    sums = []
-    for w, panels in zip(hidden, ws.panels, strict=True):
-        d = w.shape[0]
-        s = torch.zeros(d, d, dtype=x.dtype, device=x.device)
-        for (r0, r1), p in zip(panel_rows(d), panels, strict=True):
-            s[r0:r1, r0:] = p
-        sums.append(s)
-    sums[-1] *= readout.T @ readout
-    return [_symmetric(s) for s in sums], logits
-
-
 def jacobian_kernels(
     hidden: Sequence[torch.Tensor],
     readout: torch.Tensor,

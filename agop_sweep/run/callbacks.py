@@ -27,6 +27,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+log = logging.getLogger(__name__)
+
 # The environment variable that carries the sweep's job count to its jobs (joblib's and
 # submitit's workers inherit the environment of the process that sets it).
 SWEEP_JOBS_ENV = "AGOP_SWEEP_JOBS"
@@ -56,7 +58,6 @@ class SweepSize(Callback):
         if jobs:
             os.environ[SWEEP_JOBS_ENV] = str(jobs)
 
-log = logging.getLogger(__name__)
 
 
 class AggregateOnMultirunEnd(Callback):
