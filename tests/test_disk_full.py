@@ -69,8 +69,8 @@ def numbers(results: dict) -> dict:
 
 def _fill_and_resume(size: str, tmp_path: Path) -> dict[str, str]:
     disk, out = tmp_path / "disk", tmp_path / "out"
-    disk.mkdir()
-    out.mkdir()
+    disk.mkdir(parents=True)
+    out.mkdir(parents=True)
     app = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "agop_sweep", *TINY])
     script = SCRIPT.format(size=size, disk=disk, out=out, app=app)
     proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=tmp_path, env=app_env(),
