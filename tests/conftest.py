@@ -33,6 +33,13 @@ TINY = [
 ]
 
 
+def tiny(*overrides: str) -> list[str]:
+    """TINY with ``overrides`` ("key=value"): one replaces TINY's entry for the same key, the
+    others are added after it."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
 def app_env() -> dict[str, str]:
     """The environment for app subprocesses: Hydra's short error report, unbuffered output."""
     return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
@@ -46,6 +53,20 @@ def run_cli(
         [sys.executable, "-m", module, *args], cwd=cwd, env=app_env(), capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+_LAUNCH = ("import sys\nfrom agop_sweep.run.app import main\n"
+           "sys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
+
+
+def run_app(*args: str, cwd: Path, patch: str = "", timeout: float = 300
+            ) -> subprocess.CompletedProcess[str]:
+    """The app with ``args`` in a fresh interpreter, after running ``patch`` (code that injects
+    a fault); without a patch, ``python -m agop_sweep <args>``."""
+    if not patch:
+        return run_cli(*args, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", patch + _LAUNCH, *args], cwd=cwd, env=app_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def finished_tiny_run(root: Path, *extra: str) -> Path:

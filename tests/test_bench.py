@@ -3,8 +3,9 @@ dispatched, the original-method reference against the project's AGOP, bench/swee
 projection at tiny sizes, and bench/gpu_check.py (its dry run on the CPU: every step at
 tiny sizes, and the JSON it writes).
 
-The full dry run (two real three-run sweeps as subprocesses) is slow; the fast variant runs
-the other steps in this process.
+The dry runs and the sweep projection take over 10 CPU-s each: they are marked slow. The full
+dry run runs two real three-run sweeps as subprocesses; the other runs every other step in
+this process.
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ def check_report(report: dict, sweeps: bool) -> None:
         assert steps["sweep_parallel"]["status"] == steps["sweep_sequential"]["status"] == "skipped"
 
 
+@pytest.mark.slow  # over 10 CPU-s
 def test_gpu_check_dry_run_without_sweeps(tmp_path: Path) -> None:
-    """The fast variant: every step but the two sweeps, in this process."""
+    """Every step but the two sweeps, in this process."""
     out = tmp_path / "gpu_check.json"
     rc = gpu_check.main(["--dry-run", "--out", str(out), "--skip", "sweep_parallel,sweep_sequential",
                          "--workdir", str(tmp_path / "work")])
@@ -235,6 +237,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()  # removed without --keep
 
 
+@pytest.mark.slow  # over 10 CPU-s
 def test_sweep_bench_projects_the_schedule(tmp_path: Path) -> None:
     """bench/sweep.py at tiny sizes: the JSON it writes, and the FLOP bound's counts against
     the formulas for the default schedule (100 epochs, 25 analyses)."""

@@ -32,7 +32,6 @@ def test_the_run_control_keys() -> None:
 
 
 def test_one_list_feeds_resume_and_hydra(compose_config) -> None:
-    assert resume.is_run_control_key is is_run_control_key  # the resume check uses this very list
     raw = yaml.safe_load((resources.files("agop_sweep.conf") / "config.yaml").read_text())
     assert raw["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] == (
         "${agop_sweep.run_control_keys:}")
