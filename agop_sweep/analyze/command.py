@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -46,7 +47,7 @@ from agop_sweep.analyze.names import METRICS, metric_kinds
 from agop_sweep.config import structured, to_container, upgrade_saved_config, validate
 from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint as ckpt
-from agop_sweep.store.atomic import write_atomic
+from agop_sweep.store.atomic import DiskFullError, write_atomic
 from agop_sweep.store.record import FILENAME as RESULTS_FILE
 from agop_sweep.store.record import (
     RecordError,
@@ -274,12 +275,21 @@ def reanalyze(run_dir: Path, overrides: list[str],
         _merge(record, run_dir, cfg, analyses, found, reanalysis_entry(
             overrides, before, str(cfg.analysis.primary), [e for e, _, _ in analyses], problems,
             time.perf_counter() - start))
-        record.save()
-        _write_config(run_dir, cfg)
-        if cfg.analysis.save_features:
-            feature_log.save(run_dir, data.image_shape)
-        save_run_figures(record, run_dir, feature_log)
+        try:
+            record.save()
+            _write_config(run_dir, cfg)
+            if cfg.analysis.save_features:
+                feature_log.save(run_dir, data.image_shape)
+            save_run_figures(record, run_dir, feature_log)
+        except DiskFullError as e:  # atomic's advice (resume=true) is a training run's, not ours
+            raise e.advising(f"analyse the run again: {analyze_command(run_dir, overrides)}") from None
     return record, problems
+
+
+def analyze_command(run_dir: Path, overrides: Sequence[str]) -> str:
+    """The command that re-analyses ``run_dir`` alone (a sweep's re-run would skip a run whose
+    results.json was written before the disk filled up), quoted for a shell."""
+    return shlex.join(["python", "-m", "agop_sweep.analyze", str(run_dir), *overrides])
 
 
 def _merge(record: RunRecord, run_dir: Path, cfg: DictConfig, analyses: list, found: dict[int, Path],

@@ -8,12 +8,14 @@ sweep accounts for every job it launched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -127,7 +129,35 @@ def _log_preset(cfg: DictConfig, choices: Any) -> None:
         log.info("Preset %s", line or f"{PRESET_GROUP}={option} (its settings could not be read)")
 
 
+class JobStop(BaseException):
+    """Carries a single run's error out of Hydra's ``run_job``, which catches an ``Exception``
+    from the task and writes ``Error executing job with overrides: [...]`` to stderr before it
+    raises it again: a second line before the one :func:`main` prints."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _past_hydras_report(task: Callable[[DictConfig], float]) -> Callable[[DictConfig], float]:
+    """A single run's error leaves the task as a :class:`JobStop`. A sweep's stays an
+    ``Exception``: Hydra marks that job failed and goes on with the others, and its line says
+    which job failed."""
+
+    @functools.wraps(task)
+    def job(cfg: DictConfig) -> float:
+        try:
+            return task(cfg)
+        except Exception as e:
+            if HydraConfig.get().mode.name == "MULTIRUN":
+                raise
+            raise JobStop(e) from None
+
+    return job
+
+
 @hydra.main(version_base="1.3", config_path="pkg://agop_sweep.conf", config_name="config")
+@_past_hydras_report
 def run(cfg: DictConfig) -> float:
     """One training run; returns the final val loss (the objective of a learning-rate search)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -250,17 +280,31 @@ def main() -> None:
         raise SystemExit(1)
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
+    error: Exception | None = None
     try:
         run()
     except GuardStop as stop:
         print(stop.error, file=sys.stderr)
         raise SystemExit(1) from None
+    except JobStop as stop:
+        error = stop.error
     except Exception as e:
         line = None if full else error_report(e)
         if line is None:
             raise
         print(line, file=sys.stderr)
         raise SystemExit(1) from None
+    if error is not None:
+        _report(error, full)  # outside the handler: a traceback shows the error's own chain
+
+
+def _report(error: Exception, full: bool) -> NoReturn:
+    """The one line for ``error`` and exit code 1; a traceback for a bug or HYDRA_FULL_ERROR=1."""
+    line = None if full else error_report(error)
+    if line is None:
+        raise error
+    print(line, file=sys.stderr)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Hydra creates the output directory and opens the run log inside its own code, be
 app runs, so an unwritable location would end in a traceback from Hydra. ``on_run_start``
 and ``on_multirun_start`` run before that: they check the location and stop with one line.
 A multirun that sweeps a run-control key (left out of job directory names) is refused too,
-since its jobs would share one directory.
+since its jobs would share one directory; so are a run or sweep dir inside another run's dir
+(the runs' files would mix), and a second sweep into a sweep dir, whose multirun.yaml Hydra
+would overwrite, unless it continues that sweep (``resume=true``, the same overrides).
 
 Hydra turns an ``Exception`` raised in a callback into a warning and carries on, so the stop
 is a :class:`GuardStop` (a ``BaseException``), which ``agop_sweep.run.app.main`` reports as one
@@ -14,6 +16,7 @@ line with exit code 1.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +24,14 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.config import is_run_control_key
 from agop_sweep.errors import UserError
+from agop_sweep.store.record import FILENAME as RESULTS_FILE
+from agop_sweep.store.record import RecordError, RunRecord
+
+MULTIRUN_FILE = "multirun.yaml"  # what Hydra's basic sweeper writes into the sweep dir
 
 
 class OutputLocationError(UserError):
@@ -71,14 +78,83 @@ def swept_run_control_keys(overrides: list[str]) -> list[str]:
     return keys
 
 
+def enclosing_run(path: Path, include_self: bool = False) -> Path | None:
+    """The nearest directory above ``path`` (or ``path`` itself) that holds a run: an
+    agop_sweep results.json. A results.json of another program's is no run of ours."""
+    path = Path(os.path.abspath(path))  # lexically: "run/../x" is not inside "run"
+    for parent in [path, *path.parents] if include_self else path.parents:
+        if (parent / RESULTS_FILE).is_file():
+            try:
+                RunRecord.in_dir(parent)
+            except (OSError, RecordError):
+                continue
+            return parent
+    return None
+
+
+def check_not_in_a_run(path: Path, what: str, key: str, include_self: bool = False) -> None:
+    """Refuse ``path`` inside another run's dir: its files would mix with that run's, and
+    commands that walk runs would read the two as one."""
+    run = enclosing_run(path, include_self)
+    if run is not None:
+        inside = run != Path(os.path.abspath(path))
+        where = f"lies inside the run directory {run}" if inside else "holds a run"
+        raise OutputLocationError(f"{what[0].upper()}{what[1:]} {path} {where}, whose files it would mix "
+                                  f"with; choose a {key} outside any run's directory")
+
+
+def experiment_overrides(overrides: list[str]) -> dict[str, str]:
+    """A command line's overrides by key, run-control keys left out, a sweep's values sorted:
+    what makes two sweeps the same experiment."""
+    out = {}
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group.lstrip("+~")
+        if not is_run_control_key(key):
+            if o.is_sweep_override():
+                out[key] = ",".join(sorted(o.sweep_string_iterator()))
+            else:
+                out[key] = o.get_value_element_as_str()
+    return out
+
+
+def check_same_sweep(sweep_dir: Path, overrides: list[str], resume: bool) -> None:
+    """Hydra's basic sweeper writes multirun.yaml over an earlier one: only the sweep that
+    wrote it, continued (``resume=true``, the same overrides but run-control keys), may."""
+    path = sweep_dir / MULTIRUN_FILE
+    if not path.is_file():
+        return
+    try:
+        earlier = experiment_overrides(list(OmegaConf.load(path).hydra.overrides.task))
+    except Exception as e:
+        raise OutputLocationError(f"{path} cannot be read ({type(e).__name__}); choose another "
+                                  "hydra.sweep.dir") from None
+    now = experiment_overrides(overrides)
+    shown = " ".join(f"{k}={v}" for k, v in sorted(earlier.items())) or "no overrides"
+    if not resume:
+        raise OutputLocationError(f"{sweep_dir} already holds a sweep ({shown}); continue it with the same "
+                                  "overrides and resume=true, or choose another hydra.sweep.dir")
+    if now != earlier:
+        differ = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        raise OutputLocationError(f"resume=true but {sweep_dir} holds another sweep ({shown}; this one "
+                                  f"differs in {', '.join(differ)}); use its overrides or another "
+                                  "hydra.sweep.dir")
+
+
 class OutputGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with _stopping():
-            check_writable(Path(str(config.hydra.run.dir)), "the run directory")
+            run_dir = Path(str(config.hydra.run.dir))
+            check_writable(run_dir, "the run directory")
+            check_not_in_a_run(run_dir, "the run directory", "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with _stopping():
-            check_writable(Path(str(config.hydra.sweep.dir)), "the sweep directory")
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            check_writable(sweep_dir, "the sweep directory")
+            check_not_in_a_run(sweep_dir, "the sweep directory", "hydra.sweep.dir", include_self=True)
+            if "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+                check_same_sweep(sweep_dir, list(config.hydra.overrides.task),
+                                 bool(OmegaConf.select(config, "resume", default=False)))
             swept = swept_run_control_keys(list(config.hydra.overrides.task))
             if swept:
                 raise OutputLocationError(
@@ -93,3 +169,7 @@ def _stopping() -> Iterator[None]:
         yield
     except UserError as e:
         raise GuardStop(e) from None
+    except OSError as e:  # a path the file system refuses to look up (a name over 255 bytes)
+        hint = "choose a shorter path" if e.errno == errno.ENAMETOOLONG else "choose another location"
+        error = OutputLocationError(f"Cannot use the output location {e.filename}: {e.strerror or e}; {hint}")
+        raise GuardStop(error) from None

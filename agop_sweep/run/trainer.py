@@ -271,7 +271,10 @@ class Trainer:
         m = self.cfg.model
         name = ckpt.checkpoint_name(epoch, self.cfg.data.name, m.width, m.depth, m.act)
         optimizer = self.optimizer.state_dict() if self.cfg.trainer.checkpoint_optimizer else {}
-        return ckpt.save_checkpoint(self.run_dir, epoch, name, self.model, optimizer, self.config)
+        # The run's config as results.json records it: a resumed run's checkpoints then equal an
+        # uninterrupted run's, not differing in resume=true; this command still names the files.
+        return ckpt.save_checkpoint(self.run_dir, epoch, name, self.model, optimizer,
+                                    dict(self.record.config), names=ckpt.names_of(self.config))
 
     def save_state(self, next_epoch: int, progress: EpochProgress | None) -> None:
         save_state(self.run_dir, ResumeState(

@@ -22,7 +22,17 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 class DiskFullError(UserError):
-    """The disk filled up while a file was written; the previous version is intact."""
+    """The disk filled up while ``path`` was written; the previous version is intact. ``fix``
+    says how to carry on once space is freed, which depends on the command that wrote."""
+
+    def __init__(self, path: Path, fix: str = "continue the run with resume=true"):
+        super().__init__(f"No space left on the device while writing {path} (the previous version is "
+                         f"intact); free some space, then {fix}")
+        self.path = path
+
+    def advising(self, fix: str) -> DiskFullError:
+        """The same error with another way to carry on (``analyze``: run it again)."""
+        return DiskFullError(self.path, fix)
 
 
 @contextlib.contextmanager
@@ -47,10 +57,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if disk_full(e):
-            raise DiskFullError(
-                f"No space left on the device while writing {target} (the previous version is "
-                "intact); free some space, then continue the run with resume=true"
-            ) from None
+            raise DiskFullError(target) from None
         raise
 
 

@@ -69,10 +69,10 @@ def names_of(config: Mapping[str, Any]) -> str:
     return str(value) if value else DEFAULT_NAMES
 
 
-def styled(name: str, config: Mapping[str, Any]) -> str:
-    """A default checkpoint name in the kind the run's config asks for."""
+def styled(name: str, names: str) -> str:
+    """A default checkpoint name in the kind ``names`` (``trainer.checkpoint_names``)."""
     m = _DEFAULT_RE.match(name)
-    if m is None or names_of(config) != PORTABLE_NAMES:
+    if m is None or names != PORTABLE_NAMES:
         return name
     epoch, dataset, width, depth, act = m.groups()
     return checkpoint_name(int(epoch), dataset, int(width), int(depth), act, PORTABLE_NAMES)
@@ -95,11 +95,11 @@ def to_cpu(obj: Any) -> Any:
 
 def save_checkpoint(
     run_dir: Path, epoch: int, name: str, model: torch.nn.Module, optimizer_state: dict[str, Any],
-    config: dict[str, Any],
+    config: dict[str, Any], names: str | None = None,
 ) -> str:
-    """Write models/<name> atomically, ``name`` in the kind of names ``config`` asks for
-    (``trainer.checkpoint_names``); return its path relative to ``run_dir``."""
-    rel = f"{MODELS_DIR}/{styled(name, config)}"
+    """Write models/<name> atomically, ``name`` in the kind ``names`` (default: the kind that
+    ``config``'s ``trainer.checkpoint_names`` asks for); return its path relative to ``run_dir``."""
+    rel = f"{MODELS_DIR}/{styled(name, names or names_of(config))}"
     torch_save(run_dir / rel, {
         "state_dict": cpu_state_dict(model),
         "epoch": epoch,

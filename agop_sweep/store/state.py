@@ -85,8 +85,12 @@ def load_state(run_dir: Path) -> ResumeState | None:
     except checkpoint.UnsafeFileError:
         raise
     except Exception as e:
+        # Without state.pt, resume=true restarts an unfinished run from epoch 0 in place and
+        # leaves a finished one as it is (rundir.check_claimable).
         raise UserError(
-            f"{path} cannot be read ({type(e).__name__}); delete it to restart the run from scratch"
+            f"{path} cannot be read ({type(e).__name__}); delete it and run the same command with "
+            "resume=true again: an unfinished run restarts from epoch 0 in place, a finished one stays "
+            "as it is"
         ) from None
 
 

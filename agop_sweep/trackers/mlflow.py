@@ -20,6 +20,7 @@ continues the MLflow run whose id state.pt holds, or the one tagged with this ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 from agop_sweep.store.record import RunRecord
 from agop_sweep.trackers.base import RunContext, TrackerHook, flatten, group_label, log, outputs_dir
 
+READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 RUN_KEY_TAG = "agop_sweep.run_key"  # the run dir and the run's first start: one per run
 TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "running": "KILLED"}
 LOCK_RETRIES = 8
@@ -60,6 +62,26 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///"):].split("?", 1)[0]
     return Path(path).resolve() if path and path != ":memory:" else None
+
+
+class ReadOnlyStore(Exception):
+    """The local MLflow store cannot be written; its message names it."""
+
+
+def read_only_reason(error: BaseException) -> str | None:
+    """Why ``error``, or one it came from, says a local store cannot be written: SQLite's
+    "attempt to write a readonly database", or a permission error on the database, its lock
+    or their directory. None for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if "readonly database" in str(cause):
+            return "attempt to write a readonly database"
+        if isinstance(cause, OSError) and cause.errno in READ_ONLY_ERRNOS:
+            return f"{cause.strerror}: {cause.filename}" if cause.filename else str(cause.strerror)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -110,6 +132,10 @@ class MlflowHook(TrackerHook):
                 with self._store_lock():
                     return fn(*args, **kwargs)
             except Exception as e:
+                reason = read_only_reason(e) if self.db is not None else None
+                if reason is not None:  # MLflow's own report is a traceback that never says so
+                    raise ReadOnlyStore(f"the store {self.db} is read-only ({reason}); give "
+                                        "logger.tracking_uri a writable one") from None
                 if "locked" not in str(e).lower() or attempt == LOCK_RETRIES - 1:
                     raise
                 time.sleep(min(0.05 * 2**attempt, 2.0))
@@ -118,8 +144,10 @@ class MlflowHook(TrackerHook):
     # -- the run ------------------------------------------------------------------------------------
     def open(self, record: RunRecord) -> bool:
         prepare_mlflow_env()
-        for name in ("alembic", "mlflow.store.db.utils"):  # the store's first-use chatter
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's first-use chatter
+        # Its first-use chatter, and every database error logged with a traceback before it is
+        # raised to _call, which reports it in one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         from mlflow import MlflowClient
 
         self.client = self._call(MlflowClient, tracking_uri=self.uri)
