@@ -64,7 +64,7 @@ def test_a_missing_option_is_hydras_one_line(startup) -> None:
 ])
 def test_the_ignored_keys_of_old_are_refused_in_one_line(compose_config, overrides: list[str],
                                                         line: str) -> None:
-    """Each used to run with the key ignored; ``error_report`` makes the line the CLI prints."""
+    """Each is refused, not run with the key ignored; ``error_report`` makes the line the CLI prints."""
     from agop_sweep.run.app import error_report
 
     assert overrides in [o for o, _ in COMPOSITION_ERRORS]

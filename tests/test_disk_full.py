@@ -4,8 +4,8 @@ finishes the run with the numbers of an uninterrupted one once space is back (is
 The real test fills a real file system: a small tmpfs mounted in a private mount namespace
 (``unshare -rm``, no privileges needed where user namespaces are allowed), grown after the
 failure with ``mount -o remount,size=``. Where namespaces are not allowed it is skipped,
-and the simulated test below still covers the case that used to be lost for good: the disk
-filling up before the first state.pt was ever written.
+and the simulated test below still covers the case that matters most: the disk filling up
+before the first state.pt was ever written.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_every_size_from_the_first_file_to_the_last(tmp_path: Path, reference: d
         named[size] = _check(size, got, reference)
         named[size] += f" (state.pt written: {'state.pt' in got.get('files', '').split()})"
     print(json.dumps(named, indent=1))  # the failure points, for the note
-    # The case that used to be lost for good is among them: the disk full before any state.pt.
+    # The case that matters most is among them: the disk full before any state.pt.
     assert any("state.pt written: False" in v and v.split(" (")[0] for v in named.values()), named
 
 

@@ -1,7 +1,6 @@
-"""Refactors keep every number: fixed-seed digits runs against results.json files written by
-earlier code (tests/golden/, timings and provenance left out). SGD's and Adam's files date
-from before the architecture change; Muon's from before the per-layer analysis was rebuilt on
-factorisations, with its Newton-Schulz pinned to fp32 (see EXTRA)."""
+"""Refactors keep every number: fixed-seed digits runs against the results.json files in
+tests/golden/ (timings and provenance left out); Muon's run pins its Newton-Schulz to fp32
+(see EXTRA)."""
 
 from __future__ import annotations
 

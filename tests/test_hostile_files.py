@@ -182,7 +182,7 @@ def test_load_features_refuses_what_is_not_one(case: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize("case", ["foreign", "zip_garbage"])
 def test_aggregate_draws_without_a_foreign_features_npz(case: str, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """The foreign file used to raise KeyError after runs.csv and four figures were written."""
+    """A foreign file is refused before any output is written, not half-way (a KeyError)."""
     sweep, bad = _sweep(tmp_path)
     CRAFTED_FEATURES[case][0](bad / "features.npz")
     with caplog.at_level(logging.WARNING):

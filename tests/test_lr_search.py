@@ -119,8 +119,8 @@ def test_report_lists_the_best_lr(extended: Path, tmp_path: Path) -> None:
 
 
 def test_storage_mismatch_stops_with_one_line(tmp_path: Path) -> None:
-    """optuna 2.10 on SQLAlchemy 2 used to stop with a bare AssertionError and leave a broken
-    database file; now the command refuses before the storage is touched."""
+    """optuna 2.10 on SQLAlchemy 2 would stop with a bare AssertionError and leave a broken
+    database file: the command refuses before the storage is touched."""
     patch = ("import sys, agop_sweep.run.search as s\n"
              "s._version = lambda p: {'optuna': '2.10.1', 'sqlalchemy': '2.0.30'}.get(p)\n"
              "from agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")

@@ -61,7 +61,7 @@ def _run_rows(record: RunRecord) -> pd.DataFrame:
 def layer_keys(record: RunRecord) -> list[str]:
     """The per-layer keys (weight_change, alpha_star, alpha_corr) that any layer entry of the
     record has (older results have none)."""
-    return [k for k in LAYER_KEYS if any(k in entry for a in record.analysis for entry in a["layers"])]
+    return [k for k in LAYER_KEYS if any(k in entry for _, entry in record.layer_entries())]
 
 
 def _clean_column(values: list[Any]) -> pd.Series:

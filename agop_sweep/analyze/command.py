@@ -63,7 +63,6 @@ PROG = "agop-analyze"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # Directories below a sweep that never hold a run.
 SKIP_DIRS = {".hydra", "models", "plots", ".submitit", "__pycache__", "tensorboard"}
-EPOCH_RE = ckpt.EPOCH_RE  # kept for callers of earlier versions
 # Keys of a layer entry that describe the earlier analysis only (why it had no numbers).
 TRANSIENT = ("error",)
 

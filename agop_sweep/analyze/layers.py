@@ -125,8 +125,8 @@ def compare_layers(weights: Sequence[torch.Tensor], inits: Sequence[torch.Tensor
     On the CPU the layers run side by side, one per thread of the job's budget, each on one
     thread. Their matmuls and eigensolvers are small (1024 x 1024), and multi-threaded ones
     wait at every barrier, for each other and, on a busy machine, for other processes' work:
-    on two idle cores the default model's five layers took 5.1 s so against 5.5 s one after
-    another on two threads, and they no longer stall when the machine is busy.
+    on two idle cores the default model's five layers take 5.1 s so against 5.5 s one after
+    another on two threads, and a busy machine does not stall them.
     """
     def one(layer: int) -> LayerComparison:
         top = cfg.top_eigvecs if layer == 0 and cfg.save_features else 1

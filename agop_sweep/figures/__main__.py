@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _check_metric(record: RunRecord, metric: str | None) -> None:
     known = [*record.metric_names(), *(k for k in LAYER_KEYS if any(
-        k in entry for a in record.analysis for entry in a["layers"])), *alpha_keys_of(record)]
+        k in entry for _, entry in record.layer_entries())), *alpha_keys_of(record)]
     if metric is not None and metric not in known:
         raise UserError(f"--metric {metric} is not in this run; choose one of {', '.join(known) or '(none)'}")
 

@@ -16,7 +16,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,11 @@ class RunRecord:
         return self._doc["error"] if isinstance(self._doc.get("error"), str) else None
 
     @property
+    def failed_before_training(self) -> bool:
+        """The record of a job that stopped before its first epoch: nothing worth keeping."""
+        return self.status == Status.FAILED and not self.epochs
+
+    @property
     def diverged_epoch(self) -> int | None:
         """The epoch a diverged run's loss became non-finite, when recorded."""
         return epoch if type(epoch := self._doc.get("diverged_epoch")) is int else None
@@ -395,9 +400,15 @@ class RunRecord:
         its index (``spectra.agop.effective_rank``, ``spectra.agop.top5_share.0``)."""
         return self._per_layer(lambda entry: schema.path_value(entry, path))
 
+    def layer_entries(self) -> Iterator[tuple[int, LayerEntry]]:
+        """Every analysed epoch's layer entries, as (epoch, entry), in epoch then layer order."""
+        for a in self.analysis:
+            for entry in a["layers"]:
+                yield a["epoch"], entry
+
     def metric_names(self) -> list[str]:
         """The correlation variants recorded in the layers' ``metrics``, in first-seen order."""
-        return list(dict.fromkeys(name for a in self.analysis for entry in a["layers"]
+        return list(dict.fromkeys(name for _, entry in self.layer_entries()
                                   if isinstance(entry.get("metrics"), dict) for name in entry["metrics"]))
 
     def epoch_metric(self, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint as ckpt
 from agop_sweep.store.atomic import remove_stale_temporaries, write_atomic
 from agop_sweep.store.record import FILENAME as RESULTS_FILE
-from agop_sweep.store.record import RecordError, RunRecord, Status, read_document
+from agop_sweep.store.record import RecordError, RunRecord, Status
 from agop_sweep.store.state import STATE_FILE, ResumeState, check_same_experiment, load_state
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,10 @@ def holds_run(run_dir: Path) -> bool:
     if not path.exists():
         return False
     try:
-        data, _ = read_document(path)
+        record = RunRecord.load(path)
     except (OSError, RecordError):
         return True  # unreadable or crafted: not ours to judge, so not ours to overwrite
-    return not (isinstance(data, dict) and data.get("epochs") == [] and data.get("status") == "failed")
+    return not record.failed_before_training
 
 
 @dataclass
