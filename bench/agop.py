@@ -1,28 +1,16 @@
 """Benchmark of one analysis: the project's exact AGOP against the original script's method.
 
-Project: the pass, agop_sweep.analyze.agop.jacobian_kernels over all n samples (one chunked forward
-+ backward sweep for all hidden layers), and the whole analysis,
-agop_sweep.analyze.layers.analyze_model (the pass, then per layer W^T K W, every metric variant,
-the spectra, alpha_star and the layer-0 features), both timed at the full n.
+Project: the pass (agop_sweep.analyze.agop.jacobian_kernels, all hidden layers in one chunked
+forward + backward sweep) and the whole analysis (agop_sweep.analyze.layers.analyze_model), at
+the full n. Original: its ``egop`` routine (bench/original.py), vmap(jacrev) of the sub-network
+above each layer in batches of 128, on ``--ref-n`` samples, scaled to n. Also: exact matmul
+FLOPs of both (the formulas against the matmuls dispatched), the pass's FLOP/s against a plain
+fp32 matmul, its split by layer, float32 and float64 agreement, the analysis's extra peak
+memory, and the per-layer work against the implementation it replaced. bench/README.md says
+what each figure is.
 
-Reference: the method of the original training_100epochs.py (its ``egop`` routine), written
-anew in bench/original.py: per hidden layer l, the layer's inputs h_l in batches of 128, then per batch of
-128 the Jacobians of the sub-network above layer l, ``torch.func.vmap(jacrev(subnet))``,
-summed as J^T J (einsum) into a float32 matrix, divided by n; and the one correlation the
-original computes per layer (cosine of (W - W0)^T (W - W0) with that AGOP). The original's
-helper that returns h_l applies one more middle layer before testing the index for layers
-2-4; the reference uses the correct h_l, so both sides compute the same AGOP and their
-relative error is reported. Not included (they only make the original slower): reading the
-samples one item at a time, reloading the model per layer, and on CUDA the per-batch copy of
-J^T J to the host and empty_cache. The reference runs on ``--ref-n`` samples (whole batches)
-and is scaled linearly to n: its cost is a fixed amount per batch of 128.
-
-Also: exact matmul FLOPs of both (formulas checked against the matmuls dispatched), the
-pass's FLOP/s against a plain fp32 matmul timed in the same process, the pass's split by
-layer, float32 and float64 agreement, and the analysis's extra peak memory at the full n.
-
-    python bench/agop.py                    # width 1024, depth 5, n = 73,257 on the CPU (~3 min)
-    python bench/agop.py --n 8192 --ref-n 256
+    python -m bench.agop                    # width 1024, depth 5, n = 73,257 on the CPU (~3 min)
+    python -m bench.agop --n 8192 --ref-n 256
 """
 
 from __future__ import annotations
@@ -38,24 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import (
-    GIB,
-    N_CLASSES,
-    Contention,
-    base_parser,
-    compose_config,
-    dims,
-    gflops,
-    setup,
-    svhn_shaped,
-    table,
-    timed,
-    verdict,
-    write_json,
-)
-from flops import MatmulFlops
-from machine import MatmulRate, peak_memory
-from original import ORIGINAL_BATCH, original_agop, original_layer, reference_flops
 
 from agop_sweep.analyze import nfa
 from agop_sweep.analyze.agop import jacobian_kernels, panel_area, pass_flops
@@ -63,8 +33,27 @@ from agop_sweep.analyze.layers import analyze_model, exact_matmuls
 from agop_sweep.analyze.nfa import agop_from_kernel
 from agop_sweep.config import AnalysisConfig
 from agop_sweep.model.mlp import MLP, build_model
+from bench.common import (
+    GIB,
+    N_CLASSES,
+    Contention,
+    MatmulFlops,
+    MatmulRate,
+    base_parser,
+    compose_config,
+    dims,
+    gflops,
+    peak_memory,
+    setup,
+    svhn_shaped,
+    table,
+    timed,
+    verdict,
+    write_json,
+)
+from bench.original import ORIGINAL_BATCH, original_agop, original_layer, reference_flops
 
-# The per-layer analysis before it was rebuilt on factorisations, kept unchanged in tests/.
+# The per-layer analysis on formed matrices, which the factorised one replaced: the baseline in tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import nfa_reference
 
@@ -77,7 +66,7 @@ TARGET_MEMORY_GIB = 4.0
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "agop")
     p.add_argument("--chunk", type=int, default=AnalysisConfig.chunk_size,
                    help="samples per chunk of the project's pass (analysis.chunk_size)")
     p.add_argument("--ref-n", type=int, default=2048,
@@ -491,8 +480,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     results = run(args)
-    if args.json:
-        write_json(args.json, results)
+    write_json(args.json, results)
+    print(f"written: {args.json}")
     return results
 
 

@@ -1,37 +1,21 @@
 """One-shot GPU check: every performance figure a CUDA machine can give, in one command.
 
-In order, each step timed and written to one JSON file (``--out``, rewritten after every
-step, so a stopped check still leaves what it measured):
+Steps, each timed and written to one JSON file (``--out``, rewritten after every step, so a
+stopped check still leaves what it measured): ``info`` (versions, device); ``correctness``
+(the AGOP pass on the device in float32 and float64 against the original's per-sample method
+in float64 on the CPU, small net); ``agop`` and ``train`` (bench.agop and bench.train at their
+default sizes on the device); ``sweep_parallel`` and ``sweep_sequential`` (a real
+``python -m agop_sweep -m optimizer=sgd,adam,muon schedule=paper`` sweep on SVHN-sized
+synthetic data, the three runs at once on the one GPU, then one after the other; per run its
+status, epochs and seconds from results.json; ``sweep.faster`` names the faster way). The
+check keeps to ``--budget`` seconds: a step that would run past it is stopped and recorded as
+``timeout`` with what it had done. Without CUDA it says so in one line and exits 0;
+``--dry-run`` runs every step on the CPU at tiny sizes to check the plumbing.
+bench/README.md says more.
 
-1. ``info``: device, driver, CUDA, torch and the other versions.
-2. ``correctness``: the AGOP pass on the device (float32, and float64) against a float64
-   per-sample computation (vmap(jacrev), the original script's method, on the CPU) on a
-   small net: relative errors per layer.
-3. ``agop``: bench/agop.py at its default sizes (n = 73,257) on the device.
-4. ``train``: bench/train.py at its default sizes on the device.
-5. ``sweep_parallel``: a real ``python -m agop_sweep -m optimizer=sgd,adam,muon`` sweep on the
-   paper schedule (``schedule=paper``) with synthetic data of SVHN's size
-   (``data=synthetic data.n_train=73257 data.n_val=26032 data.n_features=3072``), the three
-   runs at once on the one GPU (``cluster=joblib hydra.launcher.n_jobs=3``);
-6. ``sweep_sequential``: the same sweep with the basic launcher, one run after the other.
-   Per run: status, epochs done, wall seconds (results.json started_at to finished_at),
-   training and analysis seconds; per sweep the command's wall time; ``sweep.faster`` names
-   the faster mode.
-
-The whole check keeps to ``--budget`` seconds (default 470, under 8 minutes): a step that
-would run past it is stopped (its process group is ended) and recorded as ``timeout`` with
-what it had done (epochs per run); a step that cannot start in time is ``skipped``. The
-parallel sweep leaves the sequential one at least 40 % of the time left when it starts;
-where a sweep was stopped, ``sweep.faster`` compares epochs per second instead of wall
-times (``sweep.basis`` says which). ``--sweep-override KEY=VALUE`` adds an override to both
-sweeps (e.g. ``trainer.plots=end`` to leave the live figures out). Without CUDA the check
-says so in one line and exits 0. ``--dry-run`` runs every step on the CPU at tiny sizes
-(tiny synthetic data, ``schedule=smoke``, small widths) to check the plumbing; the figures of
-a dry run mean nothing.
-
-    python bench/gpu_check.py                      # on a CUDA machine (< 8 minutes)
-    python bench/gpu_check.py --out results/gpu_check.json --keep
-    python bench/gpu_check.py --dry-run            # anywhere, about a minute on 2 CPU cores
+    python -m bench.gpu_check                      # on a CUDA machine (< 8 minutes)
+    python -m bench.gpu_check --out results/gpu_check.json --keep
+    python -m bench.gpu_check --dry-run            # anywhere, about a minute on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -52,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import Contention, write_json
+
+from bench.common import OUT, Contention, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("info", "correctness", "agop", "train", "sweep_parallel", "sweep_sequential")
@@ -76,7 +61,8 @@ TOL_F32, TOL_F64 = 1e-4, 1e-10
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="gpu_check.json", help="the JSON file written (default: gpu_check.json)")
+    p.add_argument("--out", default=str(OUT / "gpu_check.json"),
+                   help="the JSON file written (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="every step on the CPU at tiny sizes (checks the plumbing, not the GPU)")
     p.add_argument("--budget", type=float, default=470.0, help="seconds for the whole check (default 470)")
@@ -135,11 +121,11 @@ def info(device: torch.device) -> dict[str, Any]:
 
 def correctness(device: torch.device) -> dict[str, Any]:
     """The pass on ``device`` against float64 per-sample Jacobians on the CPU, small net."""
-    from agop import make_model, original_agop, rel_err, weights
-
     from agop_sweep.analyze.agop import jacobian_kernels
     from agop_sweep.analyze.layers import exact_matmuls
     from agop_sweep.analyze.nfa import agop_from_kernel
+    from bench.agop import make_model, rel_err, weights
+    from bench.original import original_agop
 
     width, depth, d_in, n = 64, 3, 192, 512
     model, _ = make_model(width, depth, torch.device("cpu"), d_in=d_in)
@@ -168,12 +154,13 @@ def correctness(device: torch.device) -> dict[str, Any]:
 
 
 def bench(script: str, argv: list[str]) -> dict[str, Any]:
-    """bench/<script>.py's main(argv), in this process; its results dict."""
+    """bench.<script> with ``argv``, in this process; its results dict (in this check's JSON)."""
     import importlib
 
     threads = torch.get_num_threads()
+    module = importlib.import_module(f"bench.{script}")
     try:
-        return importlib.import_module(script).main(argv)
+        return module.run(module.parse(argv))
     finally:
         torch.set_num_threads(threads)  # --threads of a dry run must not outlive its step
 

@@ -9,8 +9,8 @@ error of one orthogonalisation against float64 on the first step's update, and t
 step in each dtype on this device (where bf16 is emulated, as on AVX2 CPUs, its steps are
 the slow ones).
 
-    python bench/ns_dtype.py                         # digits, width 256, depth 5, 20 steps
-    python bench/ns_dtype.py --width 1024 --steps 5
+    python -m bench.ns_dtype                         # digits, width 256, depth 5, 20 steps
+    python -m bench.ns_dtype --width 1024 --steps 5
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from common import Contention, compose_config, setup, table, write_json
 
 from agop_sweep.data.datasets import load_dataset
 from agop_sweep.model.mlp import build_model, loss_fn
 from agop_sweep.model.muon_seed import MuonSeed, orthogonalize
 from agop_sweep.model.ns_precision import bf16_speed
 from agop_sweep.model.optim import Muon, zeropower
+from bench.common import OUT, Contention, compose_config, setup, table, write_json
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
@@ -40,7 +40,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--json", default=str(OUT / "ns_dtype.json"), metavar="PATH",
+                   help="the JSON file every figure is written to (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     out = run(args)
-    if args.json:
-        write_json(args.json, out)
+    write_json(args.json, out)
+    print(f"written: {args.json}")
     return out
 
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from common import N_CLASSES
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import jacrev, vmap
@@ -18,6 +17,7 @@ from torch.nn import functional as F
 
 from agop_sweep.model.mlp import MLP, build_model
 from agop_sweep.model.optim import build_optimizer
+from bench.common import N_CLASSES
 
 ORIGINAL_BATCH = 128  # the original's batch, both for the layer inputs and for egop
 

@@ -1,23 +1,19 @@
 """Benchmark of a whole run: the default schedule projected from measured parts.
 
-Three measurements, all with the project's own code:
+Three real runs of the Trainer (data=synthetic), each watched by an observer between epochs:
+1. memory over ``--mem-epochs`` epochs at ``--mem-width``, every one analysed, checkpointed
+   and plotted (the observer draws and times the figures); the RSS after every epoch must not
+   grow by more than 1 MiB an epoch over the second half;
+2. a default-sized run of one epoch and one analysis: its peak memory and measured seconds;
+3. per optimizer, four epochs of ``--steps`` steps with checkpoints at 2 and 4: an epoch's
+   training, and its recording and persistence with and without a checkpoint.
+The default schedule (conf/schedule/paper: 100 epochs, 25 analysed and checkpointed) is then
+projected per optimizer and set against its FLOP bound. bench/README.md says what each
+figure is.
 
-1. Memory over a run: a real Trainer (data=synthetic, ``--mem-width``) trains and analyses
-   ``--mem-epochs`` epochs in this process; the RSS after every epoch (after malloc_trim)
-   shows whether memory grows: the least-squares slope over the second half must stay
-   under 1 MiB per epoch (the few hundred KB per analysis that features.npz keeps).
-2. A default-sized run: a real Trainer at width/depth/n of the defaults, one training epoch
-   and one analysis (schedule.epochs=1, checkpoints=[1]); its peak RSS (and peak GPU
-   memory with --device cuda) and its measured epoch, evaluation and analysis seconds.
-3. Per optimizer: Trainer.train_epoch over ``--steps`` steps (scaled to the epoch), the
-   evaluation, and the writes of a checkpoint and of the per-epoch resumable state.
-
-The schedule (conf/schedule/paper: 100 epochs, 25 analysed and checkpointed epochs) is
-then projected per optimizer: training, evaluation, analysis, checkpoint I/O, figures.
-
-    python bench/sweep.py                       # CPU, defaults (about 5 minutes)
-    python bench/sweep.py --no-full-run         # skip 2.; the analysis is timed on a subset
-    python bench/sweep.py --device cuda
+    python -m bench.sweep                       # CPU, defaults (about 5 minutes)
+    python -m bench.sweep --no-full-run         # skip 2.; the analysis is timed on a subset
+    python -m bench.sweep --device cuda
 """
 
 from __future__ import annotations
@@ -30,53 +26,58 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 import torch
-from common import (
-    GIB,
-    N_CLASSES,
-    N_SVHN_TEST,
-    Contention,
-    TrainerHarness,
-    base_parser,
-    compose_config,
-    dims,
-    setup,
-    svhn_shaped,
-    sync,
-    table,
-    timed,
-    verdict,
-    weight_shapes,
-    write_json,
-)
-from flops import eval_flops, ns_flops, train_flops
-from machine import MatmulRate, peak_rss_bytes, reset_peak_rss, rss_bytes, trimmed_rss_bytes
 from omegaconf import DictConfig
 
 from agop_sweep.analyze.agop import jacobian_kernels, pass_flops
 from agop_sweep.analyze.layers import analyze_model, exact_matmuls
-from agop_sweep.config import validate
-from agop_sweep.data.datasets import Dataset
-from agop_sweep.run.device import Placement
-from agop_sweep.run.hooks import FiguresHook
-from agop_sweep.run.trainer import Trainer
+from agop_sweep.model.mlp import build_model, evaluate
+from agop_sweep.run.observers import FiguresObserver
+from agop_sweep.store.state import STATE_FILE
+from bench.common import (
+    D_IN,
+    GIB,
+    MIB,
+    N_CLASSES,
+    N_SVHN_TEST,
+    Contention,
+    EpochLog,
+    MatmulRate,
+    base_parser,
+    compose_config,
+    dims,
+    eval_flops,
+    fastest_time,
+    ns_flops,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    run_trainer,
+    setup,
+    svhn_shaped,
+    table,
+    timed,
+    train_flops,
+    verdict,
+    weight_shapes,
+    write_json,
+)
 
-MIB = 2**20
 # Growth allowed between the settled and the last epoch of the memory check, per epoch:
 # above what features.npz legitimately keeps per analysis (~0.3 MB) and allocator noise,
 # below a leaked copy of the model or of a chunk buffer at the check's width.
 GROWTH_LIMIT_MIB = 1.0
+PART_EPOCHS, PART_CHECKPOINTS = 4, (2, 4)
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], "sweep")
     p.add_argument("--n-val", type=int, default=N_SVHN_TEST)
     p.add_argument("--optimizers", default="sgd,adam,muon")
-    p.add_argument("--steps", type=int, default=40, help="timed steps per optimizer (scaled to the epoch)")
-    p.add_argument("--muon-steps", type=int, default=20, help="timed Muon steps")
+    p.add_argument("--steps", type=int, default=40, help="steps of a timed epoch (scaled to n)")
+    p.add_argument("--muon-steps", type=int, default=20, help="steps of a timed Muon epoch")
     p.add_argument("--eval-n", type=int, default=16384, help="samples of the timed evaluation")
     p.add_argument("--analysis-n", type=int, default=8192,
                    help="samples of the analysis timed without the full run (scaled to n)")
@@ -87,110 +88,94 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class TimedFigures(FiguresHook):
-    """The trainer's figures hook, timing each drawing: live refreshes (PNG) and the final one."""
+class TimedFigures(FiguresObserver):
+    """The run's figures as trainer.plots=live draws them (from the trainer's feature log),
+    each drawing timed: live refreshes (PNG) and the final one (PNG + PDF)."""
 
-    def __init__(self, hook: FiguresHook):
-        super().__init__(hook.mode, hook.features)
-        self.live_seconds: list[float] = []  # live refreshes (PNG) after analysed epochs
-        self.final_seconds: list[float] = []  # the end of the run (PNG + PDF)
+    def __init__(self) -> None:
+        super().__init__("live", None)  # type: ignore[arg-type]  # run_trainer hands it the log
+        self.seconds: dict[str, list[float]] = {"png": [], "pdf": []}
 
     def draw(self, record: Any, run_dir: Path, formats: tuple[str, ...]) -> None:
         t0 = time.perf_counter()
         super().draw(record, run_dir, formats)
-        (self.final_seconds if "pdf" in formats else self.live_seconds).append(time.perf_counter() - t0)
+        self.seconds[formats[-1]].append(time.perf_counter() - t0)
 
 
-class ProbeTrainer(Trainer):
-    """The project's Trainer, recording per epoch its RSS and the time of the epoch's
-    bookkeeping (checkpoint and hooks: features, results.json, state, figures), and the
-    peaks after loading."""
+class Memory(EpochLog):
+    """Per epoch the RSS after malloc_trim and the GPU memory allocated; at the end of epoch 0
+    (the data loaded, the model built) the RSS and the peak so far, then the peak marks reset."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.probe: list[dict[str, Any]] = []
-        self.load: dict[str, float] = {}
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+        self.load: dict[str, Any] = {}
 
-    def setup(self, data: Dataset) -> None:
-        # The data is loaded: note the load's peak, then measure the run's own peak from here.
-        self.load = {"rss": rss_bytes(), "peak": peak_rss_bytes(), "reset": reset_peak_rss()}
-        if self.device.type == "cuda":
-            sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        super().setup(data)
-        self.figures = TimedFigures(next(h for h in self.hooks if isinstance(h, FiguresHook)))
-        self.hooks = [self.figures if isinstance(h, FiguresHook) else h for h in self.hooks]
-
-    def finish_epoch(self, entry: Any, analysis: Any) -> Any:
-        t0 = time.perf_counter()
-        event = super().finish_epoch(entry, analysis)
-        cuda = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        self.probe.append({"epoch": entry["epoch"], "rss": trimmed_rss_bytes(), "cuda": cuda,
-                           "analysed": analysis is not None, "finish": time.perf_counter() - t0,
-                           "seconds": entry["seconds"], "train_seconds": entry["train_seconds"]})
-        return event
-
-
-def run_trainer(overrides: list[str], device: torch.device) -> tuple[ProbeTrainer, dict[str, Any]]:
-    cfg = compose_config(["data=synthetic", *overrides])
-    validate(cfg)
-    with TemporaryDirectory() as tmp:
-        t = ProbeTrainer(cfg, Path(tmp), Placement(str(device), torch.get_num_threads()))
-        t.run()
-        results = t.record.document()
-    return t, results
+    def observe(self, event: Any, row: dict[str, Any]) -> None:
+        row["rss"] = rss_bytes(trim=True)
+        row["cuda"] = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        if event.epoch == 0:
+            self.load = {"rss": row["rss"], "peak": peak_rss_bytes(), "reset": reset_peak_rss(self.device)}
 
 
 def memory_check(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     e = args.mem_epochs
-    t, _ = run_trainer([f"model.width={args.mem_width}", "optimizer=adam", f"schedule.epochs={e}",
-                        f"schedule.checkpoints=[{','.join(map(str, range(e + 1)))}]",
-                        f"device={device.type}"], device)
-    rss = [p["rss"] for p in t.probe]
+    figures, probe = TimedFigures(), Memory(device)
+    run_trainer(compose_config([
+        "data=synthetic", f"device={device.type}", f"model.width={args.mem_width}", "optimizer=adam",
+        f"schedule.epochs={e}", f"schedule.checkpoints=[{','.join(map(str, range(e + 1)))}]",
+        "trainer.plots=off"]), device, [figures, probe])  # the figures are drawn by TimedFigures
+    rss = [r["rss"] for r in probe.rows]
     # The first half settles allocator pools, lazy imports and matplotlib's caches (they grow
     # in steps, e.g. when the epoch axis gets two-digit labels); a leak keeps growing after.
     settle = (len(rss) - 1) // 2
     growth = statistics.linear_regression(range(settle, len(rss)), rss[settle:]).slope  # bytes/epoch
-    return {"rss": rss, "cuda": [p["cuda"] for p in t.probe], "settle": settle, "growth": growth,
-            "plots": t.figures.live_seconds, "final_plots": t.figures.final_seconds}
+    return {"rss": rss, "cuda": [r["cuda"] for r in probe.rows], "settle": settle, "growth": growth,
+            "plots": figures.seconds["png"], "final_plots": figures.seconds["pdf"]}
 
 
 def full_run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    t, results = run_trainer([
-        f"model.width={args.width}", f"model.depth={args.depth}", f"data.n_train={args.n}",
-        f"data.n_val={args.n_val}", "optimizer=sgd", "schedule.epochs=1", "schedule.checkpoints=[1]",
-        f"device={device.type}",
-    ], device)
+    probe = Memory(device)
+    run_trainer(compose_config([
+        "data=synthetic", f"device={device.type}", f"model.width={args.width}", f"model.depth={args.depth}",
+        f"data.n_train={args.n}", f"data.n_val={args.n_val}", "optimizer=sgd", "schedule.epochs=1",
+        "schedule.checkpoints=[1]"]), device, [probe])
+    doc = probe.document
     out = {
-        "load_rss": t.load["rss"], "load_peak": t.load["peak"], "exact": t.load["reset"],
+        "load_rss": probe.load["rss"], "load_peak": probe.load["peak"], "exact": probe.load["reset"],
         "run_peak": peak_rss_bytes(),
-        "epoch0": results["epochs"][0]["seconds"],  # full train + val evaluation
-        "train": results["epochs"][1]["train_seconds"],
-        "analysis": results["analysis"][0]["seconds"],
-        "finish": [p["finish"] for p in t.probe],
+        "epoch0": doc["epochs"][0]["seconds"],  # full train + val evaluation
+        "train": doc["epochs"][1]["train_seconds"],
+        "analysis": doc["analysis"][0]["seconds"],
+        "persist": [r["persist"] for r in probe.rows if r["persist"] is not None],
     }
     if device.type == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
     return out
 
 
-def analysis_subset(h: TrainerHarness, n_sub: int, n: int) -> float:
-    """An analysis at n from one at ``n_sub`` samples: the pass scales with n, the rest does not."""
-    model, cfg = h.trainer.model, h.cfg
-    x, y = h.x[:n_sub], h.y[:n_sub]
-    t_all = timed(lambda: analyze_model(model, h.trainer.init_weights, x, y, cfg.analysis, cfg.loss, 1,
-                                  progress=False), h.device)[0]
+def config(name: str, args: argparse.Namespace, device: torch.device, steps: int = 1) -> DictConfig:
+    """Part 3.'s run for ``name``: ``steps`` minibatches an epoch, no analysis, no figures."""
+    ns = ["optimizer.ns_dtype=bf16"] if name == "muon" else []  # its FLOP bound counts bf16 matmuls
+    bs = compose_config().trainer.batch_size
+    return compose_config([
+        "data=synthetic", f"device={device.type}", f"optimizer={name}", *ns, f"model.width={args.width}",
+        f"model.depth={args.depth}", f"data.n_train={steps * bs}", f"data.n_val={bs}", "analysis=off",
+        "eval.full_train=false", "trainer.plots=off", f"schedule.epochs={PART_EPOCHS}",
+        f"schedule.checkpoints=[{','.join(map(str, PART_CHECKPOINTS))}]"])
+
+
+def analysis_subset(cfg: DictConfig, model: Any, x: torch.Tensor, y: torch.Tensor, n: int,
+                    device: torch.device) -> float:
+    """An analysis at n from one at ``len(x)`` samples: the pass scales with n, the rest does not."""
+    init = [w.detach().clone() for w in model.hidden_weights()]
+    t_all = timed(lambda: analyze_model(model, init, x, y, cfg.analysis, cfg.loss, 1, progress=False),
+                  device)[0]
     with exact_matmuls():
         w = [p.detach() for p in model.hidden_weights()]
         t_pass = timed(lambda: jacobian_kernels(w, model.last.weight.detach(), model.act, model.act_grad,
-                                                x, y, chunk_size=cfg.analysis.chunk_size), h.device)[0]
-    return t_pass * n / n_sub + max(0.0, t_all - t_pass)
-
-
-def config(name: str, args: argparse.Namespace) -> DictConfig:
-    ns = ["optimizer.ns_dtype=bf16"] if name == "muon" else []  # its FLOP bound counts bf16 matmuls
-    return compose_config([f"optimizer={name}", f"model.width={args.width}", f"model.depth={args.depth}",
-                           *ns])
+                                                x, y, chunk_size=cfg.analysis.chunk_size), device)[0]
+    return t_pass * n / x.shape[0] + max(0.0, t_all - t_pass)
 
 
 def run_flops(args: argparse.Namespace, epochs: int, analysed: int, train_evals: int,
@@ -213,30 +198,36 @@ def run_flops(args: argparse.Namespace, epochs: int, analysed: int, train_evals:
 
 def measure_parts(args: argparse.Namespace, device: torch.device,
                   full: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], float, float]:
-    """3.: per optimizer an epoch from timed steps, a checkpoint and a state write; once, the
-    evaluation per sample and one analysis (from 2. when it ran, else from a subset)."""
-    x, y = svhn_shaped(max(args.n, args.eval_n, args.analysis_n), device)
+    """3.: per optimizer an epoch from timed steps and the persistence of an epoch with and
+    without a checkpoint; once, the evaluation per sample and one analysis (from 2. when it
+    ran, else from a subset)."""
     parts: dict[str, dict[str, Any]] = {}
-    eval_per_sample = analysis_s = math.nan
     for name in [s.strip() for s in args.optimizers.split(",") if s.strip()]:
-        h = TrainerHarness(config(name, args), x, y, device)
-        n_steps = math.ceil(args.n / h.bs)
-        steps = min(args.muon_steps if name == "muon" else args.steps, n_steps)
-        h.train_steps(min(3, steps))  # warm-up
-        step = min(h.train_steps(steps) for _ in range(3)) / steps  # fastest of 3
-        ckpt_s, ckpt_bytes = h.checkpoint_write()
-        state_s, state_bytes = h.state_write()
-        parts[name] = {"train": step * n_steps, "steps": steps, "epoch_steps": n_steps, "ckpt": ckpt_s,
-                       "state": state_s, "ckpt_bytes": ckpt_bytes, "state_bytes": state_bytes, "batch": h.bs,
-                       "ns_steps": h.cfg.optimizer.get("ns_steps") if name == "muon" else None}
-        if math.isnan(eval_per_sample):  # the same model for every optimizer: once
-            eval_per_sample = h.evaluation(min(args.eval_n, args.n)) / min(args.eval_n, args.n)
-            if full is not None:
-                analysis_s = full["analysis"]
-            else:
-                analysis_s = analysis_subset(h, min(args.analysis_n, args.n), args.n)
-        h.close()
-    return parts, eval_per_sample, analysis_s
+        steps = args.muon_steps if name == "muon" else args.steps
+        cfg, log = config(name, args, device, steps), EpochLog()
+        run_trainer(cfg, device, [log])
+        rows, bs = log.rows, cfg.trainer.batch_size
+        state = min(r["persist"] for r in rows[1:] if r["epoch"] not in PART_CHECKPOINTS)
+        ckpt = max(0.0, min(r["persist"] for r in rows if r["epoch"] in PART_CHECKPOINTS) - state)
+        n_steps = math.ceil(args.n / bs)
+        parts[name] = {"train": min(r["train_seconds"] for r in rows[2:]) / steps * n_steps, "steps": steps,
+                       "epoch_steps": n_steps, "ckpt": ckpt, "state": state, "batch": bs,
+                       "ckpt_bytes": log.sizes[log.document["checkpoints"][str(PART_EPOCHS)]],
+                       "state_bytes": log.sizes[STATE_FILE],
+                       "ns_steps": cfg.optimizer.get("ns_steps") if name == "muon" else None}
+    cfg = config("sgd", args, device)
+    eval_n = min(args.eval_n, args.n)
+    x, y = svhn_shaped(max(eval_n, min(args.analysis_n, args.n)), device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(D_IN, args.width, args.depth, N_CLASSES, cfg.model.act).to(device).eval()
+    eval_s = fastest_time(lambda: evaluate(model, x[:eval_n], y[:eval_n], cfg.loss, cfg.eval.batch_size),
+                          device, repeats=3)
+    if full is not None:
+        analysis_s = full["analysis"]
+    else:
+        n_sub = min(args.analysis_n, args.n)
+        analysis_s = analysis_subset(compose_config(), model, x[:n_sub], y[:n_sub], args.n, device)
+    return parts, eval_s / eval_n, analysis_s
 
 
 @dataclass
@@ -278,15 +269,16 @@ def project(args: argparse.Namespace, sched: Schedule, parts: dict[str, dict[str
           title=f"3. Projected default schedule: {sched.epochs} epochs, {sched.analysed} analyses and "
                 f"checkpoints, n = {args.n:,} + {args.n_val:,} val")
     timed_steps = "/".join(str(int(p["steps"])) for p in parts.values())
-    print(f"training: Trainer.train_epoch over {timed_steps} steps (the fastest of 3) scaled to "
-          f"{next(iter(parts.values()))['epoch_steps']} steps; evaluation: evaluate.evaluate, "
+    print(f"training: the Trainer's epochs of {timed_steps} steps (the fastest of 3) scaled to "
+          f"{next(iter(parts.values()))['epoch_steps']} steps; evaluation: evaluate, "
           f"{eval_per_sample * 1e6:.0f} us/sample, {sched.train_evals} full train + {sched.epochs + 1} val "
           f"passes; analysis: {analysis_s:.1f} s each ("
           + ("measured in 2." if args.full_run else f"{args.analysis_n:,} samples, pass scaled to n") + "); "
-          f"checkpoint I/O: {sched.analysed} checkpoints + {sched.epochs + 1} resumable states; "
+          f"checkpoint I/O: {sched.analysed} checkpoints + {sched.epochs + 1} epochs' state.pt and "
+          f"results.json; "
           f"figures: {sched.analysed - 1} PNG refreshes at {plot_s:.1f} s and PNG + PDF at the end, "
           f"{final_plot_s:.1f} s.")
-    table(["optimizer", "epoch s", "checkpoint s", "checkpoint MB", "state s", "state MB"], [
+    table(["optimizer", "epoch s", "checkpoint s", "checkpoint MB", "state + record s", "state MB"], [
         [n, f"{p['train']:.1f}", f"{p['ckpt']:.2f}", f"{p['ckpt_bytes'] / 1e6:.0f}", f"{p['state']:.2f}",
          f"{p['state_bytes'] / 1e6:.0f}"] for n, p in parts.items()], title="Measured parts")
     return totals
@@ -323,9 +315,10 @@ def key_numbers(args: argparse.Namespace, totals: dict[str, tuple[float, dict[st
         print(f"  {name}: {total / 3600:.1f} h per run; {shares}")
     if full is not None:
         exact = "" if full["exact"] else " (upper bound: the peak mark could not be reset)"
-        print(f"  peak RSS of a default-sized run: {full['run_peak'] / GIB:.2f} GiB after loading the data "
-              f"({full['load_rss'] / GIB:.2f} GiB resident after loading; the synthetic generator's own "
-              f"peak while loading {full['load_peak'] / GIB:.2f} GiB){exact}")
+        print(f"  peak RSS of a default-sized run: {full['run_peak'] / GIB:.2f} GiB after epoch 0 "
+              f"({full['load_rss'] / GIB:.2f} GiB resident then, the data loaded and the model built; the "
+              f"peak until then, the synthetic generator's while loading, {full['load_peak'] / GIB:.2f} GiB)"
+              f"{exact}")
         if "cuda_peak" in full:
             print(f"  peak GPU memory of a default-sized run: {full['cuda_peak'] / GIB:.2f} GiB")
     settled = mem["rss"][mem["settle"]] / MIB
@@ -351,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table(["epoch", "RSS MiB", "GPU allocated MiB"],
           [[i, f"{r / MIB:.1f}", f"{c / MIB:.1f}" if device.type == "cuda" else "-"]
            for i, (r, c) in enumerate(zip(mem["rss"], mem["cuda"], strict=True))],
-          title=f"1. RSS after every epoch: Trainer.run, data=synthetic, width {args.mem_width}, "
+          title=f"1. RSS after every epoch: the Trainer, data=synthetic, width {args.mem_width}, "
                 f"{args.mem_epochs} epochs, every epoch analysed, checkpointed and plotted")
     full = full_run(args, device) if args.full_run else None  # 2. a default-sized run
     gc.collect()
@@ -366,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cross = f" (projected from steps above: {parts['sgd']['train']:.1f} s)" if "sgd" in parts else ""
         print(f"2. default-sized run (sgd, 1 epoch, 1 analysis) measured: train epoch {full['train']:.1f} s"
               f"{cross}, epoch-0 evaluation (train + val) {full['epoch0']:.1f} s, analysis "
-              f"{full['analysis']:.1f} s, bookkeeping after the epochs "
-              f"{', '.join(f'{s:.1f}' for s in full['finish'])} s")
+              f"{full['analysis']:.1f} s, recording and persisting epoch 1 "
+              f"{', '.join(f'{s:.1f}' for s in full['persist'])} s")
     bounds = flop_bounds(args, sched, parts, totals, rate, bf16)
     key_numbers(args, totals, full, mem, bounds)
     print(contention.report())
@@ -381,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "memory": {k: mem[k] for k in ("rss", "growth", "settle")},
         "full_run": full, "contention": contention.share(),
     }
-    if args.json:
-        write_json(args.json, results)
+    write_json(args.json, results)
+    print(f"written: {args.json}")
     return results
 
 

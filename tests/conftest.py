@@ -273,3 +273,15 @@ def read_only() -> Iterator[Callable[[Path], None]]:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(path)], capture_output=True)
         path.chmod(0o755)
+
+
+def one_line_message(err: pytest.ExceptionInfo[BaseException]) -> str:
+    """The message of a raised error, checked to be one non-empty line."""
+    msg = str(err.value)
+    assert "\n" not in msg and msg.strip()
+    return msg
+
+
+def leftovers(directory: Path) -> list[str]:
+    """The names in ``directory`` (none when it does not exist)."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []

@@ -1,7 +1,8 @@
-"""The benchmarks' own correctness: exact FLOP formulas against the matmuls actually
-dispatched, the original-method reference against the project's AGOP, bench/sweep.py's
-projection at tiny sizes, and bench/gpu_check.py (its dry run on the CPU: every step at
-tiny sizes, and the JSON it writes).
+"""The benchmarks' own correctness: exact FLOP formulas against the matmuls torch's own
+counter (torch.utils.flop_counter.FlopCounterMode) sees dispatched, the original-method
+reference against the project's AGOP, where the scripts write, bench.sweep's projection at
+tiny sizes, and bench.gpu_check (its dry run on the CPU: every step at tiny sizes, and the
+JSON it writes).
 
 The dry runs and the sweep projection take over 10 CPU-s each: they are marked slow. The full
 dry run runs two real three-run sweeps as subprocesses; the other runs every other step in
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +24,16 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-common = importlib.import_module("common")
-flops = importlib.import_module("flops")
-original = importlib.import_module("original")
-bench_agop = importlib.import_module("agop")
-bench_train = importlib.import_module("train")
-gpu_check = importlib.import_module("gpu_check")
+from agop_sweep.analyze.agop import jacobian_kernels, pass_flops
+from agop_sweep.analyze.nfa import agop_from_kernel
+from agop_sweep.model.mlp import build_model
 
-from agop_sweep.analyze.agop import jacobian_kernels, pass_flops  # noqa: E402
-from agop_sweep.analyze.nfa import agop_from_kernel  # noqa: E402
-from agop_sweep.model.mlp import build_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ is not installed: it runs from the repository root
+common = importlib.import_module("bench.common")
+original = importlib.import_module("bench.original")
+bench_agop = importlib.import_module("bench.agop")
+gpu_check = importlib.import_module("bench.gpu_check")
 
 D_IN, WIDTH, DEPTH, C = 48, 16, 3, 10
 
@@ -50,40 +50,42 @@ def shapes() -> list[tuple[int, int]]:
 
 def test_train_flops_are_what_a_step_dispatches(model: torch.nn.Module) -> None:
     x, y = torch.rand(8, D_IN), torch.randint(0, C, (8,))
-    with flops.MatmulFlops() as mine, FlopCounterMode(display=False) as torchs:
+    with common.MatmulFlops() as mine, FlopCounterMode(display=False) as torchs:
         loss = F.mse_loss(model(x), F.one_hot(y, C).float())
         loss.backward()
-    fl = flops.train_flops(shapes(), 8)
+    fl = common.train_flops(shapes(), 8)
     assert mine.total == torchs.get_total_flops() == fl["total"]
     # the input does not require grad: the first layer has no input gradient
     assert fl["naive_6x"] - fl["total"] == 2 * 8 * D_IN * WIDTH
 
 
 def test_eval_flops(model: torch.nn.Module) -> None:
-    with torch.no_grad(), flops.MatmulFlops() as fc:
+    with torch.no_grad(), common.MatmulFlops() as fc, FlopCounterMode(display=False) as torchs:
         model(torch.rand(5, D_IN))
-    assert fc.total == flops.eval_flops(shapes(), 5)
+    assert fc.total == torchs.get_total_flops() == common.eval_flops(shapes(), 5)
 
 
 def test_ns_flops_are_what_muon_dispatches(model: torch.nn.Module) -> None:
     opt = torch.optim.Muon(model.parameters(), lr=0.01, weight_decay=0.0)
     F.mse_loss(model(torch.rand(4, D_IN)), torch.zeros(4, C)).backward()
-    with flops.MatmulFlops() as fc:
+    with common.MatmulFlops() as fc, FlopCounterMode(display=False) as torchs:
         opt.step()
-    assert fc.total == sum(flops.ns_flops(p.shape, 5) for p in model.parameters())
+    expected = sum(common.ns_flops(p.shape, 5) for p in model.parameters())
+    assert fc.total == torchs.get_total_flops() == expected
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_original_method_agrees_with_the_pass(model: torch.nn.Module, dtype: torch.dtype, tol: float) -> None:
     """The reference (vmap(jacrev) of the sub-network in batches of 128, correct layer inputs)
-    computes the same AGOP as the project's pass, and its FLOP formula is exact."""
+    computes the same AGOP as the project's pass, and its FLOP formula is exact (counted by
+    MatmulFlops: torch's FlopCounterMode fails under jacrev)."""
     model = model.to(dtype).eval()
     x = torch.rand(300, D_IN, dtype=dtype)  # two full batches and a partial one
     hidden, readout = bench_agop.weights(model)
     kp = jacobian_kernels(hidden, readout, model.act, model.act_grad, x, chunk_size=128)
     d = [D_IN] + [WIDTH] * DEPTH
     for l, (w, k) in enumerate(zip(hidden, kp.kernels, strict=True)):
-        with flops.MatmulFlops() as fc:
+        with common.MatmulFlops() as fc:
             ref = original.original_agop(model, x, l)
         assert bench_agop.rel_err(agop_from_kernel(w.double(), k), ref) < tol
         assert fc.total == original.reference_flops(d, C, 300, l)["total"]
@@ -101,10 +103,18 @@ def test_layer_inputs_are_the_layers_inputs(model: torch.nn.Module) -> None:
 def test_pass_flops_are_what_the_pass_dispatches(model: torch.nn.Module) -> None:
     hidden, readout = bench_agop.weights(model.eval())
     x = torch.rand(200, D_IN)
-    with flops.MatmulFlops() as fc:
+    with common.MatmulFlops() as fc, FlopCounterMode(display=False) as torchs:
         jacobian_kernels(hidden, readout, model.act, model.act_grad, x, chunk_size=64)
     once = 2 * WIDTH * C * WIDTH  # R^T R for the top layer, once per pass
+    assert fc.total == torchs.get_total_flops()
     assert fc.total - once == pass_flops([D_IN] + [WIDTH] * DEPTH, C, 200)["total"]
+
+
+@pytest.mark.parametrize("name", ["agop", "train", "sweep", "ns_dtype"])
+def test_scripts_write_under_outputs_bench(name: str) -> None:
+    args = importlib.import_module(f"bench.{name}").parse([])
+    assert Path(args.json) == ROOT / "outputs" / "bench" / f"{name}.json"
+    assert Path(gpu_check.parse([]).out) == ROOT / "outputs" / "bench" / "gpu_check.json"
 
 
 # -- gpu_check ----------------------------------------------------------------------------------
@@ -156,9 +166,11 @@ def check_report(report: dict, sweeps: bool) -> None:
         for key in ("step_s", "grad_s", "update_s", "peer_step_s", "peer_ratio", "train_efficiency",
                     "eval_efficiency", "update_floor_s", "update_vs_floor"):
             assert _finite_positive(r[key]), (name, key)
-        assert r["profile"]["ranges"] >= r["timed_steps"]  # one Optimizer.step range a step
+        assert r["profile"]["ranges"] == r["timed_steps"]  # one Optimizer.step range a step
         if name != "muon":
-            assert _finite_positive(r["update_alone_s"]) and _finite_positive(r["update_alone_vs_warm_floor"])
+            assert len(r["kernels"]) == 3  # the configured kernel and torch's two others
+            for v in r["kernels"].values():
+                assert _finite_positive(v["alone_s"]) and _finite_positive(v["vs_warm_floor"])
             assert 0 < r["profile"]["fastest"] <= r["update_s"]  # one range no slower than their mean
         assert _finite_positive(r["warm_bandwidth"])
         assert len(r["rounds"]) == 2  # --repeats 2: each round with its own rate samples
@@ -168,7 +180,7 @@ def check_report(report: dict, sweeps: bool) -> None:
         per_round = [r["train_flops_step"] / k["step_s"] / k["fp32"] for k in r["rounds"]]
         assert r["train_efficiency"] == pytest.approx(sum(per_round) / 2)  # the median of two
         assert r["step_s"] == min(k["step_s"] for k in r["rounds"])
-        extra = r.get("ns_flops", 0)
+        extra = r.get("ns_flops", 0)  # the Trainer's steps dispatch exactly the formulas' matmuls
         assert r["counted_flops_step"] == r["train_flops_step"] + extra
     assert _finite_positive(t["optimizers"]["muon"]["ns_s"])
 
@@ -229,19 +241,21 @@ def test_gpu_check_sweep_bookkeeping(tmp_path: Path) -> None:
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     """The whole dry run as a user runs it, the two real sweeps included (about a minute)."""
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--dry-run", "--out", str(out),
-                           "--workdir", str(tmp_path / "work")], cwd=tmp_path, capture_output=True,
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(out),
+                           "--workdir", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_report(json.loads(out.read_text()), sweeps=True)
-    assert not (tmp_path / "work").exists()  # removed without --keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json"]  # work dir removed, nothing else
 
 
 @pytest.mark.slow  # over 10 CPU-s
 def test_sweep_bench_projects_the_schedule(tmp_path: Path) -> None:
-    """bench/sweep.py at tiny sizes: the JSON it writes, and the FLOP bound's counts against
+    """bench.sweep at tiny sizes: the JSON it writes, and the FLOP bound's counts against
     the formulas for the default schedule (100 epochs, 25 analyses)."""
-    sweep = importlib.import_module("sweep")
+    sweep = importlib.import_module("bench.sweep")
     out = tmp_path / "sweep.json"
     n, n_val, width, depth = 256, 64, 16, 2
     sweep.main(["--width", str(width), "--depth", str(depth), "--n", str(n), "--n-val", str(n_val),
@@ -253,10 +267,10 @@ def test_sweep_bench_projects_the_schedule(tmp_path: Path) -> None:
     shapes = common.weight_shapes(width, depth)
     for name, b in report["bounds"].items():
         fl = b["flops"]
-        assert fl["training"] == 100 * n * flops.train_flops(shapes, 1)["total"]
-        assert fl["evaluation"] == flops.eval_flops(shapes, 76 * n + 101 * n_val)
+        assert fl["training"] == 100 * n * common.train_flops(shapes, 1)["total"]
+        assert fl["evaluation"] == common.eval_flops(shapes, 76 * n + 101 * n_val)
         assert fl["analysis"] == 25 * pass_flops(common.dims(width, depth), C, n)["total"]
-        per_step = sum(flops.ns_flops(s, 5) for s in shapes)
+        per_step = sum(common.ns_flops(s, 5) for s in shapes)
         assert fl["newton_schulz"] == (100 * math.ceil(n / 128) * per_step if name == "muon" else 0)
         total = report["projected"][name]["total_seconds"]
         assert _finite_positive(total) and b["projected_seconds"] == total

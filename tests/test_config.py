@@ -36,7 +36,8 @@ def test_the_groups_are_those_of_the_spec() -> None:
     options = config_options()
     assert {"optimizer", "model", "schedule", "analysis", "data", "experiment"} <= set(options)
     assert options["optimizer"] == ["adam", "muon", "muon_seed", "sgd"]
-    assert options["data"] == ["digits", "svhn", "synthetic"]
+    assert options["data"] == ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "npz", "svhn",
+                               "synthetic"]
     assert options["experiment"] == ["seed"]
     assert "paper" in options["schedule"]
     assert sorted(OPTIMIZERS) == options["optimizer"] and sorted(DATASETS) == options["data"]

@@ -147,13 +147,13 @@ def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path) -> None:
 
 KILL_AFTER_EPOCH_2 = """
 import os, signal
-from agop_sweep.trackers.mlflow import MlflowHook
-_log = MlflowHook._log_new_epochs
+from agop_sweep.trackers.mlflow import MlflowTracker
+_log = MlflowTracker._log_new_epochs
 def _log_then_die(self, record, current):
     _log(self, record, current)
     if current == 2:  # both trackers hold epoch 2; state.pt was saved before they logged it
         os.kill(os.getpid(), signal.SIGKILL)
-MlflowHook._log_new_epochs = _log_then_die
+MlflowTracker._log_new_epochs = _log_then_die
 """
 
 
@@ -233,7 +233,7 @@ def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
     from agop_sweep.run.device import Placement
     from agop_sweep.run.trainer import Trainer
     from agop_sweep.store.rundir import claim
-    from agop_sweep.trackers import build_loggers
+    from agop_sweep.trackers import build_trackers
 
     def fail_from_epoch_2(original, step_of):
         def call(self, *args, **kwargs):
@@ -250,7 +250,7 @@ def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.WARNING), claim(run_dir, to_container(cfg), False) as claimed:
         Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads()),
-                hooks=build_loggers(cfg, run_dir)).run(claimed.state)
+                observers=build_trackers(cfg, run_dir)).run(claimed.state)
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 2, warned
     assert "TensorBoard logging failed" in warned[0] and "MLflow logging failed" in warned[1]
@@ -263,11 +263,11 @@ def test_failing_log_calls_turn_each_tracker_off_with_one_warning(
 
 
 def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
-    from agop_sweep.run.hooks import EpochEnd
+    from agop_sweep.run.observers import EpochEnd
     from agop_sweep.store.record import RunRecord
     from agop_sweep.trackers.base import RunContext
-    from agop_sweep.trackers.mlflow import MlflowHook
-    from agop_sweep.trackers.tensorboard import TensorBoardHook
+    from agop_sweep.trackers.mlflow import MlflowTracker
+    from agop_sweep.trackers.tensorboard import TensorBoardTracker
 
     config = {"seed": 1, "optimizer": {"lr": 0.1}}
     record = RunRecord.start({"optimizer": "sgd"}, config, tmp_path / "results.json")
@@ -275,13 +275,13 @@ def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
              "seconds": 1.0}
     record.finish_epoch(entry)
     ctx = RunContext(tmp_path, "seed=1", tmp_path.parent)
-    hooks = [TensorBoardHook(ctx), MlflowHook(ctx, store, "failed")]
-    for hook in hooks:
-        hook.on_epoch_end(EpochEnd(0, 5, entry, None, record, tmp_path, False))
+    trackers = [TensorBoardTracker(ctx), MlflowTracker(ctx, store, "failed")]
+    for tracker in trackers:
+        tracker.on_epoch_end(EpochEnd(0, 5, entry, None, record, tmp_path, False))
     record.mark_failed("RuntimeError: boom")
     record.save()
-    for hook in hooks:
-        hook.on_run_end(record, tmp_path)
+    for tracker in trackers:
+        tracker.on_run_end(record, tmp_path)
     assert tensorboard_text(tmp_path / "tensorboard", "status") == ["failed"]
     (run,) = mlflow_runs(store, "failed")
     assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"

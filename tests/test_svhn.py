@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import FileServer, Served, SvhnFiles, make_svhn_files
+from conftest import FileServer, Served, SvhnFiles, leftovers, make_svhn_files, one_line_message
 from omegaconf import open_dict
 from sklearn.model_selection import train_test_split
 
@@ -31,14 +31,6 @@ def _own_md5s(monkeypatch: pytest.MonkeyPatch, files: SvhnFiles) -> None:
         monkeypatch.setitem(svhn.FILES, split, svhn.SvhnFile(spec.split, spec.filename, md5))
 
 
-def _one_line(err: pytest.ExceptionInfo[DataError]) -> str:
-    msg = str(err.value)
-    assert "\n" not in msg and msg.strip()
-    return msg
-
-
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
 def test_layout_labels_and_scaling_against_marked_pixels(tmp_path: Path, compose_config) -> None:
@@ -98,7 +90,7 @@ def test_val_fraction_holds_out_part_of_train(svhn_files: SvhnFiles, compose_con
 def test_wrong_md5_names_the_file_and_the_fix(svhn_files: SvhnFiles, compose_config) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(_svhn_cfg(compose_config, svhn_files.root), torch.device("cpu"))
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert str(svhn_files.path("train")) in msg
     assert svhn.FILES["train"].md5 in msg and svhn.md5sum(svhn_files.path("train")) in msg
     assert "data.verify=false" in msg and "delete it" in msg
@@ -176,7 +168,7 @@ def test_label_zero_is_refused_with_file_and_label(tmp_path: Path, compose_confi
     cfg = _svhn_cfg(compose_config, root, "data.verify=false", "data.download=false")
     with pytest.raises(DataError) as err:
         load_dataset(cfg, torch.device("cpu"))
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert str(root / "train_32x32.mat") in msg
     assert "label 0 in y (1 of 10 labels outside SVHN's 1..10" in msg
     assert "label digit 0 as 10" in msg
@@ -186,7 +178,7 @@ def test_unreadable_files_give_one_line_data_errors(tmp_path: Path) -> None:
     for name, path in _broken_files(tmp_path).items():
         with pytest.raises(DataError) as err:
             svhn.read_mat(path)
-        msg = _one_line(err)
+        msg = one_line_message(err)
         assert str(path) in msg, name
         assert "delete it" in msg, name
 
@@ -197,14 +189,14 @@ def test_a_truncated_file_through_load_dataset(svhn_files: SvhnFiles, compose_co
     cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.download=false")
     with pytest.raises(DataError, match=r"not a readable SVHN \.mat file") as err:
         load_dataset(cfg, torch.device("cpu"))
-    assert str(path) in _one_line(err)
+    assert str(path) in one_line_message(err)
 
 
 def test_missing_files_without_download(tmp_path: Path, compose_config) -> None:
     root = tmp_path / "empty"
     with pytest.raises(DataError) as err:
         load_dataset(_svhn_cfg(compose_config, root, "data.download=false"), torch.device("cpu"))
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert str(root / "train_32x32.mat") in msg and "data.download=false" in msg
 
 
@@ -225,7 +217,7 @@ def test_download_is_verified_and_renamed(tmp_path: Path, file_server: FileServe
     cfg = _svhn_cfg(compose_config, root, f"data.url={file_server.url}")
     data = load_dataset(cfg, torch.device("cpu"))
     assert sorted(file_server.requests) == ["/test_32x32.mat", "/train_32x32.mat"]
-    assert _leftovers(root) == ["test_32x32.mat", "train_32x32.mat"]  # no temporary files
+    assert leftovers(root) == ["test_32x32.mat", "train_32x32.mat"]  # no temporary files
     for split in ("train", "test"):
         assert (root / f"{split}_32x32.mat").read_bytes() == files.path(split).read_bytes()
     np.testing.assert_allclose(data.x_val.numpy(), files.images["test"].reshape(24, -1) / 255.0,
@@ -241,9 +233,9 @@ def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, file_server: Fil
     with pytest.raises(DataError) as err:
         svhn.ensure_file(root, svhn.FILES["train"], verify=True, allow_download=True,
                          base_url=file_server.url)
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert "MD5" in msg and svhn.FILES["train"].md5 in msg and "train_32x32.mat" in msg
-    assert _leftovers(root) == []
+    assert leftovers(root) == []
 
 
 def test_interrupted_download_leaves_nothing(tmp_path: Path, file_server: FileServer) -> None:
@@ -254,9 +246,9 @@ def test_interrupted_download_leaves_nothing(tmp_path: Path, file_server: FileSe
     with pytest.raises(DataError) as err:
         svhn.ensure_file(root, svhn.FILES["train"], verify=False, allow_download=True,
                          base_url=file_server.url)
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert f"stopped after {len(body) // 3} of {len(body)} bytes" in msg
-    assert _leftovers(root) == []
+    assert leftovers(root) == []
 
 
 def test_http_error_names_the_files(tmp_path: Path, file_server: FileServer) -> None:
@@ -264,9 +256,9 @@ def test_http_error_names_the_files(tmp_path: Path, file_server: FileServer) -> 
     with pytest.raises(DataError) as err:
         svhn.ensure_file(root, svhn.FILES["test"], verify=True, allow_download=True,
                          base_url=file_server.url)  # serves nothing: 404
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert "Not Found" in msg and "train_32x32.mat" in msg and "test_32x32.mat" in msg
-    assert _leftovers(root) == []
+    assert leftovers(root) == []
 
 
 def _closed_port() -> int:
@@ -280,9 +272,9 @@ def test_no_network_says_which_files_to_put_where(tmp_path: Path, compose_config
     cfg = _svhn_cfg(compose_config, root, f"data.url=http://127.0.0.1:{_closed_port()}/")
     with pytest.raises(DataError) as err:
         load_dataset(cfg, torch.device("cpu"))
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert "train_32x32.mat" in msg and "test_32x32.mat" in msg and f"into {root}" in msg
-    assert _leftovers(root) == []
+    assert leftovers(root) == []
 
 
 def test_root_that_cannot_be_a_directory(tmp_path: Path, compose_config) -> None:
@@ -292,7 +284,7 @@ def test_root_that_cannot_be_a_directory(tmp_path: Path, compose_config) -> None
     cfg = _svhn_cfg(compose_config, root, "data.url=http://127.0.0.1:9/")
     with pytest.raises(DataError) as err:
         load_dataset(cfg, torch.device("cpu"))
-    msg = _one_line(err)
+    msg = one_line_message(err)
     assert f"data.root={root}" in msg and "not a writable directory" in msg
     assert blocker.read_text() == "not a directory"
 

@@ -132,6 +132,24 @@ def test_config_differences_ignore_run_control_keys() -> None:
         check_same_experiment(old, new)
 
 
+def test_observer_state_is_read_under_its_earlier_name_too(tmp_path: Path) -> None:
+    """state.pt keeps the observers' state (a tracker's run id) under ``observers``; files that
+    named it ``hooks`` still resume it."""
+    from dataclasses import asdict
+
+    from agop_sweep.store.checkpoint import torch_save
+    from agop_sweep.store.state import STATE_FILE, ResumeState, load_state, save_state
+
+    state = ResumeState(1, None, {}, {}, [], torch.zeros(1), torch.zeros(1), {}, {}, {},
+                        observers={"mlflow": {"run_id": "abc"}})
+    save_state(tmp_path, state)
+    assert load_state(tmp_path).observers == {"mlflow": {"run_id": "abc"}}
+    earlier = asdict(state)
+    earlier["hooks"] = earlier.pop("observers")
+    torch_save(tmp_path / STATE_FILE, earlier)
+    assert load_state(tmp_path).observers == {"mlflow": {"run_id": "abc"}}
+
+
 def test_configs_saved_by_earlier_versions_are_upgraded() -> None:
     old = {"optimizer": {"name": "adam", "lr": 0.1}, "trainer": {"batch_size": 8, "live_plots": False}}
     up = upgrade_saved_config(old)

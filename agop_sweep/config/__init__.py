@@ -3,7 +3,8 @@ upgrade of configs that earlier versions saved.
 
 - :mod:`.schema`: one dataclass per option of every config group (``conf/``), enums for
   the closed choices, every default;
-- :mod:`.store`: :func:`register_configs`, :data:`RUN_CONTROL_KEYS`, :func:`to_container`;
+- :mod:`.store`: :func:`register_configs`, :data:`RUN_CONTROL_KEYS`, :func:`to_container`,
+  :func:`flatten` (dotted keys), :func:`sqlite_file` (a store URL's database file);
 - :mod:`.validate`: :func:`validate` (one-line :class:`ConfigError`);
 - :mod:`.upgrade`: :func:`upgrade_saved_config`.
 """
@@ -39,9 +40,11 @@ from agop_sweep.config.schema import (
 )
 from agop_sweep.config.store import (
     RUN_CONTROL_KEYS,
+    flatten,
     is_run_control_key,
     register_configs,
     run_control_exclude_keys,
+    sqlite_file,
     structured,
     to_container,
 )
@@ -55,6 +58,6 @@ __all__ = [
     "Loss", "ModelConfig", "ModelInit", "MuonConfig", "MuonScope", "MuonSeedConfig",
     "OptimizerConfig", "OptimizerName", "PlotMode", "Precision", "SGDConfig", "SVHNConfig",
     "ScheduleConfig", "SyntheticConfig", "TrainerConfig", "check_keys", "check_precision",
-    "is_run_control_key", "register_configs", "run_control_exclude_keys", "structured",
-    "to_container", "upgrade_saved_config", "validate",
+    "flatten", "is_run_control_key", "register_configs", "run_control_exclude_keys", "sqlite_file",
+    "structured", "to_container", "upgrade_saved_config", "validate",
 ]

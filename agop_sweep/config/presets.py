@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from agop_sweep.config.store import flatten
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,6 @@ def _preset_text(group: str, option: str) -> str | None:
     except (ModuleNotFoundError, FileNotFoundError, OSError):
         path = _CONF_DIR / group / name
         return path.read_text() if path.is_file() else None
-
-
-def _flatten(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, node
 
 
 def preset_settings(group: str, option: str) -> dict[str, Any]:
@@ -61,7 +55,7 @@ def preset_settings(group: str, option: str) -> dict[str, Any]:
                 target = str(key).removeprefix("override").strip().lstrip("/")
                 if target and target != "_self_":
                     out[target.replace("/", ".")] = value
-    out.update(_flatten(loaded, prefix))
+    out.update(flatten(loaded, f"{prefix}." if prefix else ""))
     return out
 
 

@@ -65,11 +65,31 @@ class DatasetName(StrEnum):
     svhn = "svhn"
     digits = "digits"
     synthetic = "synthetic"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    npz = "npz"
 
 
 class DataSplit(StrEnum):
     default = "default"  # val = the test set, or data.val_fraction of the train set
     seed = "seed"  # the original script's 80/20 split of the train set
+
+
+class DataNormalize(StrEnum):
+    none = "none"  # pixels scaled into [0, 1] (npz's floats as they are), nothing else
+    standardize = "standardize"  # per channel, by the training set's mean and std
+
+
+class CifarLabels(StrEnum):
+    fine = "fine"  # CIFAR-100's 100 classes
+    coarse = "coarse"  # its 20 superclasses
+
+
+class DataLayout(StrEnum):
+    nchw = "nchw"  # images N x C x H x W (or N x H x W, or vectors N x D)
+    nhwc = "nhwc"  # images N x H x W x C
 
 
 class DataOrder(StrEnum):
@@ -227,6 +247,77 @@ class SyntheticConfig(DataConfig):
     image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
 
 
+@dataclass
+class FileDataConfig(DataConfig):
+    """What the datasets of agop_sweep.data.sources share (mnist, fashion_mnist, cifar10,
+    cifar100, npz): a held-out fraction, a stratified subset, the normalisation."""
+
+    # >0: hold out this fraction of the training set as validation instead of the test set.
+    val_fraction: float = 0.0
+    # >0: train on a class-stratified subset of this many training samples (drawn by seed).
+    n_train: int = 0
+    normalize: DataNormalize = DataNormalize.none
+    seed: int = 0  # seeds the val_fraction split and the n_train subset (fixed across model seeds)
+
+
+@dataclass
+class DownloadedDataConfig(FileDataConfig):
+    """A dataset in torchvision's layout under root, downloaded from url when missing."""
+
+    root: str = "data"
+    verify: bool = True  # check the files' MD5s
+    download: bool = True  # download missing files from url
+    url: str = MISSING
+
+
+@dataclass
+class MNISTConfig(DownloadedDataConfig):
+    """MNIST: <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte(.gz)."""
+
+    name: DatasetName = DatasetName.mnist
+    url: str = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+
+
+@dataclass
+class FashionMNISTConfig(DownloadedDataConfig):
+    """Fashion-MNIST: <root>/FashionMNIST/raw/, the same files as MNIST's."""
+
+    name: DatasetName = DatasetName.fashion_mnist
+    url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+
+
+@dataclass
+class CIFAR10Config(DownloadedDataConfig):
+    """CIFAR-10: <root>/cifar-10-batches-py/ (data_batch_1..5, test_batch), from url's tarball."""
+
+    name: DatasetName = DatasetName.cifar10
+    url: str = "https://www.cs.toronto.edu/~kriz/"
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+
+
+@dataclass
+class CIFAR100Config(DownloadedDataConfig):
+    """CIFAR-100: <root>/cifar-100-python/ (train, test), from url's tarball."""
+
+    name: DatasetName = DatasetName.cifar100
+    url: str = "https://www.cs.toronto.edu/~kriz/"
+    labels: CifarLabels = CifarLabels.fine
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+
+
+@dataclass
+class NpzConfig(FileDataConfig):
+    """Arrays of your own: an .npz with x_train, y_train, x_test, y_test (no pickle)."""
+
+    name: DatasetName = DatasetName.npz
+    path: str = "data.npz"  # the .npz file
+    layout: DataLayout = DataLayout.nchw
+    # (channels, height, width) of an input; []: the file's ((1, 1, D) for vectors).
+    image_shape: list[int] = field(default_factory=list)
+
+
 # -- the other groups and sections -----------------------------------------------------------
 
 
@@ -326,6 +417,8 @@ OPTIMIZERS: dict[str, type[OptimizerConfig]] = {
 }
 DATASETS: dict[str, type[DataConfig]] = {
     "svhn": SVHNConfig, "digits": DigitsConfig, "synthetic": SyntheticConfig,
+    "mnist": MNISTConfig, "fashion_mnist": FashionMNISTConfig, "cifar10": CIFAR10Config,
+    "cifar100": CIFAR100Config, "npz": NpzConfig,
 }
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {"optimizer": OPTIMIZERS, "data": DATASETS}
 # Groups whose options share one schema: the type of the group's node.

@@ -1,4 +1,5 @@
-"""The schema in Hydra's ConfigStore, the run-control keys, and conversions of a config."""
+"""The schema in Hydra's ConfigStore, the run-control keys, and conversions of a config and
+its values."""
 
 from __future__ import annotations
 
@@ -32,6 +33,37 @@ EXCLUDE_KEYS_RESOLVER = "agop_sweep.run_control_keys"
 def is_run_control_key(key: str) -> bool:
     """Whether the dotted ``key`` is a run-control key or lies under one."""
     return any(key == k or key.startswith(k + ".") for k in RUN_CONTROL_KEYS)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys: ``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file that a store URL names (``logger.tracking_uri``,
+    ``hydra.sweeper.storage``): the path of a ``sqlite:///`` URL as written (relative to the
+    current dir unless absolute); None for another database, an in-memory one or a ``file:`` URI."""
+    if not url.startswith("sqlite"):
+        return None
+    try:
+        from sqlalchemy.engine import make_url  # MLflow's and optuna's dependency
+    except ImportError:
+        return None
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    db = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
 
 
 def _keys_under(node: Any, prefix: str) -> list[str]:

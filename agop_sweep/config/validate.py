@@ -142,9 +142,15 @@ def _validate_optimizer(cfg: DictConfig) -> None:
         _number(cfg, "optimizer.aux_lr")
         _betas(cfg, "optimizer.aux_betas")
         _number(cfg, "optimizer.aux_eps")
-    if opt.get("scope") == MuonScope.middle and cfg.model.depth < 2:
+    check_muon_scope(opt.get("scope"), cfg.model.depth)
+
+
+def check_muon_scope(scope: Any, depth: int) -> None:
+    """Muon's ``scope=middle`` needs middle layers. The optimizer's builder asks too, for a
+    node given to it without :func:`validate`."""
+    if scope == MuonScope.middle and depth < 2:
         raise _fail("optimizer.scope", "needs model.depth >= 2 (middle, alias hidden: the middle "
-                    "layers; use scope=all)", opt.scope)
+                    "layers; use scope=all)", scope)
 
 
 def _validate_model_and_schedule(cfg: DictConfig) -> None:
@@ -175,23 +181,38 @@ def _validate_data(cfg: DictConfig) -> None:
     _check_name(cfg, "data")
     if "val_fraction" in data:
         _fraction(cfg, "data.val_fraction")
-    if data.get("split") == DataSplit.seed and data.get("val_fraction", 0.0) not in (0.0, 0.2):
-        raise _fail("data.val_fraction", "must be 0 (or 0.2) with data.split=seed, which holds out "
-                    "the original script's 20% of the training set", data.val_fraction)
-    if "n_train" in data:
+    check_split(data)
+    if "n_features" in data:  # synthetic: n_train, n_val and n_features are what it generates
         for key in ("n_train", "n_features"):
             _number(cfg, f"data.{key}", minimum=1, strict=False)
-        # No validation samples would leave every val metric null (issue 22); split=seed holds
+        # No validation samples would leave every val metric null ; split=seed holds
         # out the original script's 20 % of the training set instead, and n_val goes unused.
         if data.get("split") != DataSplit.seed and data.n_val < 1:
             raise _fail("data.n_val", "must be >= 1 (the validation set; data.split=seed holds out 20% "
                         "of the training set instead)", data.n_val)
         _number(cfg, "data.n_classes", minimum=2, strict=False)
+    if "normalize" in data:  # the file datasets: n_train 0 is the whole training set
+        _number(cfg, "data.n_train", strict=False)
+    if "path" in data and not data.path:
+        raise _fail("data.path", "must name the .npz file (with x_train, y_train, x_test, y_test)",
+                    data.path)
     if "seed" in data:
         _seed(cfg, "data.seed")
     shape = list(data.image_shape)
-    if len(shape) != 3 or any(s < 1 for s in shape):
-        raise _fail("data.image_shape", "must be [channels, height, width] >= 1", shape)
+    if (len(shape) != 3 or any(s < 1 for s in shape)) and not (shape == [] and "path" in data):
+        npz = " (data=npz: or [], the file's)" if "path" in data else ""
+        raise _fail("data.image_shape", f"must be [channels, height, width] >= 1{npz}", shape)
+
+
+def check_split(data: DictConfig) -> None:
+    """``data.split`` is a :class:`DataSplit`, and ``split=seed`` goes with no other
+    ``val_fraction``. The data loader asks too, for a node given to it without :func:`validate`."""
+    split = _plain(data.get("split", DataSplit.default))
+    if split not in set(DataSplit):  # a node without the schema's type
+        raise _fail("data.split", f"must be one of {', '.join(DataSplit)}", split)
+    if split == DataSplit.seed and data.get("val_fraction", 0.0) not in (0.0, 0.2):
+        raise _fail("data.val_fraction", "must be 0 (or 0.2) with data.split=seed, which holds out "
+                    "the original script's 20% of the training set", data.val_fraction)
 
 
 def check_precision(precision: str, device: str) -> None:

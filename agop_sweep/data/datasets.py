@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agop_sweep.data import svhn
-from agop_sweep.errors import ConfigError, DataError
+from agop_sweep.config.schema import DataSplit
+from agop_sweep.config.validate import check_split
+from agop_sweep.data import sources, svhn
+from agop_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# data.split: ``default`` validates on the test set (SVHN), on a val_fraction of the data
-# (digits) or on the generated n_val samples (synthetic); ``seed`` on the original script's
-# 20 % of the training set: seed_split(n, ORIGINAL_SEED), whatever data.seed is.
-SPLITS = ("default", "seed")
+# data.split (config.schema.DataSplit): ``default`` validates on the test set (SVHN), on a
+# val_fraction of the data (digits) or on the generated n_val samples (synthetic); ``seed`` on
+# the original script's 20 % of the training set: seed_split(n, ORIGINAL_SEED), whatever
+# data.seed is.
 ORIGINAL_SEED = 1717
 
 
@@ -32,6 +35,15 @@ class Dataset:
     y_val: torch.Tensor
     n_classes: int
     image_shape: tuple[int, int, int]
+    # What results.json's ``run`` records besides the shape: the class names, data.normalize
+    # and its statistics (the datasets of agop_sweep.data.sources).
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def run_facts(self) -> dict[str, Any]:
+        """results.json ``run``'s keys about the data: image_shape, n_classes, classes (names,
+        else "0".."c-1"), and where the dataset has them, normalize and its statistics."""
+        return {"image_shape": [int(s) for s in self.image_shape], "n_classes": self.n_classes,
+                "classes": [str(c) for c in range(self.n_classes)], **self.facts}
 
     @property
     def n_features(self) -> int:
@@ -73,19 +85,11 @@ def seed_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return train, val
 
 
-def _split_mode(cfg: DictConfig) -> str:
-    """``data.split`` as a str, ``default`` where the dataset's config has no such key."""
-    mode = OmegaConf.select(cfg, "split", default="default")
-    mode = str(getattr(mode, "value", mode))  # the schema may type it as an Enum
-    if mode not in SPLITS:
-        raise ConfigError(f"data.split={mode!r} is not one of {', '.join(SPLITS)}")
-    val_fraction = OmegaConf.select(cfg, "val_fraction", default=0.0)
-    if mode == "seed" and val_fraction not in (0.0, 0.2):
-        raise ConfigError(
-            f"data.split=seed holds out the original script's 20 % of the training set, but "
-            f"data.val_fraction={val_fraction} asks for another split; set one of them"
-        )
-    return mode
+def _split_mode(cfg: DictConfig) -> DataSplit:
+    """``data.split``, ``default`` where the dataset's config has no such key; checked by
+    validate's rule (a node may come here without :func:`agop_sweep.config.validate`)."""
+    check_split(cfg)
+    return DataSplit(OmegaConf.select(cfg, "split", default=DataSplit.default))
 
 
 def _seed_holdout(
@@ -110,7 +114,7 @@ def _svhn(cfg: DictConfig) -> tuple[np.ndarray, ...]:
         return out
 
     x, y = read("train")
-    if _split_mode(cfg) == "seed":  # split the uint8 images: a quarter of the float32 copies
+    if _split_mode(cfg) == DataSplit.seed:  # split the uint8 images: a quarter of the float32 copies
         x_tr, y_tr, x_va, y_va = _seed_holdout(x, y)
         return flat(x_tr), y_tr, flat(x_va), y_va
     if cfg.val_fraction > 0:
@@ -125,7 +129,7 @@ def _digits(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)  # pixel values are 0..16
     y = bunch.target.astype(np.int64)
-    if _split_mode(cfg) == "seed":
+    if _split_mode(cfg) == DataSplit.seed:
         return _seed_holdout(x, y)
     return _holdout(x, y, cfg.val_fraction, cfg.seed)
 
@@ -154,12 +158,27 @@ def _synthetic(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     np.exp(x, out=x)
     x += 1.0
     np.reciprocal(x, out=x)
-    if _split_mode(cfg) == "seed":  # the same training samples as by default, split 80/20
+    if _split_mode(cfg) == DataSplit.seed:  # the same training samples as by default, split 80/20
         return _seed_holdout(x[: cfg.n_train], y[: cfg.n_train])
     return x[: cfg.n_train], y[: cfg.n_train], x[cfg.n_train :], y[cfg.n_train :]
 
 
-_LOADERS = {"svhn": _svhn, "digits": _digits, "synthetic": _synthetic}
+def _from_files(cfg: DictConfig) -> tuple[Any, ...]:
+    """mnist, fashion_mnist, cifar10, cifar100, npz: split as SVHN is, then data.n_train and
+    data.normalize (agop_sweep.data.sources); a fifth item, what results.json records."""
+    raw = sources.read(cfg)
+    x, y = raw.x_train, raw.y_train
+    if _split_mode(cfg) == DataSplit.seed:
+        split = _seed_holdout(x, y)
+    elif cfg.val_fraction > 0:
+        split = _holdout(x, y, cfg.val_fraction, cfg.seed)
+    else:
+        split = (x, y, *raw.test())
+    return sources.prepare(raw, cfg, *split)
+
+
+_LOADERS = {"svhn": _svhn, "digits": _digits, "synthetic": _synthetic,
+            **dict.fromkeys(sources.NAMES, _from_files)}
 _CLASSES = {"svhn": 10, "digits": 10}
 
 
@@ -167,9 +186,11 @@ def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
     """Load ``cfg`` (the ``data`` group) onto ``device`` and check it is usable."""
     split_mode = _split_mode(cfg)  # checked before any file is read
     name = str(getattr(cfg.name, "value", cfg.name))  # the schema may type it as an Enum
-    x_tr, y_tr, x_va, y_va = _LOADERS[name](cfg)
-    n_classes = _CLASSES.get(name) or cfg.n_classes  # only synthetic has the key
-    image_shape = tuple(cfg.image_shape)
+    x_tr, y_tr, x_va, y_va, *more = _LOADERS[name](cfg)
+    facts = more[0] if more else {}
+    # The file datasets know their classes; of the others, only synthetic has the key.
+    n_classes = facts.pop("n_classes", None) or _CLASSES.get(name) or cfg.n_classes
+    image_shape = tuple(facts.pop("image_shape", None) or cfg.image_shape)
     if int(np.prod(image_shape)) != x_tr.shape[1]:
         raise DataError(
             f"data.image_shape={list(image_shape)} has {int(np.prod(image_shape))} pixels but "
@@ -196,6 +217,7 @@ def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
         y_val=put(y_va.astype(np.int64, copy=False)),
         n_classes=n_classes,
         image_shape=image_shape,  # type: ignore[arg-type]
+        facts=facts,
     )
     log.info(
         "Data %s (split %s): %d train, %d val, %d features, %d classes, on %s",

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.io
-from tqdm import tqdm
 
+from agop_sweep.data import download
+from agop_sweep.data.download import md5sum as md5sum  # svhn.md5sum, as before
 from agop_sweep.errors import DataError
-from agop_sweep.store.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -36,76 +31,15 @@ FILES = {
 }
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0) -> None:
-    """Fetch ``url`` into ``dest`` through a temporary file, verify it, then rename it.
-
-    An interrupted or corrupt download leaves no file at ``dest``.
-    """
-    _check_writable(dest.parent)
-    log.info("Downloading %s to %s", url, dest)
-    try:
-        with atomic_path(dest) as tmp:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                    while block := response.read(1 << 20):
-                        f.write(block)
-                        bar.update(len(block))
-                if total is not None and f.tell() != total:
-                    raise DataError(
-                        f"Download of {url} stopped after {f.tell()} of {total} bytes; "
-                        "run again to retry"
-                    )
-            if md5 is not None and (got := md5sum(tmp)) != md5:
-                raise DataError(
-                    f"Downloaded {dest.name} has MD5 {got}, expected {md5}; run again to retry"
-                )
-    except DataError:
-        raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(
-            f"Cannot download {url} ({reason}); without network, put "
-            f"{', '.join(f.filename for f in FILES.values())} into {dest.parent}"
-        ) from None
-
-
-def _check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=root).close()
-    except OSError as e:
-        raise DataError(
-            f"data.root={root} is not a writable directory ({e.strerror}); "
-            "set data.root to one, or put the SVHN files there by hand"
-        ) from None
-
-
 def ensure_file(root: Path, spec: SvhnFile, verify: bool, allow_download: bool, base_url: str) -> Path:
-    """Return the path of ``spec`` under ``root``, downloading it when missing."""
-    path = root / spec.filename
-    if not path.exists():
-        if not allow_download:
-            raise DataError(
-                f"{path} is missing and data.download=false; put SVHN's {spec.filename} there"
-            )
-        download(base_url + spec.filename, path, spec.md5 if verify else None)
-    elif verify:
-        got = md5sum(path)
-        if got != spec.md5:
-            raise DataError(
-                f"{path} has MD5 {got}, expected {spec.md5} (corrupt or not SVHN); delete it to "
-                "download it again, or set data.verify=false for a file of your own"
-            )
-    return path
+    """Return the path of ``spec`` under ``root``, downloading it when missing (through
+    :mod:`agop_sweep.data.download`: a temporary file, MD5-checked, then renamed)."""
+    names = ", ".join(f.filename for f in FILES.values())
+    return download.ensure_file(
+        root / spec.filename, base_url + spec.filename, spec.md5, verify=verify,
+        allow_download=allow_download, dataset="SVHN", offline=f"put {names} into {root}",
+        what="the SVHN files",
+    )
 
 
 def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -7,13 +7,12 @@ and ``analyze`` call it; ``python -m agop_sweep.figures RUN_DIR`` redraws them b
 from __future__ import annotations
 
 import logging
-import math
 import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -53,6 +52,7 @@ from agop_sweep.figures.style import (
 from agop_sweep.store.features import FILENAME as FEATURES_FILE
 from agop_sweep.store.features import FeaturesError, load_features, nearest_epochs, orient, to_image
 from agop_sweep.store.record import RunRecord, Status
+from agop_sweep.store.schema import format_number
 
 if TYPE_CHECKING:
     from agop_sweep.store.features import FeatureLog
@@ -77,10 +77,6 @@ def run_title(record: RunRecord) -> str:
     lr_text = f"{lr:g}" if isinstance(lr, (int, float)) else "?"
     return (f"{r.get('optimizer', '?')}  lr={lr_text}  \u00b7  {r.get('dataset', '?')}  \u00b7  "
             f"width {r.get('width', '?')}  \u00b7  depth {r.get('depth', '?')}")
-
-
-def _fmt(v: Any, spec: str = ".3g") -> str:
-    return "n/a" if not isinstance(v, (int, float)) or not math.isfinite(v) else format(v, spec)
 
 
 def _diverged_epoch(record: RunRecord) -> int | None:
@@ -230,8 +226,8 @@ def _run_subtitle(record: RunRecord, metric: str, kind: str | None = None) -> st
         status += f" at epoch {diverged}"
     parts = [f"seed {record.run.get('seed', '?')}", status]
     if last is not None:
-        parts.append(f"epoch {last['epoch']}: train acc {_fmt(last.get('train_acc'))}, "
-                     f"val acc {_fmt(last.get('val_acc'))}")
+        train, val = (format_number(last.get(key), ".3g", "n/a") for key in ("train_acc", "val_acc"))
+        parts.append(f"epoch {last['epoch']}: train acc {train}, val acc {val}")
     label = metric_label(metric, kind)
     if label != metric:  # an exponent: which NFM and correlation it is for
         parts.append(f"{metric} = {label}")

@@ -390,6 +390,6 @@ def layer_values(record: RunRecord, metric: str | None) -> tuple[np.ndarray, np.
 
 def alpha_keys_of(record: RunRecord) -> list[str]:
     """The per-kind exponent names (:data:`ALPHA_KEYS`) that the record's layers hold."""
-    kinds = {k for a in record.analysis for entry in a["layers"]
+    kinds = {k for _, entry in record.layer_entries()
              if isinstance(entry.get("alphas"), dict) for k in entry["alphas"]}
     return [key for key in ALPHA_KEYS if alpha_parts(key)[1] in kinds]  # type: ignore[index]

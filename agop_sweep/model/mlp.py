@@ -58,12 +58,6 @@ class MLP(nn.Module):
         return self.last(h)
 
 
-# model.init: PyTorch's default init for every layer; or the original script's middle layers,
-# built as copies of one module and so identical at the start; or (seed) exactly the
-# original's draws: identical middle layers, drawn in its order after its DataLoader's draws.
-INITS = ("default", "shared_middle", "seed")
-
-
 def build_model(d_in: int, width: int, depth: int, n_classes: int, act: str, init: str = "default") -> MLP:
     """PyTorch's default (Kaiming-uniform) init, drawn from the global RNG: seed it first.
 
@@ -73,9 +67,12 @@ def build_model(d_in: int, width: int, depth: int, n_classes: int, act: str, ini
     layer (copied into every middle layer), the first layer, the readout. With the same seed
     the weights are the original's bit for bit (tests/test_seed_order.py).
     """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
-    if init == "seed":
+    # model.init's closed choices (config.schema.ModelInit; ValueError for another). Imported
+    # here: the maths imports this module, and never the app config.
+    from agop_sweep.config.schema import ModelInit
+
+    init = ModelInit(init)
+    if init == ModelInit.seed:
         from agop_sweep.data.seed_order import draw_int64, draw_linear, original_net_shapes
 
         with torch.random.fork_rng(devices=[]):  # the module's own init must not draw
@@ -90,7 +87,7 @@ def build_model(d_in: int, width: int, depth: int, n_classes: int, act: str, ini
                 layer.weight.copy_(middle)
         return model
     model = MLP(d_in, width, depth, n_classes, act)
-    if init == "shared_middle":
+    if init == ModelInit.shared_middle:
         with torch.no_grad():
             for layer in model.middle[1:]:
                 layer.weight.copy_(model.middle[0].weight)

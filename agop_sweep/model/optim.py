@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from agop_sweep.config.schema import MuonScope
+from agop_sweep.config.validate import check_muon_scope
 from agop_sweep.model.mlp import MLP
 from agop_sweep.model.ns_precision import DTYPES, resolve_ns_dtype
 
@@ -163,14 +165,13 @@ def build_adam(cfg: DictConfig, model: MLP) -> OptimizerSet:
 def build_muon(cfg: DictConfig, model: MLP) -> OptimizerSet:
     """scope=all: every weight matrix on Muon; scope=middle: the middle layers on Muon, the
     first and last layer on Adam(aux_lr, aux_betas, aux_eps)."""
-    if cfg.scope == "all":
+    if cfg.scope == MuonScope.all:
         params = list(model.parameters())
         ns_dtype = _ns_dtype(cfg, params)
         return OptimizerSet({"muon": _muon(params, cfg, ns_dtype)}, ns_dtype)
+    check_muon_scope(MuonScope.middle, len(model.hidden))  # also for a node that skipped validate
     middle = [p for layer in model.middle for p in layer.parameters()]
     outer = [*model.first.parameters(), *model.last.parameters()]
-    if not middle:
-        raise ValueError("optimizer.scope=middle needs model.depth >= 2 (no middle layers)")
     adam = _adam(outer, cfg, cfg.aux_lr, cfg.aux_betas, cfg.aux_eps)
     ns_dtype = _ns_dtype(cfg, middle)
     return OptimizerSet({"muon": _muon(middle, cfg, ns_dtype), "adam": adam}, ns_dtype)

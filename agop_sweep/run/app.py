@@ -71,7 +71,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     from agop_sweep.run.device import effective_precision, place_job, set_precision
     from agop_sweep.run.trainer import Trainer
     from agop_sweep.store import rundir
-    from agop_sweep.trackers import build_loggers
+    from agop_sweep.trackers import build_trackers
 
     hc = HydraConfig.get()
     with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
@@ -88,7 +88,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         set_precision(effective_precision(cfg.trainer.precision, placement.device))
         # The run's clock starts here, after the imports: a job that a joblib worker runs after
         # another would otherwise look faster than the first, which paid for importing torch.
-        trainer = Trainer(cfg, run_dir, placement, hooks=build_loggers(cfg, run_dir))
+        trainer = Trainer(cfg, run_dir, placement, observers=build_trackers(cfg, run_dir))
         return trainer.run(claim.state)
 
 
@@ -98,7 +98,7 @@ FINISHED = ("completed", "diverged")
 
 def _nothing_to_do(run_dir: Path, results: dict[str, Any]) -> float:
     """A finished run resumed: say so on the console, and change none of its files, neither
-    .hydra/ (whose overrides.yaml would gain resume=true) nor the log (issue 22)."""
+    .hydra/ (whose overrides.yaml would gain resume=true) nor the log."""
     from agop_sweep.store.record import RunRecord
 
     _detach_run_log(run_dir)

@@ -30,6 +30,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from agop_sweep.config import sqlite_file
 from agop_sweep.errors import UserError
 from agop_sweep.store.atomic import write_atomic
 from agop_sweep.store.schema import finite_number
@@ -130,20 +131,6 @@ def check_versions() -> None:
             f"optuna {optuna_version} (pinned by hydra-optuna-sweeper) cannot store a study with "
             f"SQLAlchemy {sqlalchemy_version}; reinstall with the cluster extra "
             "(pip install '.[cluster]', which pins sqlalchemy<2) or pip install 'sqlalchemy<2'")
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (None for another database or memory)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return None
-    db = parsed.database
-    if not parsed.drivername.startswith("sqlite") or not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    return Path(db)
 
 
 def check_storage(url: str) -> None:

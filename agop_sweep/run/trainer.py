@@ -5,7 +5,7 @@ permutation. Nothing syncs with the host inside an epoch: the running loss is su
 the device and read once per epoch. After every epoch (:meth:`Trainer.finish_epoch`) the
 record is updated, then the epoch is persisted in this order: the scheduled checkpoint,
 features.npz, results.json, state.pt; only then are the observers told (the figures and the
-trackers, :mod:`agop_sweep.run.hooks`). state.pt is written last, so that a run killed at
+trackers, :mod:`agop_sweep.run.observers`). state.pt is written last, so that a run killed at
 any moment, or stopped by a full disk, continues from a state that every other file agrees
 with or is behind.
 """
@@ -35,13 +35,14 @@ from agop_sweep.model.mlp import MLP, build_model, evaluate, loss_fn, weights_fi
 from agop_sweep.model.ns_precision import warn_if_slow
 from agop_sweep.model.optim import OptimizerSet, build_optimizer
 from agop_sweep.run.device import Placement, effective_precision
-from agop_sweep.run.hooks import EpochEnd, EpochHook, FiguresHook
+from agop_sweep.run.observers import EpochEnd, FiguresObserver, Observer
 from agop_sweep.run.preemption import Preempted, PreemptionGuard
 from agop_sweep.run.slurm import slurm_job_info
 from agop_sweep.store import checkpoint as ckpt
 from agop_sweep.store.atomic import disk_full
 from agop_sweep.store.features import FeatureLog
 from agop_sweep.store.record import EpochEntry, RunRecord, Status, run_info
+from agop_sweep.store.schema import format_number
 from agop_sweep.store.state import EpochProgress, ResumeState, save_state
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ log = logging.getLogger(__name__)
 class Trainer:
     """One run in ``run_dir``: :meth:`run` trains, analyses and records; returns the objective.
 
-    ``hooks`` observe the run after the figures (the trackers); they never persist its state.
+    ``observers`` observe the run after the figures (the trackers); they never persist its state.
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, placement: Placement,
-                 hooks: Sequence[EpochHook] = ()):
+                 observers: Sequence[Observer] = ()):
         self.started_at = time.time()
         self.cfg = cfg
         self.run_dir = run_dir
@@ -63,7 +64,7 @@ class Trainer:
         self.config = to_container(cfg)
         self.checkpoints = set(cfg.schedule.checkpoints)
         self.features = FeatureLog()
-        self.extra_hooks = list(hooks)
+        self.extra_observers = list(observers)
         self.record: RunRecord
 
     # -- the run, step by step -------------------------------------------------------------------
@@ -76,27 +77,27 @@ class Trainer:
         self.setup(data)
         first_epoch, progress = self.start(data, state)
         try:
-            # The guard stays on through the final hooks: a signal that comes after the last
+            # The guard stays on through the final observers: a signal that comes after the last
             # epoch finds the run complete and changes nothing.
             with PreemptionGuard() as guard, logging_redirect_tqdm():
                 self.train(data, first_epoch, progress, guard)
-                for hook in self.hooks:
-                    hook.on_run_end(self.record, self.run_dir)
+                for observer in self.observers:
+                    observer.on_run_end(self.record, self.run_dir)
         except Preempted as p:
             log.warning("Stopped by a signal at epoch %d step %d; state saved. Continue with resume=true",
                         p.epoch, p.step)
-            self.end_hooks()
+            self.end_observers()
             guard.chain()
             return math.nan
         except BaseException as e:
             if not isinstance(e, KeyboardInterrupt):  # an interruption like a signal, not a failure
                 self.record_failure(e)
-                self.end_hooks()
+                self.end_observers()
             raise
         return self.record.objective()
 
     def setup(self, data: Dataset) -> None:
-        """Model, optimizer, shuffling RNG and hooks for ``data``."""
+        """Model, optimizer, shuffling RNG and observers for ``data``."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         # Init on the CPU so that the initial weights are the same on every device.
@@ -116,7 +117,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
         self.image_shape = data.image_shape
-        self.hooks: list[EpochHook] = [FiguresHook(cfg.trainer.plots, self.features), *self.extra_hooks]
+        self.observers: list[Observer] = [FiguresObserver(cfg.trainer.plots, self.features),
+                                          *self.extra_observers]
 
     def start(self, data: Dataset, state: ResumeState | None) -> tuple[int, EpochProgress | None]:
         """A new record, or everything restored from ``state``: the first epoch to run and
@@ -132,6 +134,7 @@ class Trainer:
             self.record.resumed()
         if self.optimizer.ns_dtype is not None:
             self.record.update_run(ns_dtype=self.optimizer.ns_dtype)
+        self.record.update_run(**data.run_facts())  # shape, classes, normalisation
         self.record.update_run(device=str(self.device), precision=self.precision,
                                threads=torch.get_num_threads(), pid=os.getpid(), host=socket.gethostname(),
                                **slurm_job_info())  # aggregate asks SLURM about a stopped run's job
@@ -163,7 +166,7 @@ class Trainer:
             entry.update(seconds=time.perf_counter() - t0, train_seconds=train_seconds)
             event = self.finish_epoch(entry, analysis)
             progress = None
-            bar.set_postfix(train=_fmt(entry["train_loss"]), val=_fmt(entry["val_loss"]))
+            bar.set_postfix(train=format_number(entry["train_loss"]), val=format_number(entry["val_loss"]))
             if event.diverged:
                 break
         bar.close()
@@ -233,8 +236,8 @@ class Trainer:
         self.persist(epoch, analysis, diverged)
         last = self.cfg.schedule.epochs
         event = EpochEnd(epoch, last, entry, analysis, self.record, self.run_dir, diverged)
-        for hook in self.hooks:
-            hook.on_epoch_end(event)
+        for observer in self.observers:
+            observer.on_epoch_end(event)
         return event
 
     def record_epoch(self, entry: EpochEntry, analysis: Analysis | None) -> bool:
@@ -245,8 +248,8 @@ class Trainer:
         if analysis is not None:
             self.features.add(epoch, analysis)
         log.info("Epoch %d/%d: train loss %s acc %s | val loss %s acc %s | %.1f s", epoch, last,
-                 _fmt(entry["train_loss"]), _fmt(entry["train_acc"]), _fmt(entry["val_loss"]),
-                 _fmt(entry["val_acc"]), entry["seconds"])
+                 *(format_number(entry[key]) for key in ("train_loss", "train_acc", "val_loss", "val_acc")),
+                 entry["seconds"])
         loss = entry["train_loss"]
         diverged = loss is None or not math.isfinite(loss) or not weights_finite(self.model)
         if diverged:
@@ -288,7 +291,7 @@ class Trainer:
             results=self.record.document(),
             features=self.features.to_dict(),
             config=self.config,
-            hooks={h.name: s for h in self.hooks if (s := h.state_dict())},
+            observers={o.name: s for o in self.observers if (s := o.state_dict())},
             grad_scaler=None if self.scaler is None else self.scaler.state_dict(),
         ))
 
@@ -302,18 +305,18 @@ class Trainer:
         self.features.load_dict(state.features)  # in place: the figures hold this very log
         if self.scaler is not None and state.grad_scaler:
             self.scaler.load_state_dict(state.grad_scaler)
-        for hook in self.hooks:
-            hook.load_state_dict(state.hooks.get(hook.name, {}))
+        for observer in self.observers:
+            observer.load_state_dict(state.observers.get(observer.name, {}))
         return None if state.progress is None else EpochProgress.from_dict(state.progress, self.device)
 
-    def end_hooks(self) -> None:
-        """Tell the hooks that the run stopped early (failed or preempted): trackers close their
-        run with its status. Each hook on its own: one that fails never hides the others."""
-        for hook in self.hooks:
+    def end_observers(self) -> None:
+        """Tell the observers that the run stopped early (failed or preempted): trackers close
+        their run with its status. Each observer on its own: one that fails never hides the others."""
+        for observer in self.observers:
             try:
-                hook.on_run_end(self.record, self.run_dir)
+                observer.on_run_end(self.record, self.run_dir)
             except Exception:
-                log.exception("Hook %s failed at the end of the run", hook.name)
+                log.exception("Observer %s failed at the end of the run", observer.name)
 
     def record_failure(self, error: BaseException) -> None:
         self.record.mark_failed(one_line(error))
@@ -361,7 +364,3 @@ class Trainer:
             log.warning("torch.compile failed (%s); training eagerly", e)
             self.forward = self.model
             return self._forward_loss(xb, yb)
-
-
-def _fmt(value: float | None) -> str:
-    return "nan" if value is None else f"{value:.4g}"

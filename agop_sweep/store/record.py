@@ -370,7 +370,10 @@ class RunRecord:
         return [int(e) for e in epochs] if epochs else None
 
     def image_shape(self) -> tuple[int, ...] | None:
-        shape = self.setting("data.image_shape")
+        """An input's (C, H, W): the loaded data's (run.image_shape), else data.image_shape's."""
+        shape = self.run.get("image_shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int for s in shape)):
+            shape = self.setting("data.image_shape")
         return tuple(int(s) for s in shape) if shape else None
 
     def n_layers(self) -> int:

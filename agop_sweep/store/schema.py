@@ -56,6 +56,15 @@ class RunInfo(TypedDict):
     host: NotRequired[str]
     # The SLURM job of a submitit job (``<array job>_<task>``): aggregate asks SLURM about it.
     slurm_job: NotRequired[str]
+    # The data: an input's (channels, height, width), the classes (their names where the data
+    # set has them, else "0".."c-1"), and for mnist, fashion_mnist, cifar10, cifar100 and npz
+    # data.normalize, with standardize's per-channel mean and std of the training set.
+    image_shape: NotRequired[list[int]]
+    n_classes: NotRequired[int]
+    classes: NotRequired[list[str]]
+    normalize: NotRequired[str]
+    channel_mean: NotRequired[list[float]]
+    channel_std: NotRequired[list[float]]
 
 
 class EpochEntry(TypedDict):
@@ -103,6 +112,14 @@ class RecordError(UserError, ValueError):
 def finite_number(value: Any) -> bool:
     """A real number (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_number(value: Any, spec: str = ".4g", missing: str = "nan") -> str:
+    """A number as text, ``format(value, spec)``; ``missing`` for None, NaN or anything not a
+    number (an infinite loss reads inf). The log writes a missing loss as nan, a figure n/a."""
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
 
 
 def finite_or_none(obj: Any) -> Any:

@@ -2,7 +2,7 @@
 
 It holds what a killed run needs to continue bit-identically: model and optimizer state,
 the initial weights, both RNGs, where an interrupted epoch stands (:class:`EpochProgress`),
-the record so far, and the state of the per-epoch hooks.
+the record so far, and the state of the run's observers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from agop_sweep.config import is_run_control_key
+from agop_sweep.config import flatten, is_run_control_key
 from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint
 
@@ -66,8 +66,9 @@ class ResumeState:
     results: dict[str, Any]
     features: dict[str, Any]
     config: dict[str, Any]
-    # Per-epoch hooks' own state by hook name (e.g. a tracker's run id); absent in older files.
-    hooks: dict[str, Any] = field(default_factory=dict)
+    # The observers' own state by observer name (e.g. a tracker's run id); absent in older
+    # files, and named ``hooks`` in some (:func:`load_state` reads both).
+    observers: dict[str, Any] = field(default_factory=dict)
     # The fp16 loss scaler's state (trainer.precision=fp16 only).
     grad_scaler: dict[str, Any] | None = None
 
@@ -81,7 +82,10 @@ def load_state(run_dir: Path) -> ResumeState | None:
     if not path.exists():
         return None
     try:
-        return ResumeState(**checkpoint.load(path))
+        saved = checkpoint.load(path)
+        if "hooks" in saved:  # the observers' state under its earlier name
+            saved["observers"] = saved.pop("hooks")
+        return ResumeState(**saved)
     except checkpoint.UnsafeFileError:
         raise
     except Exception as e:
@@ -92,17 +96,6 @@ def load_state(run_dir: Path) -> ResumeState | None:
             "resume=true again: an unfinished run restarts from epoch 0 in place, a finished one stays "
             "as it is"
         ) from None
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

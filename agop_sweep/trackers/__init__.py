@@ -1,12 +1,12 @@
-"""Experiment trackers as per-epoch hooks (the ``logger`` config group).
+"""Experiment trackers as observers of a run (the ``logger`` config group).
 
 ``logger=tensorboard``, ``logger=mlflow``, ``logger=both`` (the same as
 ``logger=[tensorboard,mlflow]``) stream every epoch's numbers, the config and at the end the
-run's status and files to TensorBoard event files (:mod:`.tensorboard_hook`) or an MLflow store
-(:mod:`.mlflow_hook`); results.json stays the record. Each tracker is an optional extra:
+run's status and files to TensorBoard event files (:mod:`.tensorboard`) or an MLflow store
+(:mod:`.mlflow`); results.json stays the record. Each tracker is an optional extra:
 :func:`check_available` stops a run before any work when its package is missing. A tracker
 that fails while the run goes on (a server gone, a full disk) logs one warning and is off for
-the rest of the run (:class:`.base.TrackerHook`).
+the rest of the run (:class:`.base.Tracker`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.errors import ConfigError
-from agop_sweep.run.hooks import EpochHook
+from agop_sweep.run.observers import Observer
 
 # logger.<key> -> the module it needs, which the extra agop_sweep[<key>] installs.
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -43,22 +43,22 @@ def check_available(cfg: DictConfig) -> None:
                               f"pip install 'agop_sweep[{name}]'") from None
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[EpochHook]:
-    """The hooks of the configured trackers (none by default). Cheap and never raises: a
-    tracker starts at the end of the first epoch, inside the hook's own error handling."""
+def build_trackers(cfg: DictConfig, run_dir: Path) -> list[Observer]:
+    """The configured trackers (none by default). Cheap and never raises: a tracker starts
+    at the end of the first epoch, inside its own error handling."""
     from agop_sweep.trackers.base import run_context
 
     names = enabled_trackers(cfg)
     if not names:
         return []
     ctx = run_context(run_dir)
-    hooks: list[EpochHook] = []
+    trackers: list[Observer] = []
     if "tensorboard" in names:
-        from agop_sweep.trackers.tensorboard import TensorBoardHook
+        from agop_sweep.trackers.tensorboard import TensorBoardTracker
 
-        hooks.append(TensorBoardHook(ctx))
+        trackers.append(TensorBoardTracker(ctx))
     if "mlflow" in names:
-        from agop_sweep.trackers.mlflow import MlflowHook
+        from agop_sweep.trackers.mlflow import MlflowTracker
 
-        hooks.append(MlflowHook(ctx, str(cfg.logger.tracking_uri), str(cfg.logger.experiment)))
-    return hooks
+        trackers.append(MlflowTracker(ctx, str(cfg.logger.tracking_uri), str(cfg.logger.experiment)))
+    return trackers

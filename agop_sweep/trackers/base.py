@@ -1,11 +1,11 @@
-"""What every tracker hook shares: where the job stands in Hydra's run (its name, its sweep),
-the numbers of an epoch as tracker metrics, and :class:`TrackerHook`, which logs every epoch
-of the record exactly once and turns a tracker's failure into one warning.
+"""What every tracker shares: where the job stands in Hydra's run (its name, its sweep), the
+numbers of an epoch as tracker metrics, and :class:`Tracker`, which logs every epoch of the
+record exactly once and turns a tracker's failure into one warning.
 
-Exactly once: a hook logs the epochs of the record that come after the last one it logged
-(``last_epoch``, saved in state.pt through :meth:`TrackerHook.state_dict`). The trainer saves
-state.pt *before* the tracker hooks run, so after a kill -9 the saved ``last_epoch`` may lag
-the tracker by one epoch; a resumed hook therefore asks the tracker which (key, epoch) pairs of
+Exactly once: a tracker logs the epochs of the record that come after the last one it logged
+(``last_epoch``, saved in state.pt through :meth:`Tracker.state_dict`). The trainer saves
+state.pt *before* the trackers run, so after a kill -9 the saved ``last_epoch`` may lag the
+tracker by one epoch; a resumed tracker therefore asks its store which (key, epoch) pairs of
 the earlier epochs it already holds and logs only the others.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agop_sweep.errors import one_line
-from agop_sweep.run.hooks import EpochEnd, EpochHook
+from agop_sweep.run.observers import EpochEnd, Observer
 from agop_sweep.store.record import RunRecord
 from agop_sweep.store.schema import finite_number
 
@@ -29,7 +29,9 @@ EPOCH_KEYS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
     "val_acc": "acc/val", "seconds": "time/epoch_seconds",
 }
-LAYER_KEYS = ("weight_change", "alpha_star")
+# A layer entry's own numbers logged besides its ``metrics`` and effective ranks (README:
+# Trackers); figures.style.LAYER_KEYS, what a figure can plot, also has alpha_corr.
+TRACKED_LAYER_KEYS = ("weight_change", "alpha_star")
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,6 @@ def group_label(group: Path) -> str:
         return group.resolve().as_posix()
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def epoch_metrics(entry: dict[str, Any]) -> dict[str, float]:
     """An epoch entry's losses, accuracies and seconds as metric keys; nulls left out."""
     return {key: float(entry[field]) for field, key in EPOCH_KEYS.items() if finite_number(entry.get(field))}
@@ -109,7 +100,7 @@ def analysis_metrics(entry: dict[str, Any] | None) -> dict[str, float]:
     for layer in entry.get("layers", []):
         where = f"layer{layer['layer']}"
         values = dict(layer.get("metrics") or {})
-        values.update({key: layer.get(key) for key in LAYER_KEYS})
+        values.update({key: layer.get(key) for key in TRACKED_LAYER_KEYS})
         for spectrum, stats in (layer.get("spectra") or {}).items():
             if isinstance(stats, dict) and "effective_rank" in stats:
                 values[f"effective_rank_{spectrum}"] = stats["effective_rank"]
@@ -124,8 +115,8 @@ def record_metrics(record: RunRecord) -> dict[int, dict[str, float]]:
             for e in record.epochs}
 
 
-class TrackerHook(EpochHook):
-    """A tracker as a per-epoch hook. Subclasses implement :meth:`open` (start or reopen the
+class Tracker(Observer):
+    """A tracker as an observer of the run. Subclasses implement :meth:`open` (start or reopen the
     tracker's run; True when it may already hold some of the record's epochs),
     :meth:`logged` (which of an earlier epoch's keys it holds), :meth:`log_metrics`,
     :meth:`finish` (status, artifacts) and :meth:`close`. Any exception inside them turns the
@@ -138,9 +129,9 @@ class TrackerHook(EpochHook):
         self.enabled = True
         self.opened = False
         self.last_epoch = -1  # the last epoch logged
-        self.saved: dict[str, Any] = {}  # the state this hook was resumed with
+        self.saved: dict[str, Any] = {}  # the state this tracker was resumed with
 
-    # -- the EpochHook interface ------------------------------------------------------------------
+    # -- the Observer interface -------------------------------------------------------------------
     def on_epoch_end(self, event: EpochEnd) -> None:
         self._guarded("logging", self._log_new_epochs, event.record, event.epoch)
 

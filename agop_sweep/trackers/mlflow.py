@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agop_sweep.config import flatten, sqlite_file
 from agop_sweep.store.record import RunRecord
-from agop_sweep.trackers.base import RunContext, TrackerHook, flatten, group_label, log, outputs_dir
+from agop_sweep.trackers.base import RunContext, Tracker, group_label, log, outputs_dir
 
 READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 RUN_KEY_TAG = "agop_sweep.run_key"  # the run dir and the run's first start: one per run
@@ -54,14 +55,6 @@ def prepare_mlflow_env() -> None:
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{outputs_dir(run_dir) / 'mlflow.db'}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative to the current dir unless absolute)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path).resolve() if path and path != ":memory:" else None
 
 
 class ReadOnlyStore(Exception):
@@ -89,7 +82,7 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
-class MlflowHook(TrackerHook):
+class MlflowTracker(Tracker):
     name = "mlflow"
     label = "MLflow"
 
@@ -97,7 +90,8 @@ class MlflowHook(TrackerHook):
         super().__init__(ctx)
         self.uri = tracking_uri or default_tracking_uri(ctx.run_dir)
         self.experiment = experiment or group_label(ctx.group)
-        self.db = sqlite_path(self.uri)
+        db = sqlite_file(self.uri)  # absolute: the lock's and the artifacts' location
+        self.db = None if db is None else db.resolve()
         self.client: Any = None
         self.run_id: str | None = None
         self.history: dict[str, set[int]] = {}

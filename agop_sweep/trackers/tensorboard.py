@@ -17,8 +17,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from agop_sweep.config import flatten
 from agop_sweep.store.record import RunRecord
-from agop_sweep.trackers.base import RunContext, TrackerHook, flatten
+from agop_sweep.trackers.base import RunContext, Tracker
 
 SUBDIR = "tensorboard"
 
@@ -65,7 +66,7 @@ def _png_size(data: bytes) -> tuple[int, int, int]:
     return width, height, channels
 
 
-class TensorBoardHook(TrackerHook):
+class TensorBoardTracker(Tracker):
     name = "tensorboard"
     label = "TensorBoard"
 

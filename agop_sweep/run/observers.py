@@ -1,12 +1,12 @@
-"""Observers of a run: per-epoch hooks (the figures, and the trackers of :mod:`agop_sweep.trackers`).
+"""Observers of a run: the figures, and the trackers of :mod:`agop_sweep.trackers`.
 
 The trainer records and persists an epoch itself (checkpoint, features.npz, results.json,
-state.pt), then calls every hook's :meth:`EpochHook.on_epoch_end` in order; at the end of a
-run (completed, diverged, failed or stopped) it calls :meth:`EpochHook.on_run_end`. A hook
-that keeps state across a kill (a tracker's run id) returns it from
-:meth:`EpochHook.state_dict`; the trainer saves it in state.pt and hands it back through
-:meth:`EpochHook.load_state_dict`. A hook only reports, so it must never fail the run: it
-logs and carries on.
+state.pt), then calls every observer's :meth:`Observer.on_epoch_end` in order; at the end of
+a run (completed, diverged, failed or stopped) it calls :meth:`Observer.on_run_end`. An
+observer that keeps state across a kill (a tracker's run id) returns it from
+:meth:`Observer.state_dict`; the trainer saves it in state.pt and hands it back through
+:meth:`Observer.load_state_dict`. An observer only reports, so it must never fail the run:
+it logs and carries on.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ class EpochEnd:
         return self.diverged or self.epoch >= self.last_epoch
 
 
-class EpochHook:
-    """Base class: every method is optional."""
+class Observer:
+    """Base class: every method is optional. ``name`` keys the observer's state in state.pt."""
 
-    name = "hook"
+    name = "observer"
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         pass
@@ -62,7 +62,7 @@ class EpochHook:
         pass
 
 
-class FiguresHook(EpochHook):
+class FiguresObserver(Observer):
     """The run's figures: ``live`` redraws the PNGs after each analysed epoch but the last,
     ``live`` and ``end`` draw PNG and PDF when the run ends, ``off`` never draws."""
 
