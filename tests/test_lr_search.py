@@ -4,13 +4,16 @@ of the aggregate report (agop_sweep/aggregate/lr_search.py).
 A real search stored in SQLite is run twice with the same command into the same sweep dir:
 the second run adds new trials with new learning rates (no refusal, no failed trial), and
 the aggregate report names the best lr. A search in which every trial diverges says so, in
-optimization_results.yaml and in the report. A storage that cannot work (optuna 2.10 with
-SQLAlchemy 2) stops the command with one line and leaves no database file.
+optimization_results.yaml and in the report. A storage that cannot work (an optuna older than
+the sweeper needs, a file that is no study database, a study stored by optuna 2.10) stops the
+command with one line and leaves no database file. The sweeper itself (hydra/sweeper=agop_optuna)
+is tested in tests/test_optuna_sweeper.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -119,8 +122,9 @@ def test_report_lists_the_best_lr(extended: Path, tmp_path: Path) -> None:
 
 
 def test_storage_mismatch_stops_with_one_line(tmp_path: Path) -> None:
-    """optuna 2.10 on SQLAlchemy 2 would stop with a bare AssertionError and leave a broken
-    database file: the command refuses before the storage is touched."""
+    """An optuna older than the sweeper needs (2.10, left by hydra-optuna-sweeper, stopped with a
+    bare AssertionError on SQLAlchemy 2 and left a broken database file): the command refuses
+    before the storage is touched."""
     patch = ("import sys, agop_sweep.run.search as s\n"
              "s._version = lambda p: {'optuna': '2.10.1', 'sqlalchemy': '2.0.30'}.get(p)\n"
              "from agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n")
@@ -129,7 +133,7 @@ def test_storage_mismatch_stops_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "AssertionError" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "sqlalchemy<2" in lines[0], proc.stderr
+    assert len(lines) == 1 and "optuna 2.10.1 is too old" in lines[0] and "optuna>=4" in lines[0], proc.stderr
     assert not (sweep / "study.db").exists()
     assert job_dirs(sweep) == []
 
@@ -220,7 +224,7 @@ def test_check_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert garbage.read_bytes() == b"not a database" * 100  # someone else's file: left alone
     monkeypatch.setattr(search, "_version", {"optuna": "2.10.1", "sqlalchemy": "2.0.1"}.get)
     fresh = tmp_path / "fresh.db"
-    with pytest.raises(StorageError, match=r"cannot store a study with SQLAlchemy 2\.0\.1"):
+    with pytest.raises(StorageError, match=r"optuna 2\.10\.1 is too old .* \(pip install '\.\[cluster\]'\)"):
         check_storage(f"sqlite:///{fresh}")
     assert not fresh.exists()
 
@@ -237,6 +241,27 @@ def test_a_database_from_a_failed_start_opens(tmp_path: Path) -> None:
     check_storage(f"sqlite:///{db}")
     study = optuna.create_study(study_name="x", storage=f"sqlite:///{db}")
     study.tell(study.ask(), 1.0)
+
+
+def test_a_study_stored_by_optuna_2_is_upgraded_with_one_command(tmp_path: Path) -> None:
+    """A study database of the earlier presets (optuna 2.10's schema) is refused with the
+    command that upgrades it; after it, the study opens."""
+    import optuna
+
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="lr_sgd", storage=url)
+    study.tell(study.ask(), 1.0)
+    with sqlite3.connect(db) as con:  # what optuna 2.10.1 left: its schema revision and version
+        con.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")
+        con.execute("UPDATE version_info SET library_version = '2.10.1'")
+    with pytest.raises(StorageError, match=re.escape(
+            f"set up by optuna 2.10.1; upgrade it once to optuna {optuna.__version__}'s schema with: "
+            f"optuna storage upgrade --storage {url}")):
+        check_storage(url)
+    optuna.storages.RDBStorage(url, skip_compatibility_check=True).upgrade()
+    check_storage(url)
+    assert len(study_trials(url, "lr_sgd")) == 1
 
 
 # -- the summary -------------------------------------------------------------------------------

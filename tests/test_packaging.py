@@ -27,8 +27,13 @@ def _yaml_files() -> set[str]:
     return {f"agop_sweep/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
 
 
+# The lr search's sweeper, in Hydra's namespace package for plugins (which has no __init__.py).
+PLUGIN = ROOT / "hydra_plugins" / "agop_optuna_sweeper"
+
+
 def _modules() -> set[str]:
-    return {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    return {p.relative_to(ROOT).as_posix() for package in (PACKAGE, PLUGIN) for p in package.rglob("*.py")
+            if "__pycache__" not in p.parts}
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,6 +77,8 @@ def test_wheel_contains_every_config_and_module(wheel: Path) -> None:
     modules = _modules() - names
     assert not modules, f"modules missing from the wheel (list their package in pyproject.toml): {modules}"
     assert not [n for n in names if n.startswith(("conf/", "tests/"))]  # nothing at the top level
+    assert "hydra_plugins/agop_optuna_sweeper/config.py" in names
+    assert "hydra_plugins/__init__.py" not in names  # a namespace package, shared with other plugins
 
 
 def test_the_installed_app_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:
@@ -90,6 +97,18 @@ def test_the_installed_app_finds_its_configs_from_any_directory(wheel: Path, tmp
     job = _run("-m", "agop_sweep", "--cfg", "job", "experiment=seed", cwd=elsewhere, env=env)
     assert job.returncode == 0, job.stderr
     assert "name: muon_seed" in job.stdout and "split: seed" in job.stdout
+    _assert_finds_the_sweeper(elsewhere, env)
+
+
+def _assert_finds_the_sweeper(cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Hydra's plugin scan finds the lr search's sweeper, and the presets compose with it."""
+    plugins = _run("-m", "agop_sweep", "--info", "plugins", cwd=cwd, env=env)
+    assert plugins.returncode == 0 and "hydra_plugins.agop_optuna_sweeper.config" in plugins.stdout, (
+        plugins.stdout[-2000:] + plugins.stderr)
+    hydra = _run("-m", "agop_sweep", "--cfg", "hydra", "-p", "hydra.sweeper._target_", "hparams_search=sgd",
+                 cwd=cwd, env=env)
+    assert hydra.returncode == 0, hydra.stderr
+    assert hydra.stdout.strip() == "hydra_plugins.agop_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 
 # Python without the editable install's import hook: as after a plain `pip install .`, where
@@ -129,6 +148,9 @@ def test_an_editable_install_finds_conf(tmp_path: Path) -> None:
     assert info.returncode == 0 and "pkg://agop_sweep.conf" in info.stdout, info.stderr
     job = _run("-m", "agop_sweep", "--cfg", "job", "optimizer=muon_seed", cwd=tmp_path)
     assert job.returncode == 0 and "name: muon_seed" in job.stdout, job.stderr
+    # The plugin lies outside agop_sweep, in Hydra's namespace package: the editable install
+    # lists hydra_plugins itself (pyproject.toml) so that the namespace's path holds it.
+    _assert_finds_the_sweeper(tmp_path)
 
 
 def test_git_tracks_every_config() -> None:

@@ -29,7 +29,7 @@ def test_count_jobs(overrides: list[str], expected: int) -> None:
 
 
 def test_count_jobs_of_an_optuna_search() -> None:
-    sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_jobs": 3}
+    sweeper = {"_target_": "hydra_plugins.agop_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_jobs": 3}
     assert count_jobs(_config(["seed=1"], sweeper)) == 3
 
 

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from agop_sweep.config import check_precision, register_configs, to_container, validate
 from agop_sweep.errors import UserError, one_line
 from agop_sweep.run.device import available_cores
+from hydra_plugins.agop_optuna_sweeper import SweeperError
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def error_report(error: BaseException) -> str | None:
     Hydra's own report of a bad override runs to several lines (the key, a hint, the
     schema's type, the full key); its first line and its cause's first line say it all.
     """
-    if isinstance(error, UserError):
+    if isinstance(error, (UserError, SweeperError)):  # SweeperError: the lr search's sweeper
         return str(error)
     if isinstance(error, OverrideParseException):
         return f"Cannot parse the override {error.override!r}: {error.message.splitlines()[0]}"

@@ -1,7 +1,8 @@
-"""The learning-rate search presets (conf/hparams_search/*.yaml) on Hydra's Optuna sweeper.
+"""The learning-rate search presets (conf/hparams_search/*.yaml) on the project's Optuna sweeper.
 
-The sweeper (hydra-optuna-sweeper 1.2/1.3) pins optuna 2.10; this module adds what a search
-run again and again into one storage needs:
+The sweeper (hydra_plugins/agop_optuna_sweeper, ``hydra/sweeper=agop_optuna``) asks, launches
+and tells trials on Optuna >= 4; this module adds what a search run again and again into one
+storage needs:
 
 - :class:`ExtendingTPESampler`: TPE whose seed comes from the preset's ``seed`` and the number
   of trials the study already holds. A fresh study is seeded with ``seed`` itself (the same
@@ -9,17 +10,17 @@ run again and again into one storage needs:
   stored study starts from another seed, so it proposes new learning rates instead of the
   ones already tried (which would land in the job directories already taken).
 - :class:`LRSearch`, a Hydra callback: before the sweeper opens the storage it checks that
-  optuna and SQLAlchemy fit together, creates a SQLite file's directory and opens the study
-  database once, so a storage that cannot work stops the command with one line (and leaves
-  no half-made database file behind); after the search it rewrites the sweep's
-  ``optimization_results.yaml`` with the trial counts and, when every trial diverged, says
-  so instead of naming a "best" learning rate with a loss of ``.inf``.
+  the installed optuna is one the sweeper runs on, creates a SQLite file's directory and
+  opens the study database once, so a storage that cannot work stops the command with one
+  line (and leaves no half-made database file behind); after the search it rewrites the
+  sweep's ``optimization_results.yaml`` with the trial counts and, when every trial diverged,
+  says so instead of naming a "best" learning rate with a loss of ``.inf``.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,26 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
 
 from agop_sweep.config import sqlite_file
 from agop_sweep.errors import UserError
 from agop_sweep.store.atomic import write_atomic
 from agop_sweep.store.schema import finite_number
+from hydra_plugins.agop_optuna_sweeper import MIN_OPTUNA  # the oldest optuna the sweeper runs on
 
 log = logging.getLogger(__name__)
 # alembic (optuna's storage migrations) logs one INFO line per plugin it sets up.
 logging.getLogger("alembic").setLevel(logging.WARNING)
-
-with warnings.catch_warnings():
-    # optuna 2.10 warns at import, on SQLAlchemy 1.4, that it is not ready for SQLAlchemy 2:
-    # the reason why the cluster extra pins sqlalchemy<2, which is checked below.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import optuna
-    from optuna.distributions import BaseDistribution
-    from optuna.samplers import BaseSampler, TPESampler
-    from optuna.trial import FrozenTrial, TrialState
 
 LR_PARAM = "optimizer.lr"
 RESULTS_FILE = "optimization_results.yaml"
@@ -122,15 +119,15 @@ def _major(version: str | None) -> int:
 
 
 def check_versions() -> None:
-    """Raise StorageError when optuna cannot use the installed SQLAlchemy: optuna 2.x (the
-    sweeper's pin) stops with a bare AssertionError on SQLAlchemy 2, after it has created an
-    unusable database file."""
-    optuna_version, sqlalchemy_version = _version("optuna"), _version("sqlalchemy")
-    if 0 < _major(optuna_version) < 3 and _major(sqlalchemy_version) >= 2:
+    """Raise StorageError when the installed optuna is older than the sweeper needs, e.g.
+    optuna 2.10 left behind by hydra-optuna-sweeper 1.3 (whose storage also failed on
+    SQLAlchemy 2 with a bare AssertionError, after creating an unusable database file)."""
+    optuna_version = _version("optuna")
+    if 0 < _major(optuna_version) < MIN_OPTUNA:
         raise StorageError(
-            f"optuna {optuna_version} (pinned by hydra-optuna-sweeper) cannot store a study with "
-            f"SQLAlchemy {sqlalchemy_version}; reinstall with the cluster extra "
-            "(pip install '.[cluster]', which pins sqlalchemy<2) or pip install 'sqlalchemy<2'")
+            f"optuna {optuna_version} is too old for the learning-rate search, whose sweeper needs "
+            f"optuna>={MIN_OPTUNA}; reinstall with the cluster extra (pip install '.[cluster]') or "
+            f"pip install -U 'optuna>={MIN_OPTUNA}'")
 
 
 def check_storage(url: str) -> None:
@@ -152,6 +149,11 @@ def check_storage(url: str) -> None:
         if not existed and db is not None:
             db.unlink(missing_ok=True)
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        old = re.search(r"set up by optuna ([\w.]+)", why)
+        if old:  # a study stored by an older optuna, e.g. 2.10 under hydra-optuna-sweeper
+            raise StorageError(
+                f"The study storage {url} was set up by optuna {old[1]}; upgrade it once to optuna "
+                f"{optuna.__version__}'s schema with: optuna storage upgrade --storage {url}") from None
         hint = (f"; {db} is not a usable optuna {optuna.__version__} study database: delete it or give "
                 "another file" if existed and db is not None else "")
         raise StorageError(f"Cannot open the study storage {url}: {why}{hint}") from None
