@@ -10,22 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, error_lines, run_cli
+from conftest import TINY, copy_of, error_lines, finished_tiny_run, run_cli
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny finished run (checkpoints at every epoch of the smoke schedule); copy before changing."""
-    root = tmp_path_factory.mktemp("analyze")
-    proc = run_cli(*TINY, "optimizer=adam", f"hydra.run.dir={root / 'run'}", cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root / "run"
-
-
-def _copy(run_dir: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(run_dir, dst)
-    return dst
+    return finished_tiny_run(tmp_path_factory.mktemp("analyze"), "optimizer=adam")
 
 
 def _analyze(run_dir: Path, *overrides: str):
@@ -33,7 +24,7 @@ def _analyze(run_dir: Path, *overrides: str):
 
 
 def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: Path, tmp_path: Path) -> None:
-    run_dir = _copy(finished_run, tmp_path)
+    run_dir = copy_of(finished_run, tmp_path)
     before = json.loads((run_dir / "results.json").read_text())
     (run_dir / "features.npz").unlink()
     proc = _analyze(run_dir, "analysis.primary=raw_cos_sqrt")
@@ -54,7 +45,7 @@ def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: P
 
 def test_runs_saved_by_earlier_versions_can_be_reanalysed(finished_run: Path, tmp_path: Path) -> None:
     """Configs from before trainer.plots and optimizer.fused: trainer.live_plots, no fused."""
-    run_dir = _copy(finished_run, tmp_path)
+    run_dir = copy_of(finished_run, tmp_path)
     path = run_dir / ".hydra" / "config.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["trainer"]["live_plots"] = cfg["trainer"].pop("plots") == "live"
@@ -71,7 +62,7 @@ def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path
     (line,) = error_lines(proc.stderr)
     assert line.startswith(f"agop-analyze: error: {tmp_path} is not a run directory "
                            f"({tmp_path / '.hydra' / 'config.yaml'} is missing) and holds no runs")
-    run_dir = _copy(finished_run, tmp_path)
+    run_dir = copy_of(finished_run, tmp_path)
     shutil.rmtree(run_dir / "models")
     proc = _analyze(run_dir)
     assert proc.returncode == 1
@@ -120,7 +111,7 @@ def _main(*args: str) -> int:
 
 def test_reanalysis_keeps_the_earlier_numbers_and_records_itself(finished_run: Path, tmp_path: Path,
                                                                   no_figures: None) -> None:
-    run_dir = _copy(finished_run, tmp_path)
+    run_dir = copy_of(finished_run, tmp_path)
     before = _results(run_dir)
     assert _main(str(run_dir), "analysis.primary=raw_cos_sqrt") == 0
     after = _results(run_dir)
@@ -192,7 +183,7 @@ def test_an_empty_directory_is_neither_a_run_nor_a_sweep(tmp_path: Path, capsys)
 def test_portable_checkpoint_names_are_read(finished_run: Path, tmp_path: Path, no_figures: None) -> None:
     """Checkpoints named model_epoch_<E>-<dataset>-width<W>-depth<D>-<act>.pth (copied, say,
     from a run with trainer.checkpoint_names=portable) are analysed like the default names."""
-    run_dir = _copy(finished_run, tmp_path)
+    run_dir = copy_of(finished_run, tmp_path)
     for path in (run_dir / "models").iterdir():
         epoch = int(path.name.split(":")[0].removeprefix("model_epoch_"))
         path.rename(path.with_name(f"model_epoch_{epoch}-synthetic-width16-depth2-relu.pth"))

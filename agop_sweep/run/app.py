@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,6 +27,9 @@ from agop_sweep.config import check_precision, register_configs, to_container, v
 from agop_sweep.errors import UserError, one_line
 from agop_sweep.run.device import available_cores
 from hydra_plugins.agop_optuna_sweeper import SweeperError
+
+if TYPE_CHECKING:
+    from agop_sweep.store.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     hc = HydraConfig.get()
     with rundir.claim(run_dir, to_container(cfg), cfg.resume) as claim:
         if claim.finished is not None:
-            return _nothing_to_do(run_dir, claim.finished.document())
-        if claim.state is not None and claim.state.results.get("status") in FINISHED:
-            return _nothing_to_do(run_dir, claim.state.results)
+            return _nothing_to_do(run_dir, claim.finished)
         rundir.write_hydra_files(run_dir, cfg, HydraConfig.instance().cfg, list(hc.overrides.task))
         log.info("Run dir %s", run_dir)
         _log_preset(cfg, hc.runtime.choices)
@@ -93,18 +94,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         return trainer.run(claim.state)
 
 
-# The statuses of a run that ``resume=true`` has nothing left to do for.
-FINISHED = ("completed", "diverged")
-
-
-def _nothing_to_do(run_dir: Path, results: dict[str, Any]) -> float:
+def _nothing_to_do(run_dir: Path, record: RunRecord) -> float:
     """A finished run resumed: say so on the console, and change none of its files, neither
     .hydra/ (whose overrides.yaml would gain resume=true) nor the log."""
-    from agop_sweep.store.record import RunRecord
-
     _detach_run_log(run_dir)
-    log.info("Run in %s is already %s; nothing to do", run_dir, results["status"])
-    return RunRecord(results).objective()
+    log.info("Run in %s is already %s; nothing to do", run_dir, record.status)
+    return record.objective()
 
 
 def _detach_run_log(run_dir: Path) -> None:

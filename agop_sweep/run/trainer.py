@@ -41,7 +41,7 @@ from agop_sweep.run.slurm import slurm_job_info
 from agop_sweep.store import checkpoint as ckpt
 from agop_sweep.store.atomic import disk_full
 from agop_sweep.store.features import FeatureLog
-from agop_sweep.store.record import EpochEntry, RunRecord, Status, run_info
+from agop_sweep.store.record import EpochEntry, RunRecord, run_info
 from agop_sweep.store.schema import format_number
 from agop_sweep.store.state import EpochProgress, ResumeState, save_state
 
@@ -69,10 +69,8 @@ class Trainer:
 
     # -- the run, step by step -------------------------------------------------------------------
     def run(self, state: ResumeState | None = None) -> float:
-        """Train from scratch, or from ``state`` (a claimed run dir's state.pt)."""
-        if state is not None and state.results["status"] in (Status.COMPLETED, Status.DIVERGED):
-            log.info("Run in %s is already %s; nothing to do", self.run_dir, state.results["status"])
-            return RunRecord(state.results).objective()
+        """Train from scratch, or from ``state``: a claimed run dir's state.pt of a run that has
+        not ended (the claim answers a finished one itself)."""
         data = load_dataset(self.cfg.data, self.device)
         self.setup(data)
         first_epoch, progress = self.start(data, state)

@@ -56,7 +56,7 @@ def holds_run(run_dir: Path) -> bool:
 @dataclass
 class Claim:
     """A claimed run dir: the state to continue from (None: start at epoch 0), or the record
-    of a run that already ended and lost its state.pt (nothing to do)."""
+    of a run that already ended, with or without its state.pt (nothing to do)."""
 
     run_dir: Path
     state: ResumeState | None
@@ -75,6 +75,9 @@ def check_claimable(run_dir: Path, config: dict[str, Any], resume: bool) -> Clai
     state = load_state(run_dir)
     if state is not None:
         check_same_experiment(upgrade_saved_config(state.config), config)
+        record = RunRecord(state.results)
+        if record.status in (Status.COMPLETED, Status.DIVERGED):
+            return Claim(run_dir, None, finished=record)
         return Claim(run_dir, state)
     if holds_run(run_dir):
         return _without_state(run_dir, config)
