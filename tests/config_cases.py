@@ -35,7 +35,7 @@ COMPOSITION_ERRORS = [
     (["optimizer=sgd", "optimizer.scope=hidden"], ["optimizer.scope", "Key 'scope' not in 'SGDConfig'"]),
     (["optimizer=muon_seed", "optimizer.weight_decay=0.1"],
      ["optimizer.weight_decay", "Key 'weight_decay' not in 'MuonSeedConfig'"]),
-    (["data=digits", "data.n_train=10"], ["data.n_train", "Key 'n_train' not in 'DigitsConfig'"]),
+    (["data=digits", "data.n_val=10"], ["data.n_val", "Key 'n_val' not in 'DigitsConfig'"]),
     (["data=synthetic", "data.root=x"], ["data.root", "Key 'root' not in 'SyntheticConfig'"]),
     (["data=digits", "data.split=random"], ["data.split", "expected one of [default, seed]"]),
     # a value outside a closed choice
@@ -97,7 +97,7 @@ BAD_VALUES = [
     # keys that `+` adds get past composition; validate names them
     (["+model.widht=64"], "model.widht"),
     (["+optimizer.betas=[0.8,0.9]"], "optimizer.betas"),
-    (["data=digits", "+data.n_train=10"], "data.n_train"),
+    (["data=digits", "+data.n_val=10"], "data.n_val"),
     (["+trainer.epochs=3"], "trainer.epochs"),
     (["+foo=1"], "foo"),
 ]

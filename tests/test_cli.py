@@ -114,7 +114,7 @@ def check_run(run_dir: Path, optimizer: str, n_features: int, check_metrics_at: 
 
     data = load_dataset(OmegaConf.create(cfg["data"]), torch.device("cpu"))
     assert (run["n_train"], run["n_val"], data.n_features) == (data.n_train, data.n_val, n_features)
-    x_tr, x_va = data.x_train.double(), data.x_val.double()
+    x_tr, x_va = data.x_train.flatten(1).double(), data.x_val.flatten(1).double()
 
     assert [e["epoch"] for e in res["epochs"]] == list(range(epochs + 1))
     for e in res["epochs"]:

@@ -17,6 +17,7 @@ from omegaconf import MISSING, OmegaConf
 from agop_sweep.analyze.names import DEFAULT_METRIC
 from agop_sweep.config import (
     DATASETS,
+    MODELS,
     OPTIMIZERS,
     ConfigError,
     MuonScope,
@@ -29,7 +30,7 @@ from agop_sweep.errors import UserError
 from agop_sweep.run.device import choose_device
 
 GLOBAL_GROUPS = ("hparams_search", "cluster", "experiment")  # `# @package _global_` presets
-OPTION_SCHEMAS = {"optimizer": OPTIMIZERS, "data": DATASETS}
+OPTION_SCHEMAS = {"optimizer": OPTIMIZERS, "data": DATASETS, "model": MODELS}
 
 
 def test_the_groups_are_those_of_the_spec() -> None:
@@ -191,9 +192,12 @@ def test_an_added_key_is_named_with_the_keys_that_exist(compose_config) -> None:
     with pytest.raises(ConfigError, match=r"^Invalid config: optimizer.betas=\[0.8, 0.9\]: no such key for "
                        r"optimizer=sgd \(it has name, lr, weight_decay, fused, momentum\)$"):
         validate(compose_config("+optimizer.betas=[0.8,0.9]"))
-    with pytest.raises(ConfigError, match=r"^Invalid config: model.widht=64: no such key for model "
-                       r"\(it has width, depth, act, init\)$"):
+    with pytest.raises(ConfigError, match=r"^Invalid config: model.widht=64: no such key for model=mlp "
+                       r"\(it has name, act, init, width, depth\)$"):
         validate(compose_config("+model.widht=64"))
+    with pytest.raises(ConfigError, match=r"^Invalid config: model.width=64: no such key for model=cnn "
+                       r"\(it has name, act, init, channels, kernel, stride, pool, fc, head\)$"):
+        validate(compose_config("model=cnn", "+model.width=64"))
 
 
 def test_muon_middle_scope_with_two_layers_is_valid(compose_config) -> None:

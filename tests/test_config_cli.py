@@ -59,8 +59,8 @@ def test_a_missing_option_is_hydras_one_line(startup) -> None:
 @pytest.mark.parametrize(("overrides", "line"), [
     (["optimizer=sgd", "optimizer.betas=[0.8,0.9]"],
      "Could not override 'optimizer.betas': Key 'betas' not in 'SGDConfig'"),
-    (["data=digits", "data.n_train=10"],
-     "Could not override 'data.n_train': Key 'n_train' not in 'DigitsConfig'"),
+    (["data=digits", "data.n_val=10"],
+     "Could not override 'data.n_val': Key 'n_val' not in 'DigitsConfig'"),
 ])
 def test_the_ignored_keys_of_old_are_refused_in_one_line(compose_config, overrides: list[str],
                                                         line: str) -> None:

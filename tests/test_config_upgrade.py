@@ -124,6 +124,6 @@ def test_a_reanalysis_override_applies_to_an_upgraded_config() -> None:
                           OmegaConf.from_dotlist(["data.root=/elsewhere", "analysis.chunk_size=64"]))
     validate(cfg)
     assert (cfg.data.root, cfg.analysis.chunk_size, cfg.optimizer.scope) == ("/elsewhere", 64, "middle")
-    with pytest.raises(ConfigKeyError, match="Key 'n_train' not in 'SVHNConfig'"):
+    with pytest.raises(ConfigKeyError, match="Key 'n_val' not in 'SVHNConfig'"):
         OmegaConf.merge(structured(upgrade_saved_config(OLD_FLAT)),
-                        OmegaConf.from_dotlist(["data.n_train=5"]))
+                        OmegaConf.from_dotlist(["data.n_val=5"]))

@@ -161,9 +161,10 @@ def test_mnist_gz_and_plain_files_in_torchvisions_layout(tmp_path: Path, compose
     data = load_dataset(_data(compose_config, "data=mnist", f"data.root={tmp_path}", *OFFLINE), CPU)
     assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (60, 20, 784, 10)
     assert data.image_shape == (1, 28, 28) and data.x_train.dtype == torch.float32
-    assert data.x_train[3, 5 * 28 + 17] == 1.0
-    np.testing.assert_allclose(data.x_train.numpy(), images.reshape(60, -1) / np.float32(255))
-    np.testing.assert_allclose(data.x_val.numpy(), files["test"][0].reshape(20, -1) / np.float32(255))
+    assert data.x_train.shape == (60, 1, 28, 28) and data.x_val.shape == (20, 1, 28, 28)
+    assert data.x_train[3, 0, 5, 17] == 1.0 and data.x_train.flatten(1)[3, 5 * 28 + 17] == 1.0
+    np.testing.assert_allclose(data.x_train.numpy(), images[:, None] / np.float32(255))
+    np.testing.assert_allclose(data.x_val.numpy(), files["test"][0][:, None] / np.float32(255))
     assert data.y_train.tolist() == files["train"][1].tolist()
     assert data.y_val.tolist() == files["test"][1].tolist()
     facts = data.run_facts()
@@ -309,9 +310,12 @@ def test_cifar10_layout_labels_and_both_pickle_styles(tmp_path: Path, compose_co
     data = load_dataset(_data(compose_config, "data=cifar10", f"data.root={tmp_path}", *OFFLINE), CPU)
     assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (60, 12, 3072, 10)
     images, labels = files["train"]
-    # Row i of a batch is image i's R, G, B planes: x[i, c * 1024 + r * 32 + col] = pixel (c, r, col).
-    np.testing.assert_allclose(data.x_train.numpy(), images.reshape(60, -1) / np.float32(255))
-    assert data.x_train[13, 2 * 1024 + 7 * 32 + 30] == images[13, 2, 7, 30] / np.float32(255)
+    # Row i of a batch is image i's R, G, B planes: x[i, c, r, col] = pixel (c, r, col), which
+    # the MLP reads at c * 1024 + r * 32 + col.
+    assert data.x_train.shape == (60, 3, 32, 32) and data.x_val.shape == (12, 3, 32, 32)
+    np.testing.assert_allclose(data.x_train.numpy(), images / np.float32(255))
+    assert data.x_train[13, 2, 7, 30] == images[13, 2, 7, 30] / np.float32(255)
+    assert data.x_train.flatten(1)[13, 2 * 1024 + 7 * 32 + 30] == images[13, 2, 7, 30] / np.float32(255)
     assert data.y_train.tolist() == labels.tolist()
     assert data.y_val.tolist() == files["test"][1].tolist()
     assert data.run_facts()["classes"] == list(cifar.CIFAR10_CLASSES)
@@ -481,7 +485,9 @@ def test_npz_layouts_vectors_and_floats(tmp_path: Path, compose_config) -> None:
     b = load_dataset(_data(compose_config, "data=npz", f"data.path={nhwc}", "data.layout=nhwc"), CPU)
     assert (a.n_train, a.n_val, a.n_features, a.n_classes, a.image_shape) == (30, 10, 60, 3, (3, 4, 5))
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_val, b.x_val) and b.image_shape == (3, 4, 5)
-    np.testing.assert_allclose(a.x_train.numpy(), arrays["x_train"].reshape(30, -1) / np.float32(255))
+    assert a.x_train.shape == (30, 3, 4, 5) and a.x_val.shape == (10, 3, 4, 5)
+    np.testing.assert_allclose(a.x_train.numpy(), arrays["x_train"] / np.float32(255))
+    assert b.x_train[7, 2, 3, 1] == arrays["x_train"][7, 2, 3, 1] / np.float32(255)  # nhwc's [7, 3, 1, 2]
     assert a.y_val.tolist() == arrays["y_test"].tolist()
     assert a.run_facts()["classes"] == ["0", "1", "2"]
 
@@ -489,12 +495,13 @@ def test_npz_layouts_vectors_and_floats(tmp_path: Path, compose_config) -> None:
     vectors["x_train"] = vectors["x_train"] / 100 - 1  # floats are used as they are
     path = _write_npz(tmp_path / "v.npz", **vectors)
     v = load_dataset(_data(compose_config, "data=npz", f"data.path={path}"), CPU)
-    assert v.image_shape == (1, 1, 7) and v.n_features == 7
-    np.testing.assert_allclose(v.x_train.numpy(), vectors["x_train"].astype(np.float32))
+    assert v.image_shape == (1, 1, 7) and v.n_features == 7 and v.x_train.shape == (30, 1, 1, 7)
+    np.testing.assert_allclose(v.x_train.numpy(), vectors["x_train"].astype(np.float32)[:, None, None])
     gray = _npz_arrays(shape=(6, 6))
     g = load_dataset(_data(compose_config, "data=npz", f"data.path={_write_npz(tmp_path / 'g.npz', **gray)}",
                            "data.image_shape=[1,6,6]"), CPU)
-    assert g.image_shape == (1, 6, 6) and g.n_features == 36
+    assert g.image_shape == (1, 6, 6) and g.n_features == 36 and g.x_train.shape == (30, 1, 6, 6)
+    assert g.x_train[4, 0, 5, 2] == gray["x_train"][4, 5, 2] / np.float32(255)
 
 
 def _npz_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -665,7 +672,6 @@ def test_one_run_of_each_kind_completes(tmp_path: Path) -> None:
     (hostile / "cifar-10-batches-py" / "data_batch_1").write_bytes(_hostile(marker)["os_system"][0])
     npz_path = _write_npz(tmp_path / "own.npz", **_npz_arrays(n=40, m=10, shape=(8, 8, 1)))
     procs = run_cli_many({
-        # Hydra composes a sweep's base config with the default data=svhn, which has no n_train.
         "sweep": ["-m", *_args("data=mnist,fashion_mnist,cifar10,cifar100", f"data.root={root}", *OFFLINE,
                                "data.val_fraction=0.25", f"hydra.sweep.dir={tmp_path / 'sweep'}")],
         "npz": _args("data=npz", f"data.path={npz_path}", "data.layout=nhwc", "data.n_train=30",

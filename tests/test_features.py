@@ -160,7 +160,7 @@ def test_saved_features_match_autograd(tiny_run) -> None:
     z = load_features(run_dir / "features.npz")
     np.testing.assert_array_equal(z["epochs"], [0, 1, 2, 3])
     data = load_dataset(cfg.data, torch.device("cpu"))
-    x = data.x_train.double()
+    x = data.x_train.flatten(1).double()
     states = {}
     for path in (run_dir / ckpt.MODELS_DIR).glob("model_epoch_*.pth"):
         state = ckpt.load(path)

@@ -67,8 +67,9 @@ def original_run(data, seed: int, width: int, depth: int, epochs: int, analysed:
     classes = data.n_classes
     onehot = F.one_hot(data.y_train, classes).float()
     torch.manual_seed(seed)
-    train = [(data.x_train[i], onehot[i]) for i in range(data.n_train)]
-    val = [(data.x_val[i], F.one_hot(data.y_val[i], classes).float()) for i in range(data.n_val)]
+    x_train, x_val = data.x_train.flatten(1), data.x_val.flatten(1)  # the script's flat vectors
+    train = [(x_train[i], onehot[i]) for i in range(data.n_train)]
+    val = [(x_val[i], F.one_hot(data.y_val[i], classes).float()) for i in range(data.n_val)]
     trainloader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True)
     valloader = torch.utils.data.DataLoader(val, batch_size=128, shuffle=False)
     for inputs, _ in trainloader:

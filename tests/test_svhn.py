@@ -1,5 +1,6 @@
-"""SVHN from files in SVHN's own .mat format: layout, labels, scaling, MD5 checks, broken
-files, and downloads from a local HTTP server (good, corrupt, interrupted, unreachable)."""
+"""SVHN from files in SVHN's own .mat format: layout (N, C, H, W), labels, scaling, MD5 checks,
+broken files, downloads from a local HTTP server (good, corrupt, interrupted, unreachable), and
+the shared options data.n_train and data.normalize."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import FileServer, Served, SvhnFiles, leftovers, make_svhn_files, one_line_message
+from conftest import (
+    FileServer,
+    Served,
+    SvhnFiles,
+    leftovers,
+    make_svhn_files,
+    one_line_message,
+    write_svhn_mat,
+)
 from omegaconf import open_dict
 from sklearn.model_selection import train_test_split
 
-from agop_sweep.data import svhn
+from agop_sweep.data import sources, svhn
 from agop_sweep.data.datasets import load_dataset
 from agop_sweep.errors import DataError
 
@@ -34,7 +43,7 @@ def _own_md5s(monkeypatch: pytest.MonkeyPatch, files: SvhnFiles) -> None:
 
 
 def test_layout_labels_and_scaling_against_marked_pixels(tmp_path: Path, compose_config) -> None:
-    """X[row, col, channel, i] lands at x[i, channel*1024 + row*32 + col], scaled by 1/255."""
+    """X[row, col, channel, i] lands at x[i, channel, row, col], scaled by 1/255."""
     n = 12
     x = np.zeros((32, 32, 3, n), dtype=np.uint8)
     marks = [(0, 2, 5, 17, 255), (3, 0, 31, 0, 128), (7, 1, 0, 31, 1), (11, 2, 31, 31, 200)]
@@ -57,11 +66,16 @@ def test_layout_labels_and_scaling_against_marked_pixels(tmp_path: Path, compose
                         torch.device("cpu"))
     assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (n, 4, 3072, 10)
     assert data.image_shape == (3, 32, 32)
+    assert data.x_train.shape == (n, 3, 32, 32) and data.x_val.shape == (4, 3, 32, 32)
     assert data.x_train.dtype == torch.float32
-    flat = data.x_train.numpy()
+    got = data.x_train.numpy()
+    for i, ch, row, col, value in marks:
+        assert got[i, ch, row, col] == pytest.approx(value / 255)
+    assert np.count_nonzero(got) == len(marks)
+    # The MLP's flat order is (channel, row, column): index channel*1024 + row*32 + col.
+    flat = data.x_train.flatten(1).numpy()
     for i, ch, row, col, value in marks:
         assert flat[i, ch * 1024 + row * 32 + col] == pytest.approx(value / 255)
-    assert np.count_nonzero(flat) == len(marks)
     assert data.y_train.tolist() == labels.tolist()
     assert data.y_val.tolist() == [0, 1, 2, 3]
 
@@ -70,7 +84,8 @@ def test_generated_files_round_trip(svhn_files: SvhnFiles, compose_config) -> No
     cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.download=false")
     data = load_dataset(cfg, torch.device("cpu"))
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_val, data.y_val)):
-        expected = svhn_files.images[split].reshape(len(x), -1) / 255.0
+        expected = svhn_files.images[split] / 255.0  # (N, 3, 32, 32), as the files' generator drew them
+        assert x.shape == expected.shape
         np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6)
         assert y.tolist() == svhn_files.digits[split].tolist()
     assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) <= 1.0
@@ -81,8 +96,9 @@ def test_val_fraction_holds_out_part_of_train(svhn_files: SvhnFiles, compose_con
     data = load_dataset(cfg, torch.device("cpu"))
     assert (data.n_train, data.n_val) == (30, 10)
     # Train and val partition the train file's images (the test file is not used).
+    assert data.x_train.shape == (30, 3, 32, 32) and data.x_val.shape == (10, 3, 32, 32)
     rows = {r.tobytes() for r in svhn_files.images["train"].reshape(40, -1)}
-    got = np.concatenate([data.x_train.numpy(), data.x_val.numpy()]) * 255
+    got = np.concatenate([data.x_train.flatten(1).numpy(), data.x_val.flatten(1).numpy()]) * 255
     got_rows = {np.rint(r).astype(np.uint8).tobytes() for r in got}
     assert got_rows == rows
 
@@ -146,12 +162,13 @@ def test_seed_split_is_the_original_scripts_draw(svhn_files: SvhnFiles, compose_
     cfg = _with_split(_svhn_cfg(compose_config, svhn_files.root, "data.verify=false",
                                 "data.download=false"), "seed")
     data = load_dataset(cfg, torch.device("cpu"))
-    images = svhn_files.images["train"].reshape(40, -1)
+    images = svhn_files.images["train"]  # (40, 3, 32, 32)
     state = np.random.get_state()
     np.random.seed(1717)
     x_tr, x_va, y_tr, y_va = train_test_split(images, svhn_files.digits["train"], train_size=0.8)
     np.random.set_state(state)
     assert (data.n_train, data.n_val) == (32, 8)
+    assert data.x_train.shape == (32, 3, 32, 32) and data.x_val.shape == (8, 3, 32, 32)
     np.testing.assert_array_equal(data.x_train.numpy(), x_tr / np.float32(255))
     np.testing.assert_array_equal(data.x_val.numpy(), x_va / np.float32(255))
     assert data.y_train.tolist() == y_tr.tolist() and data.y_val.tolist() == y_va.tolist()
@@ -220,8 +237,7 @@ def test_download_is_verified_and_renamed(tmp_path: Path, file_server: FileServe
     assert leftovers(root) == ["test_32x32.mat", "train_32x32.mat"]  # no temporary files
     for split in ("train", "test"):
         assert (root / f"{split}_32x32.mat").read_bytes() == files.path(split).read_bytes()
-    np.testing.assert_allclose(data.x_val.numpy(), files.images["test"].reshape(24, -1) / 255.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(data.x_val.numpy(), files.images["test"] / 255.0, rtol=1e-6)
     # Present and verified now: a second load downloads nothing.
     load_dataset(cfg, torch.device("cpu"))
     assert len(file_server.requests) == 2
@@ -300,3 +316,73 @@ def test_downloaded_file_has_the_usual_permissions(tmp_path: Path, file_server: 
     finally:
         os.umask(previous)
     assert (root / "train_32x32.mat").stat().st_mode & 0o777 == 0o644
+
+
+# -- the shared options: n_train, normalize -------------------------------------------------------
+
+
+def _uneven_svhn(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVHN files of 60 training images of digits 0, 1, 2 in shares 1/2, 1/3, 1/6, shuffled,
+    and 8 test images: (train images, train digits, test images)."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(60, 3, 32, 32), dtype=np.uint8)
+    digits = rng.permutation(np.repeat([0, 1, 2], [30, 20, 10]))
+    test = rng.integers(0, 256, size=(8, 3, 32, 32), dtype=np.uint8)
+    write_svhn_mat(root / "train_32x32.mat", images, digits)
+    write_svhn_mat(root / "test_32x32.mat", test, np.arange(8))
+    return images, digits, test
+
+
+def test_n_train_is_a_stratified_subset_of_the_files(tmp_path: Path, compose_config, monkeypatch) -> None:
+    root = tmp_path / "svhn"
+    images, digits, test = _uneven_svhn(root)
+    converted: list[int] = []  # the rows each float32 conversion gets
+    floats = sources._floats
+    monkeypatch.setattr(sources, "_floats", lambda x: converted.append(len(x)) or floats(x))
+    base = ["data.verify=false", "data.download=false"]
+    data = load_dataset(_svhn_cfg(compose_config, root, *base, "data.n_train=12"), torch.device("cpu"))
+    assert converted == [12, 8]  # the subset is taken of the uint8 images: 60 are never floats
+    assert (data.n_train, data.n_val, data.n_classes) == (12, 8, 10)
+    assert data.x_train.shape == (12, 3, 32, 32)
+    assert np.bincount(data.y_train.numpy(), minlength=10).tolist() == [6, 4, 2] + [0] * 7
+    # Images of the training file with their own digits, none twice, in the file's order.
+    where = {img.tobytes(): i for i, img in enumerate(images)}
+    picked = [where[np.rint(x * 255).astype(np.uint8).tobytes()] for x in data.x_train.numpy()]
+    assert len(set(picked)) == 12 and picked == sorted(picked)
+    assert digits[picked].tolist() == data.y_train.tolist()
+    np.testing.assert_allclose(data.x_val.numpy(), test / 255.0, rtol=1e-6)  # the test file, whole
+
+    again = load_dataset(_svhn_cfg(compose_config, root, *base, "data.n_train=12"), torch.device("cpu"))
+    other = load_dataset(_svhn_cfg(compose_config, root, *base, "data.n_train=12", "data.seed=1"),
+                         torch.device("cpu"))
+    assert torch.equal(data.x_train, again.x_train) and not torch.equal(data.x_train, other.x_train)
+    held = load_dataset(_svhn_cfg(compose_config, root, *base, "data.n_train=12", "data.val_fraction=0.25"),
+                        torch.device("cpu"))
+    assert (held.n_train, held.n_val) == (12, 15)
+    seed = load_dataset(_with_split(_svhn_cfg(compose_config, root, *base, "data.n_train=12"), "seed"),
+                        torch.device("cpu"))
+    assert (seed.n_train, seed.n_val) == (12, 12)
+    with pytest.raises(DataError) as err:
+        load_dataset(_svhn_cfg(compose_config, root, *base, "data.n_train=61"), torch.device("cpu"))
+    assert one_line_message(err) == ("data.n_train=61 is more than the 60 training samples of svhn; set "
+                                     "data.n_train to at most that, or 0 for all")
+
+
+def test_standardize_by_the_training_files_channel_statistics(svhn_files: SvhnFiles, compose_config) -> None:
+    cfg = _svhn_cfg(compose_config, svhn_files.root, "data.verify=false", "data.download=false",
+                    "data.normalize=standardize")
+    data = load_dataset(cfg, torch.device("cpu"))
+    x = svhn_files.images["train"] / 255.0  # (40, 3, 32, 32) float64
+    mean, sd = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    facts = data.run_facts()
+    assert facts["normalize"] == "standardize" and facts["image_shape"] == [3, 32, 32]
+    np.testing.assert_allclose(facts["channel_mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(facts["channel_std"], sd, rtol=1e-6)
+    z = data.x_train.numpy()
+    assert z.shape == (40, 3, 32, 32)
+    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-5)
+    # Channel c of pixel (r, k) of image i: (x[i, c, r, k] - mean[c]) / std[c].
+    assert z[5, 2, 7, 30] == pytest.approx((x[5, 2, 7, 30] - mean[2]) / sd[2], abs=1e-5)
+    val = (svhn_files.images["test"] / 255.0 - mean[None, :, None, None]) / sd[None, :, None, None]
+    np.testing.assert_allclose(data.x_val.numpy(), val, atol=1e-5)  # by the training set's numbers

@@ -25,7 +25,7 @@ Three things keep the pass at matmul speed without changing what it computes:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +51,33 @@ class KernelPass:
     loss: float
     accuracy: float
     n: int
+
+
+class Scores:
+    """The loss sum and correct count of a pass's chunks, kept on the device (one host sync at
+    the end), for labels ``y`` (n,); nothing without labels."""
+
+    def __init__(self, y: torch.Tensor | None, loss: str):
+        self.y, self.loss = y, loss
+        device = y.device if y is not None else None
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, start: int, logits: torch.Tensor) -> None:
+        """The chunk of samples ``start`` .. ``start + len(logits)``."""
+        if self.y is not None:
+            yb = self.y[start : start + len(logits)]
+            self.loss_sum += loss_fn(self.loss, logits.float(), yb, reduction="sum").double()
+            self.correct += (logits.argmax(1) == yb).sum()
+
+    def result(self, kernels: list[torch.Tensor], n: int) -> KernelPass:
+        return KernelPass(kernels, float(self.loss_sum) / n, float(self.correct) / n, n)
+
+
+def chunk_starts(n: int, chunk_size: int, progress: bool) -> Iterator[int]:
+    """The first sample of every chunk, with a tqdm bar for a long pass when ``progress``."""
+    hide = None if progress and n > 8 * chunk_size else True  # tqdm: None = hide unless a tty
+    return iter(tqdm(range(0, n, chunk_size), desc="AGOP", unit="chunk", disable=hide, leave=False))
 
 
 def panel_rows(d: int) -> list[tuple[int, int]]:
@@ -146,28 +173,21 @@ def jacobian_kernels(
     dtype = hidden[0].dtype
     device = hidden[0].device
     acc = [torch.zeros(w.shape[0], w.shape[0], dtype=torch.float64, device=device) for w in hidden]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    scores = Scores(y, loss)
     ws = _Workspace(hidden, readout.shape[0], min(chunk_size, n), dtype, device)
-    starts = range(0, n, chunk_size)
-    hide = None if progress and n > 8 * chunk_size else True  # tqdm: None = hide unless a tty
     with torch.no_grad():
-        for start in tqdm(starts, desc="AGOP", unit="chunk", disable=hide, leave=False):
+        for start in chunk_starts(n, chunk_size, progress):
             xb = x[start : start + chunk_size].to(dtype)
             logits = _chunk_panels(hidden, readout, act, act_grad, xb, ws)
             for a, w, panels in zip(acc, hidden, ws.panels, strict=True):
                 for (r0, r1), p in zip(panel_rows(w.shape[0]), panels, strict=True):
                     a[r0:r1, r0:] += p
-            if y is not None:
-                yb = y[start : start + chunk_size]
-                loss_sum += loss_fn(loss, logits.float(), yb, reduction="sum").double()
-                correct += (logits.argmax(1) == yb).sum()
+            scores.add(start, logits)
             if on_chunk is not None:
                 on_chunk(start)
         r = readout.double()
         acc[-1] *= r.T @ r  # the top layer's sum_chunks (A^T A), see the module docstring
-    kernels = [_symmetric(a) / n for a in acc]
-    return KernelPass(kernels, float(loss_sum) / n, float(correct) / n, n)
+    return scores.result([_symmetric(a) / n for a in acc], n)
 
 
 def pass_flops(dims: Sequence[int], n_classes: int, n: int) -> dict[str, float]:

@@ -227,7 +227,7 @@ def reanalyze(run_dir: Path, overrides: list[str],
     checkpoint that could not be read."""
     from agop_sweep.analyze.layers import analyze_model  # heavy imports after argument checks
     from agop_sweep.figures.run import save_run_figures
-    from agop_sweep.model.mlp import build_model
+    from agop_sweep.model.network import build_network, first_layer_shape
     from agop_sweep.run.device import place_job
     from agop_sweep.store.features import FeatureLog
     from agop_sweep.store.rundir import locked
@@ -242,8 +242,7 @@ def reanalyze(run_dir: Path, overrides: list[str],
         device = torch.device(place_job(cfg.device, cfg.threads, 0, 1).device)
         data = (cache or _DataCache()).get(cfg, device)
         torch.manual_seed(cfg.seed)  # the run's initial weights, drawn on the CPU as in training
-        model = build_model(data.n_features, cfg.model.width, cfg.model.depth, data.n_classes,
-                            cfg.model.act, init=cfg.model.init)
+        model = build_network(cfg.model, data.image_shape, data.n_classes)
         init_weights = [w.detach().clone() for w in model.hidden_weights()]
         model = model.to(device).eval()
         if record is None:
@@ -278,7 +277,7 @@ def reanalyze(run_dir: Path, overrides: list[str],
             record.save()
             _write_config(run_dir, cfg)
             if cfg.analysis.save_features:
-                feature_log.save(run_dir, data.image_shape)
+                feature_log.save(run_dir, first_layer_shape(model, data.image_shape))
             save_run_figures(record, run_dir, feature_log)
         except DiskFullError as e:  # atomic's advice (resume=true) is a training run's, not ours
             raise e.advising(f"analyse the run again: {analyze_command(run_dir, overrides)}") from None

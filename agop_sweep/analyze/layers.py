@@ -15,8 +15,10 @@ import torch
 from omegaconf import DictConfig
 
 from agop_sweep.analyze.agop import jacobian_kernels
+from agop_sweep.analyze.conv import conv_kernels
 from agop_sweep.analyze.nfa import LayerComparison, Spectrum, compare_layer, top_eigvec_cosine
-from agop_sweep.model.mlp import MLP
+from agop_sweep.model.cnn import CNN
+from agop_sweep.model.mlp import MLP, LayerInfo
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,11 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
     return out
 
 
-def _layer_entry(layer: int, w: torch.Tensor, cmp: LayerComparison, cfg: DictConfig) -> dict[str, Any]:
-    """The results.json entry of one layer (README: results.json: layer, shape, corr, metrics, ...)."""
+def _layer_entry(layer: int, info: LayerInfo, cmp: LayerComparison, cfg: DictConfig) -> dict[str, Any]:
+    """The results.json entry of one layer (README: results.json: layer, kind, shape, corr, metrics, ...)."""
     entry: dict[str, Any] = {
         "layer": layer,
-        "shape": list(w.shape),
+        **info.entry(),
         "corr": cmp.metrics[cfg.primary],
         "metrics": cmp.metrics,
         "weight_change": cmp.weight_change,
@@ -141,7 +143,7 @@ def compare_layers(weights: Sequence[torch.Tensor], inits: Sequence[torch.Tensor
 
 
 def analyze_model(
-    model: MLP,
+    model: MLP | CNN,
     init_weights: Sequence[torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -151,25 +153,32 @@ def analyze_model(
     progress: bool = True,
     stop: Callable[[], None] | None = None,
 ) -> Analysis:
-    """Analyse every hidden layer of ``model`` on the training inputs ``x`` (n, d) / ``y`` (n,).
+    """Analyse every hidden layer of ``model`` on the training inputs ``x`` (n, C, H, W) /
+    ``y`` (n,).
 
-    ``cfg`` is the ``analysis`` group. The pass yields the train loss and accuracy too.
+    ``cfg`` is the ``analysis`` group. The pass yields the train loss and accuracy too: the
+    MLP's from :func:`jacobian_kernels`, the CNN's from :func:`conv_kernels`.
     ``stop`` is called between chunks and may raise to abandon the analysis (preemption).
     """
     start = time.perf_counter()
     weights = [w.detach() for w in model.hidden_weights()]
+    on_chunk = None if stop is None else (lambda _start: stop())
     with exact_matmuls():
-        kp = jacobian_kernels(
-            weights, model.last.weight.detach(), model.act, model.act_grad, x, y,
-            loss=loss, chunk_size=cfg.chunk_size, progress=progress,
-            on_chunk=None if stop is None else (lambda _start: stop()),
-        )
+        if isinstance(model, CNN):
+            kp = conv_kernels(model, x, y, loss=loss, chunk_size=cfg.conv_chunk_size, progress=progress,
+                              on_chunk=on_chunk)
+        else:
+            kp = jacobian_kernels(
+                weights, model.last.weight.detach(), model.act, model.act_grad, x.flatten(1), y,
+                loss=loss, chunk_size=cfg.chunk_size, progress=progress, on_chunk=on_chunk,
+            )
         layers, layer0, eigvals = [], {}, {"agop": [], "nfm_raw": []}
         inits = [w0.to(w.device) for w, w0 in zip(weights, init_weights, strict=True)]
         comparisons = compare_layers(weights, inits, kp.kernels, cfg)
+        infos = model.layer_infos()
         for layer, (w, w0, k, cmp) in enumerate(zip(weights, inits, kp.kernels, comparisons, strict=True)):
             features = layer == 0 and cfg.save_features
-            layers.append(_layer_entry(layer, w, cmp, cfg))
+            layers.append(_layer_entry(layer, infos[layer], cmp, cfg))
             if cfg.spectra:
                 for name in eigvals:
                     s = cmp.spectra.get(name)

@@ -11,11 +11,13 @@ upgrade of configs that earlier versions saved.
 
 from agop_sweep.config.schema import (
     DATASETS,
+    MODELS,
     OPTIMIZERS,
     Act,
     AdamConfig,
     AdjustLR,
     AnalysisConfig,
+    CNNConfig,
     Config,
     DataConfig,
     DatasetName,
@@ -23,8 +25,10 @@ from agop_sweep.config.schema import (
     DigitsConfig,
     EvalConfig,
     Loss,
+    MLPConfig,
     ModelConfig,
     ModelInit,
+    ModelName,
     MuonConfig,
     MuonScope,
     MuonSeedConfig,
@@ -53,11 +57,12 @@ from agop_sweep.config.validate import check_keys, check_precision, validate
 from agop_sweep.errors import ConfigError
 
 __all__ = [
-    "DATASETS", "OPTIMIZERS", "RUN_CONTROL_KEYS", "Act", "AdamConfig", "AdjustLR", "AnalysisConfig",
-    "Config", "ConfigError", "DataConfig", "DataSplit", "DatasetName", "DigitsConfig", "EvalConfig",
-    "Loss", "ModelConfig", "ModelInit", "MuonConfig", "MuonScope", "MuonSeedConfig",
-    "OptimizerConfig", "OptimizerName", "PlotMode", "Precision", "SGDConfig", "SVHNConfig",
-    "ScheduleConfig", "SyntheticConfig", "TrainerConfig", "check_keys", "check_precision",
-    "flatten", "is_run_control_key", "register_configs", "run_control_exclude_keys", "sqlite_file",
-    "structured", "to_container", "upgrade_saved_config", "validate",
+    "DATASETS", "MODELS", "OPTIMIZERS", "RUN_CONTROL_KEYS", "Act", "AdamConfig", "AdjustLR",
+    "AnalysisConfig", "CNNConfig", "Config", "ConfigError", "DataConfig", "DataSplit",
+    "DatasetName", "DigitsConfig", "EvalConfig", "Loss", "MLPConfig", "ModelConfig", "ModelInit",
+    "ModelName", "MuonConfig", "MuonScope", "MuonSeedConfig", "OptimizerConfig", "OptimizerName",
+    "PlotMode", "Precision", "SGDConfig", "SVHNConfig", "ScheduleConfig", "SyntheticConfig",
+    "TrainerConfig", "check_keys", "check_precision", "flatten", "is_run_control_key",
+    "register_configs", "run_control_exclude_keys", "sqlite_file", "structured", "to_container",
+    "upgrade_saved_config", "validate",
 ]

@@ -31,6 +31,22 @@ class Loss(StrEnum):
     ce = "ce"  # cross-entropy
 
 
+class ModelName(StrEnum):
+    mlp = "mlp"  # the bias-free MLP of the experiment
+    cnn = "cnn"  # a bias-free conv net (conv stages, optional fc layers, linear readout)
+
+
+class Pool(StrEnum):
+    max = "max"  # 2x2 max pooling after each conv stage
+    avg = "avg"  # 2x2 average pooling
+    none = "none"  # no pooling: the stage keeps its spatial size (at stride 1)
+
+
+class Head(StrEnum):
+    gap = "gap"  # global average pooling of the last stage: C numbers per image
+    flatten = "flatten"  # the last stage's C x H x W numbers
+
+
 class ModelInit(StrEnum):
     default = "default"  # PyTorch's default (Kaiming-uniform) init of every layer
     shared_middle = "shared_middle"  # the original script's: identical initial middle layers
@@ -209,27 +225,46 @@ class DataConfig:
 
 
 @dataclass
-class SVHNConfig(DataConfig):
+class CommonDataConfig(DataConfig):
+    """What every dataset of real samples shares (all but synthetic, whose n_train is what it
+    generates): a held-out fraction, a stratified subset, the normalisation
+    (agop_sweep.data.sources.prepare)."""
+
+    # >0: hold out this fraction of the training set as validation instead of the test set.
+    val_fraction: float = 0.0
+    # >0: train on a class-stratified subset of this many training samples (drawn by seed).
+    n_train: int = 0
+    normalize: DataNormalize = DataNormalize.none
+    seed: int = 0  # seeds the val_fraction split and the n_train subset (fixed across model seeds)
+
+
+@dataclass
+class DownloadedDataConfig(CommonDataConfig):
+    """A dataset in torchvision's layout under root, downloaded from url when missing."""
+
+    root: str = "data"
+    verify: bool = True  # check the files' MD5s
+    download: bool = True  # download missing files from url
+    url: str = MISSING
+
+
+@dataclass
+class SVHNConfig(DownloadedDataConfig):
     """SVHN in torchvision's layout under root (train_32x32.mat, test_32x32.mat)."""
 
     name: DatasetName = DatasetName.svhn
     root: str = "data/svhn"
-    verify: bool = True  # check the files' MD5s
-    download: bool = True  # download missing files from url
     url: str = "http://ufldl.stanford.edu/housenumbers/"
-    # >0: hold out this fraction of the training set as validation instead of the test set.
-    val_fraction: float = 0.0
-    seed: int = 0  # seeds the val_fraction split (fixed across model seeds)
     image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
 
 
 @dataclass
-class DigitsConfig(DataConfig):
-    """scikit-learn's bundled 8x8 digits (1,797 images), split into train and val."""
+class DigitsConfig(CommonDataConfig):
+    """scikit-learn's bundled 8x8 digits (1,797 images); val_fraction of them validate (it has
+    no test set)."""
 
     name: DatasetName = DatasetName.digits
     val_fraction: float = 0.2
-    seed: int = 0  # seeds the split
     image_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
 
 
@@ -245,29 +280,6 @@ class SyntheticConfig(DataConfig):
     seed: int = 0  # seeds the task (fixed across model seeds)
     # (channels, height, width) of the feature images; the product is n_features.
     image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
-
-
-@dataclass
-class FileDataConfig(DataConfig):
-    """What the datasets of agop_sweep.data.sources share (mnist, fashion_mnist, cifar10,
-    cifar100, npz): a held-out fraction, a stratified subset, the normalisation."""
-
-    # >0: hold out this fraction of the training set as validation instead of the test set.
-    val_fraction: float = 0.0
-    # >0: train on a class-stratified subset of this many training samples (drawn by seed).
-    n_train: int = 0
-    normalize: DataNormalize = DataNormalize.none
-    seed: int = 0  # seeds the val_fraction split and the n_train subset (fixed across model seeds)
-
-
-@dataclass
-class DownloadedDataConfig(FileDataConfig):
-    """A dataset in torchvision's layout under root, downloaded from url when missing."""
-
-    root: str = "data"
-    verify: bool = True  # check the files' MD5s
-    download: bool = True  # download missing files from url
-    url: str = MISSING
 
 
 @dataclass
@@ -308,7 +320,7 @@ class CIFAR100Config(DownloadedDataConfig):
 
 
 @dataclass
-class NpzConfig(FileDataConfig):
+class NpzConfig(CommonDataConfig):
     """Arrays of your own: an .npz with x_train, y_train, x_test, y_test (no pickle)."""
 
     name: DatasetName = DatasetName.npz
@@ -323,12 +335,36 @@ class NpzConfig(FileDataConfig):
 
 @dataclass
 class ModelConfig:
+    """What every model option has: the type of ``Config.model``."""
+
+    name: ModelName = MISSING
+    act: Act = Act.relu
+    # default: PyTorch's init of every layer; shared_middle and seed exist for the MLP only.
+    init: ModelInit = ModelInit.default
+
+
+@dataclass
+class MLPConfig(ModelConfig):
     """Bias-free MLP: Linear(in, width), depth-1 x Linear(width, width), Linear(width, classes)."""
 
+    name: ModelName = ModelName.mlp
     width: int = 1024
     depth: int = 5
-    act: Act = Act.relu
-    init: ModelInit = ModelInit.default
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    """Bias-free conv net: per entry of ``channels`` a stage Conv2d(kernel, stride, padding
+    kernel // 2) -> act -> pool; then the head (gap or flatten), the hidden Linear layers of
+    ``fc`` (each followed by act), and the Linear readout. No biases anywhere."""
+
+    name: ModelName = ModelName.cnn
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel: int = 3
+    stride: int = 1
+    pool: Pool = Pool.max
+    fc: list[int] = field(default_factory=list)
+    head: Head = Head.gap
 
 
 @dataclass
@@ -346,6 +382,9 @@ class AnalysisConfig:
     primary: str = DEFAULT_METRIC
     # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.
     chunk_size: int = 2048
+    # The same for a conv net (model=cnn), whose pass holds classes x chunk x C x H x W
+    # numbers per layer: 256 keeps CIFAR-size nets with 64 channels at 32x32 under 2 GiB.
+    conv_chunk_size: int = 256
     # Extra per-layer numbers (effective ranks, spectra shares, eigenvector alignment).
     spectra: bool = True
     # Per-run features.npz with the layer-0 diagonals and top eigenvectors.
@@ -376,19 +415,26 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    """Experiment trackers (conf/logger/: none, tensorboard, mlflow, both). Every option has
-    this one schema and switches one tracker on, so a list of options merges cleanly:
+    """Experiment trackers (conf/logger/: none, tensorboard, mlflow, wandb, both). Every option
+    has this one schema and switches one tracker on, so a list of options merges cleanly:
     ``logger=[tensorboard,mlflow]`` is ``logger=both``. results.json stays the record."""
 
-    # TensorBoard event files in <run dir>/tensorboard/ (pip install 'agop_sweep[tensorboard]').
+    # TensorBoard event files (pip install 'agop_sweep[tensorboard]'): a sweep's in
+    # <sweep dir>/tensorboard/<run name>/, a single run's in <run dir>/tensorboard/.
     tensorboard: bool = False
     # An MLflow run per job in a tracking store (pip install 'agop_sweep[mlflow]').
     mlflow: bool = False
+    # A Weights & Biases run per job (pip install 'agop_sweep[wandb]'); offline without an API key.
+    wandb: bool = False
     # MLflow's store; "": sqlite:///<outputs>/mlflow.db, <outputs> being the run dir's nearest
     # ancestor named outputs, else outputs/ in the current directory.
     tracking_uri: str = ""
-    # MLflow experiment; "": the dir that holds the job (a sweep's dir, a single run's parent).
+    # MLflow experiment and W&B group; "": the dir that holds the job (a sweep's dir, a single
+    # run's parent).
     experiment: str = ""
+    # W&B project and entity ("": the account's default entity).
+    wandb_project: str = "agop_sweep"
+    wandb_entity: str = ""
 
 
 @dataclass
@@ -420,8 +466,9 @@ DATASETS: dict[str, type[DataConfig]] = {
     "mnist": MNISTConfig, "fashion_mnist": FashionMNISTConfig, "cifar10": CIFAR10Config,
     "cifar100": CIFAR100Config, "npz": NpzConfig,
 }
-OPTION_SCHEMAS: dict[str, dict[str, type]] = {"optimizer": OPTIMIZERS, "data": DATASETS}
+MODELS: dict[str, type[ModelConfig]] = {"mlp": MLPConfig, "cnn": CNNConfig}
+OPTION_SCHEMAS: dict[str, dict[str, type]] = {"optimizer": OPTIMIZERS, "data": DATASETS, "model": MODELS}
 # Groups whose options share one schema: the type of the group's node.
 GROUP_SCHEMAS: dict[str, type] = {
-    "model": ModelConfig, "schedule": ScheduleConfig, "analysis": AnalysisConfig, "logger": LoggerConfig,
+    "schedule": ScheduleConfig, "analysis": AnalysisConfig, "logger": LoggerConfig,
 }

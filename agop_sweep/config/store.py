@@ -11,7 +11,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from agop_sweep.config.schema import DATASETS, GROUP_SCHEMAS, OPTIMIZERS, Config
+from agop_sweep.config.schema import GROUP_SCHEMAS, OPTION_SCHEMAS, Config
 
 # Keys that steer how a run executes, not what it computes. They may differ when a run is
 # resumed, and they are left out of sweep directory names (Hydra's override_dirname takes
@@ -22,7 +22,7 @@ RUN_CONTROL_KEYS: frozenset[str] = frozenset({
     "resume", "device", "threads",
     "data.root", "data.download", "data.verify", "data.url",
     "trainer.plots", "trainer.checkpoint_optimizer", "trainer.checkpoint_names", "eval.batch_size",
-    "analysis.chunk_size",
+    "analysis.chunk_size", "analysis.conv_chunk_size",
     "cluster", "hparams_search", "logger",
 })
 
@@ -122,7 +122,7 @@ def register_configs() -> None:
     _import_conf_from_source_tree()
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group, options in (("optimizer", OPTIMIZERS), ("data", DATASETS)):
+    for group, options in OPTION_SCHEMAS.items():
         for option, schema in options.items():
             cs.store(name=_schema_name(group, option), node=schema)
     for group, schema in GROUP_SCHEMAS.items():
@@ -134,10 +134,10 @@ def register_configs() -> None:
 def structured(container: dict[str, Any]) -> DictConfig:
     """``container`` (a plain config in today's schema, e.g. a saved run's config after
     :func:`upgrade_saved_config`) as a typed config: the optimizer and data schemas are those
-    that its ``optimizer.name`` and ``data.name`` pick. Raises OmegaConf's errors for a key
+    that its ``optimizer.name``, ``data.name`` and ``model.name`` pick. Raises OmegaConf's errors for a key
     the schema lacks or a value of the wrong type."""
     base = OmegaConf.structured(Config)
-    for group, options in (("optimizer", OPTIMIZERS), ("data", DATASETS)):
+    for group, options in OPTION_SCHEMAS.items():
         node = container.get(group)
         name = node.get("name") if isinstance(node, dict) else None
         if name in options:

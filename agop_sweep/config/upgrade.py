@@ -42,13 +42,20 @@ def _upgrade_optimizer(opt: dict[str, Any]) -> None:
 
 
 def _upgrade_data(data: dict[str, Any]) -> None:
-    """One flat section used to carry every dataset's fields; every dataset gained ``split``."""
+    """One flat section used to carry every dataset's fields; every dataset gained ``split``,
+    and svhn and digits the shared ``n_train`` and ``normalize``."""
     schema = DATASETS.get(data.get("name"))  # type: ignore[arg-type]
     if schema is None:
         return
     data.setdefault("split", "default")
     data.setdefault("order", "default")
-    for key in set(data) - _field_names(schema):
+    fields = _field_names(schema)
+    if data["name"] != "synthetic" and "n_features" in data:
+        data.pop("n_train", None)  # a flat section's n_train was synthetic's, unused by the others
+    if "normalize" in fields:  # runs from before svhn's and digits' n_train and normalize
+        data.setdefault("n_train", 0)  # all of the training set
+        data.setdefault("normalize", "none")  # pixels in [0, 1]
+    for key in set(data) - fields:
         del data[key]
 
 
@@ -62,9 +69,11 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
       optimizers go, and muon's ``muon_momentum``, ``betas`` and ``eps`` (its auxiliary
       Adam's) became ``momentum``, ``aux_betas`` and ``aux_eps``; its ``scope=hidden`` is
       ``middle``;
-    - one flat ``data`` section became a schema per dataset: the keys of the others go;
-      every dataset gained ``split`` and ``order`` (``default``), the model ``init``
-      (``default``);
+    - one flat ``data`` section became a schema per dataset: the keys of the others go (its
+      ``n_train``, synthetic's, too); every dataset gained ``split`` and ``order``
+      (``default``), svhn and digits ``n_train`` (0: all) and ``normalize`` (``none``), the
+      model ``init`` (``default``);
+    - the model became a schema per model: a saved model without ``name`` is the ``mlp``;
     - Muon's runs from before ``optimizer.ns_dtype`` read as ``auto`` (they ran bf16, which
       auto keeps where bf16 is fast), muon_seed's as ``compile`` false (eager, as they ran).
     """
@@ -79,4 +88,5 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
         _upgrade_data(out["data"])
     if isinstance(out.get("model"), dict):
         out["model"].setdefault("init", "default")
+        out["model"].setdefault("name", "mlp")
     return out

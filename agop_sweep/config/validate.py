@@ -23,17 +23,22 @@ from agop_sweep.config.schema import (
     OPTION_SCHEMAS,
     Config,
     DataConfig,
+    DataOrder,
+    DatasetName,
     DataSplit,
+    ModelConfig,
     ModelInit,
+    ModelName,
     MuonScope,
     OptimizerConfig,
+    Pool,
     Precision,
 )
 from agop_sweep.config.store import structured
 from agop_sweep.errors import ConfigError
 
 # Base types of the nodes whose schema is the option's own (picked by ``name``), and their group.
-_BASES: dict[type, str] = {OptimizerConfig: "optimizer", DataConfig: "data"}
+_BASES: dict[type, str] = {OptimizerConfig: "optimizer", DataConfig: "data", ModelConfig: "model"}
 
 
 def _plain(value: Any) -> Any:
@@ -142,22 +147,76 @@ def _validate_optimizer(cfg: DictConfig) -> None:
         _number(cfg, "optimizer.aux_lr")
         _betas(cfg, "optimizer.aux_betas")
         _number(cfg, "optimizer.aux_eps")
-    check_muon_scope(opt.get("scope"), cfg.model.depth)
+    check_muon_scope(opt.get("scope"), hidden_layers(cfg.model))
 
 
-def check_muon_scope(scope: Any, depth: int) -> None:
-    """Muon's ``scope=middle`` needs middle layers. The optimizer's builder asks too, for a
-    node given to it without :func:`validate`."""
-    if scope == MuonScope.middle and depth < 2:
-        raise _fail("optimizer.scope", "needs model.depth >= 2 (middle, alias hidden: the middle "
-                    "layers; use scope=all)", scope)
+def hidden_layers(model: DictConfig) -> int:
+    """How many hidden (analysed) layers the ``model`` node builds: ``depth`` for the MLP, the
+    conv stages and fc layers for the CNN."""
+    if model.get("name") == ModelName.cnn:
+        return len(model.channels) + len(model.fc)
+    return int(model.depth)
+
+
+def check_muon_scope(scope: Any, hidden: int) -> None:
+    """Muon's ``scope=middle`` needs middle layers (``hidden`` >= 2 hidden layers). The
+    optimizer's builder asks too, for a node given to it without :func:`validate`."""
+    if scope == MuonScope.middle and hidden < 2:
+        raise _fail("optimizer.scope", "needs >= 2 hidden layers (model.depth >= 2, or conv stages "
+                    "and fc layers together; middle, alias hidden: the layers between the first "
+                    "and the readout; use scope=all)", scope)
+
+
+def conv_stage_shapes(model: DictConfig, image_shape: list[int]) -> list[tuple[int, int, int]]:
+    """The (C, H, W) output of every conv stage of the CNN ``model`` node on inputs of
+    ``image_shape`` (C, H, W): conv (padding kernel // 2, ``stride``), then 2x2 pooling.
+    Raises a one-line ConfigError where a stage's output would be empty; the model builder
+    calls it too, for inputs whose shape comes from a file (data=npz)."""
+    _, h, w = image_shape
+    k, stride, pad = int(model.kernel), int(model.stride), int(model.kernel) // 2
+    shapes = []
+    for i, c in enumerate(model.channels):
+        h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        if model.pool != Pool.none:
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise _fail("model.channels", f"stage {i} leaves no pixels of the {list(image_shape)} "
+                        "inputs: use fewer stages, model.pool=none or model.stride=1",
+                        model.channels)
+        shapes.append((int(c), h, w))
+    return shapes
+
+
+def _validate_cnn(cfg: DictConfig) -> None:
+    model = cfg.model
+    for key in ("channels", "fc"):
+        values = list(model[key])
+        if (key == "channels" and not values) or any(not isinstance(v, int) or v < 1 for v in values):
+            need = "a non-empty list" if key == "channels" else "a list"
+            raise _fail(f"model.{key}", f"must be {need} of integers >= 1", values)
+    _number(cfg, "model.kernel", minimum=1, strict=False)
+    _number(cfg, "model.stride", minimum=1, strict=False)
+    if model.init != ModelInit.default:
+        raise _fail("model.init", "exists for model=mlp only (the original script's MLP); a CNN "
+                    "takes init=default", model.init)
+    if cfg.data.get("order") == DataOrder.seed:
+        raise _fail("data.order", "replays the original script's batches for its MLP (model=mlp); "
+                    "a CNN takes data.order=default", cfg.data.order)
+    shape = list(cfg.data.get("image_shape") or [])
+    if len(shape) == 3 and all(isinstance(v, int) and v >= 1 for v in shape):
+        conv_stage_shapes(model, shape)
 
 
 def _validate_model_and_schedule(cfg: DictConfig) -> None:
-    _number(cfg, "model.width", minimum=1, strict=False)
-    _number(cfg, "model.depth", minimum=1, strict=False)
-    if cfg.model.init == ModelInit.shared_middle and cfg.model.depth < 2:
-        raise _fail("model.init", "needs model.depth >= 2 (depth 1 has no middle layers)", cfg.model.init)
+    _check_name(cfg, "model")
+    if cfg.model.name == ModelName.cnn:
+        _validate_cnn(cfg)
+    else:
+        _number(cfg, "model.width", minimum=1, strict=False)
+        _number(cfg, "model.depth", minimum=1, strict=False)
+        if cfg.model.init == ModelInit.shared_middle and cfg.model.depth < 2:
+            raise _fail("model.init", "needs model.depth >= 2 (depth 1 has no middle layers)",
+                        cfg.model.init)
     epochs = cfg.schedule.epochs
     if epochs < 1:
         raise _fail("schedule.epochs", "must be >= 1 (a schedule needs epochs to train)", epochs)
@@ -173,6 +232,7 @@ def _validate_model_and_schedule(cfg: DictConfig) -> None:
     if cfg.analysis.primary not in METRICS:
         raise _fail("analysis.primary", f"must be one of {', '.join(METRICS)}", cfg.analysis.primary)
     _number(cfg, "analysis.chunk_size", minimum=1, strict=False)
+    _number(cfg, "analysis.conv_chunk_size", minimum=1, strict=False)
     _number(cfg, "analysis.top_eigvecs", minimum=1, strict=False)
 
 
@@ -191,8 +251,13 @@ def _validate_data(cfg: DictConfig) -> None:
             raise _fail("data.n_val", "must be >= 1 (the validation set; data.split=seed holds out 20% "
                         "of the training set instead)", data.n_val)
         _number(cfg, "data.n_classes", minimum=2, strict=False)
-    if "normalize" in data:  # the file datasets: n_train 0 is the whole training set
+    if "normalize" in data:  # every dataset of real samples: n_train 0 is the whole training set
         _number(cfg, "data.n_train", strict=False)
+    # digits has no test set: val_fraction 0 would leave no validation samples (every val
+    # metric null); split=seed holds out the original script's 20 % instead.
+    if data.name == DatasetName.digits and data.get("split") != DataSplit.seed and data.val_fraction == 0:
+        raise _fail("data.val_fraction", "must be > 0 for data=digits, which has no test set to "
+                    "validate on", data.val_fraction)
     if "path" in data and not data.path:
         raise _fail("data.path", "must name the .npz file (with x_train, y_train, x_test, y_test)",
                     data.path)

@@ -1,4 +1,4 @@
-"""Datasets as whole tensors on the training device: flattened inputs in [0, 1], int labels."""
+"""Datasets as whole tensors on the training device: images (N, C, H, W), int labels."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.config.schema import DataSplit
 from agop_sweep.config.validate import check_split
-from agop_sweep.data import sources, svhn
+from agop_sweep.data import sources
 from agop_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ ORIGINAL_SEED = 1717
 
 @dataclass
 class Dataset:
-    """Train and validation sets, each a (n, d) float32 tensor and a (n,) int64 tensor."""
+    """Train and validation sets, each an (n, C, H, W) float32 tensor of images (``image_shape``
+    (C, H, W); vectors of d numbers are (n, 1, 1, d)) and an (n,) int64 tensor of labels."""
 
     name: str
     x_train: torch.Tensor
@@ -47,7 +48,8 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return self.x_train.shape[1]
+        """Numbers per input: C * H * W, what an MLP's first layer takes."""
+        return int(np.prod(self.image_shape))
 
     @property
     def n_train(self) -> int:
@@ -102,38 +104,6 @@ def _seed_holdout(
     return x[train], y[train], x[val], y[val]
 
 
-def _svhn(cfg: DictConfig) -> tuple[np.ndarray, ...]:
-    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        return svhn.load_split(
-            cfg.root, name, cfg.url, verify=cfg.verify, allow_download=cfg.download
-        )
-
-    def flat(x: np.ndarray) -> np.ndarray:
-        out = x.reshape(len(x), -1).astype(np.float32)
-        out /= 255.0  # in place: SVHN's train set is 0.9 GB as float32
-        return out
-
-    x, y = read("train")
-    if _split_mode(cfg) == DataSplit.seed:  # split the uint8 images: a quarter of the float32 copies
-        x_tr, y_tr, x_va, y_va = _seed_holdout(x, y)
-        return flat(x_tr), y_tr, flat(x_va), y_va
-    if cfg.val_fraction > 0:
-        return _holdout(flat(x), y, cfg.val_fraction, cfg.seed)
-    x_te, y_te = read("test")
-    return flat(x), y, flat(x_te), y_te
-
-
-def _digits(cfg: DictConfig) -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)  # pixel values are 0..16
-    y = bunch.target.astype(np.int64)
-    if _split_mode(cfg) == DataSplit.seed:
-        return _seed_holdout(x, y)
-    return _holdout(x, y, cfg.val_fraction, cfg.seed)
-
-
 # Rows of synthetic data generated at a time (float64 noise: 8192 x 3072 x 8 B = 0.2 GB).
 SYNTHETIC_BLOCK_ROWS = 8192
 
@@ -163,23 +133,23 @@ def _synthetic(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     return x[: cfg.n_train], y[: cfg.n_train], x[cfg.n_train :], y[cfg.n_train :]
 
 
-def _from_files(cfg: DictConfig) -> tuple[Any, ...]:
-    """mnist, fashion_mnist, cifar10, cifar100, npz: split as SVHN is, then data.n_train and
-    data.normalize (agop_sweep.data.sources); a fifth item, what results.json records."""
+def _real(cfg: DictConfig) -> tuple[Any, ...]:
+    """svhn, digits, mnist, fashion_mnist, cifar10, cifar100, npz: the training set split (its
+    pixels still in the files' dtype: uint8 copies are a quarter of float32's, which matters at
+    SVHN's 73,257 images), then data.n_train and data.normalize (agop_sweep.data.sources); a
+    fifth item, what results.json records."""
     raw = sources.read(cfg)
     x, y = raw.x_train, raw.y_train
     if _split_mode(cfg) == DataSplit.seed:
         split = _seed_holdout(x, y)
-    elif cfg.val_fraction > 0:
+    elif cfg.val_fraction > 0 or raw.test is None:  # digits has no test set
         split = _holdout(x, y, cfg.val_fraction, cfg.seed)
     else:
         split = (x, y, *raw.test())
     return sources.prepare(raw, cfg, *split)
 
 
-_LOADERS = {"svhn": _svhn, "digits": _digits, "synthetic": _synthetic,
-            **dict.fromkeys(sources.NAMES, _from_files)}
-_CLASSES = {"svhn": 10, "digits": 10}
+_LOADERS = {"synthetic": _synthetic, **dict.fromkeys(sources.NAMES, _real)}
 
 
 def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
@@ -188,8 +158,6 @@ def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
     name = str(getattr(cfg.name, "value", cfg.name))  # the schema may type it as an Enum
     x_tr, y_tr, x_va, y_va, *more = _LOADERS[name](cfg)
     facts = more[0] if more else {}
-    # The file datasets know their classes; of the others, only synthetic has the key.
-    n_classes = facts.pop("n_classes", None) or _CLASSES.get(name) or cfg.n_classes
     image_shape = tuple(facts.pop("image_shape", None) or cfg.image_shape)
     if int(np.prod(image_shape)) != x_tr.shape[1]:
         raise DataError(
@@ -205,15 +173,20 @@ def load_dataset(cfg: DictConfig, device: torch.device) -> Dataset:
             )
     if len(x_tr) == 0:
         raise DataError(f"The {name} training set is empty; check data.* settings")
+    # The real datasets know their classes (sources.prepare); synthetic has the key.
+    n_classes = facts.pop("n_classes", None) or cfg.n_classes
 
     def put(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+    def images(x: np.ndarray) -> torch.Tensor:  # the loaders' rows are (C, H, W) in C order
+        return put(x.astype(np.float32, copy=False)).view(len(x), *image_shape)
+
     data = Dataset(
         name=name,
-        x_train=put(x_tr.astype(np.float32, copy=False)),
+        x_train=images(x_tr),
         y_train=put(y_tr.astype(np.int64, copy=False)),
-        x_val=put(x_va.astype(np.float32, copy=False)),
+        x_val=images(x_va),
         y_val=put(y_va.astype(np.int64, copy=False)),
         n_classes=n_classes,
         image_shape=image_shape,  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
-"""The datasets read from files of their own formats, mnist, fashion_mnist (idx), cifar10,
-cifar100 (pickled batches) and npz (your arrays), and the options they share after the
-train/val split: ``data.n_train`` (a seeded, class-stratified subset of the training set) and
+"""The datasets of real samples, read from files of their own formats: svhn (.mat), digits
+(scikit-learn's bundled copy), mnist, fashion_mnist (idx), cifar10, cifar100 (pickled batches)
+and npz (your arrays); and the options they all share after the train/val split:
+``data.n_train`` (a seeded, class-stratified subset of the training set) and
 ``data.normalize`` (``none``: pixels in [0, 1]; ``standardize``: per channel, by the
 training set's mean and std, which results.json's ``run`` records).
 
@@ -18,12 +19,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from agop_sweep.data import cifar, idx, npz
+from agop_sweep.data import cifar, idx, npz, svhn
 from agop_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
 
-NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "npz")
+NAMES = ("svhn", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")
+# SVHN's and digits' classes: the digit each label is (SVHN's 10 read as 0).
+DIGITS = tuple(str(d) for d in range(10))
 # Rows converted or standardised at a time: bounds the float64 temporaries of the statistics.
 BLOCK_ROWS = 4096
 
@@ -33,12 +36,14 @@ Arrays = tuple[np.ndarray, np.ndarray]
 @dataclass
 class Raw:
     """A dataset as its files hold it: the training set, inputs (N, C, H, W) or (N, D) in the
-    files' dtype (uint8 pixels, or npz's floats) and int64 labels; ``test()`` reads the test
-    set; the class names and the (C, H, W) of an input."""
+    files' dtype (uint8 pixels, or floats: npz's, digits' scaled into [0, 1]) and int64
+    labels; ``test()`` reads the test set (None: there is none, and validation is always
+    held out of the training set, as for digits); the class names and the (C, H, W) of an
+    input."""
 
     x_train: np.ndarray
     y_train: np.ndarray
-    test: Callable[[], Arrays]
+    test: Callable[[], Arrays] | None
     classes: tuple[str, ...]
     image_shape: tuple[int, ...]
 
@@ -50,6 +55,19 @@ def _str(value: Any) -> str:
 def read(cfg: DictConfig) -> Raw:
     """The files of ``cfg.name`` (one of :data:`NAMES`), downloaded where they are missing."""
     name = _str(cfg.name)
+    if name == "svhn":
+
+        def split(which: str) -> Arrays:
+            return svhn.load_split(cfg.root, which, cfg.url, verify=cfg.verify, allow_download=cfg.download)
+
+        x, y = split("train")
+        return Raw(x, y, lambda: split("test"), DIGITS, (3, 32, 32))
+    if name == "digits":
+        from sklearn.datasets import load_digits  # scikit-learn loads slowly: only when asked
+
+        bunch = load_digits()
+        x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)  # its pixels are 0..16
+        return Raw(x, bunch.target.astype(np.int64), None, DIGITS, (1, 8, 8))
     if name in idx.SOURCES:
         source = idx.SOURCES[name]
 
@@ -91,7 +109,7 @@ def _floats(x: np.ndarray) -> np.ndarray:
     """``x`` flattened to (N, D) float32: uint8 pixels scaled into [0, 1], floats as they are."""
     out = x.reshape(len(x), -1).astype(np.float32)  # a copy: the caller's arrays stay as read
     if x.dtype == np.uint8:
-        out /= 255.0
+        out /= 255.0  # in place: SVHN's training set alone is 0.9 GB as float32
     return out
 
 

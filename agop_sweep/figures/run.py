@@ -75,8 +75,12 @@ def run_title(record: RunRecord) -> str:
     r = record.run
     lr = r.get("lr")
     lr_text = f"{lr:g}" if isinstance(lr, (int, float)) else "?"
-    return (f"{r.get('optimizer', '?')}  lr={lr_text}  \u00b7  {r.get('dataset', '?')}  \u00b7  "
-            f"width {r.get('width', '?')}  \u00b7  depth {r.get('depth', '?')}")
+    if record.is_cnn():
+        fc = record.setting("model.fc") or []
+        arch = f"cnn {record.setting('model.channels')}" + (f" fc {fc}" if fc else "")
+    else:
+        arch = f"width {r.get('width', '?')}  \u00b7  depth {r.get('depth', '?')}"
+    return f"{r.get('optimizer', '?')}  lr={lr_text}  \u00b7  {r.get('dataset', '?')}  \u00b7  {arch}"
 
 
 def _diverged_epoch(record: RunRecord) -> int | None:
@@ -145,7 +149,8 @@ def _layer_panel(ax: Axes, c: _Curves, layer: int, record: RunRecord, log_loss: 
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss" + (" (log)" if log_loss else ""))
     shape = record.layer_shape(layer)
-    ax.set_title(f"layer {layer}" + (f"  {tuple(shape)}" if shape else ""))
+    kind = record.layer_kind(layer) if record.is_cnn() else None
+    ax.set_title(f"layer {layer}" + (f" {kind}" if kind else "") + (f"  {tuple(shape)}" if shape else ""))
     ax.grid(alpha=0.25)
     rax = ax.twinx()
     rax.plot(c.analysed, c.corr[:, layer], color=CORR_COLOR, marker="o", ms=4, lw=1.4, label=c.metric)
@@ -246,12 +251,14 @@ def feature_epochs(record: RunRecord, available: Sequence[int]) -> list[int]:
 
 
 def _diagonal_panels(sub: SubFigure, arrays: dict[str, np.ndarray], shown: list[int],
-                     per_channel: bool) -> None:
-    """One row per matrix diagonal, one column per (epoch, channel)."""
+                     per_channel: bool, patches: bool = False) -> None:
+    """One row per matrix diagonal, one column per (epoch, channel). ``patches``: layer 0 is a
+    conv layer, whose inputs are C x k x k patches."""
     shape = tuple(int(s) for s in arrays["image_shape"])
     n_ch = shape[0] if per_channel else 1
     epochs = [int(e) for e in arrays["epochs"]]
-    sub.suptitle("layer-0 diagonals (input pixels)" + ("" if n_ch == 1 and shape[0] == 1 else
+    what = f"filter patch entries, {shape[0]} x {shape[1]} x {shape[2]}" if patches else "input pixels"
+    sub.suptitle(f"layer-0 diagonals ({what})" + ("" if n_ch == 1 and shape[0] == 1 else
                  ", per channel" if per_channel else f", summed over {shape[0]} channels"), fontsize=11)
     axs = sub.subplots(len(DIAGONAL_ROWS), max(len(shown), 1) * n_ch, squeeze=False)
     for r, (key, label) in enumerate(DIAGONAL_ROWS):
@@ -274,11 +281,26 @@ def _diagonal_panels(sub: SubFigure, arrays: dict[str, np.ndarray], shown: list[
         blank_panel(axs[0, 0], "no analysed epoch yet")
 
 
-def _eigvec_panels(sub: SubFigure, arrays: dict[str, np.ndarray], k: int, eig_epoch: int | None) -> None:
-    """The top ``k`` eigenvectors of the NFMs and the AGOP as images, one row per matrix."""
+def _colour_patch(ax: Axes, vec: np.ndarray, shape: tuple[int, ...], title: str | None) -> None:
+    """A (3, k, k) eigenvector as a k x k colour patch: each channel is R, G or B, grey at 0,
+    full colour at the largest magnitude (the conv-NFA papers' pictures of filters)."""
+    img = vec.reshape(shape).transpose(1, 2, 0)
+    m = float(np.abs(img).max()) or 1.0
+    ax.imshow(np.clip(0.5 + img / (2 * m), 0, 1), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def _eigvec_panels(sub: SubFigure, arrays: dict[str, np.ndarray], k: int, eig_epoch: int | None,
+                   patches: bool = False) -> None:
+    """The top ``k`` eigenvectors of the NFMs and the AGOP as images, one row per matrix;
+    ``patches`` (layer 0 a conv layer): as k x k patches, in colour for 3 channels."""
     shape = tuple(int(s) for s in arrays["image_shape"])
-    sub.suptitle(f"top eigenvectors, layer 0, epoch {eig_epoch}"
-                 + ("" if shape[0] == 1 else " (summed over channels)"), fontsize=11)
+    colour = patches and shape[0] == 3
+    note = " as RGB filter patches" if colour else "" if shape[0] == 1 else " (summed over channels)"
+    sub.suptitle(f"top eigenvectors, layer 0, epoch {eig_epoch}{note}", fontsize=11)
     if not k:
         blank_panel(sub.subplots(), "no eigenvectors saved")
         return
@@ -289,6 +311,8 @@ def _eigvec_panels(sub: SubFigure, arrays: dict[str, np.ndarray], k: int, eig_ep
             vec = arrays[key][i]
             if not np.any(vec):
                 blank_panel(axs[r, i], "none", shape[1:])
+            elif colour:
+                _colour_patch(axs[r, i], orient(vec), shape, f"#{i + 1}" if r == 0 else None)
             else:
                 show_image(axs[r, i], to_image(orient(vec), shape), signed=True,
                            title=f"#{i + 1}" if r == 0 else None)
@@ -326,8 +350,12 @@ def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channe
 
     ``arrays`` is a features.npz as a dict (see :mod:`agop_sweep.store.features`). Each image has
     its own colour scale, given by its colour bar; ``per_channel`` shows colour channels
-    separately instead of summed; ``preset``: what the run's preset set, for the title.
+    separately instead of summed; ``preset``: what the run's preset set, for the title. For a
+    CNN, layer 0 is the first conv layer: its diagonals are C x k x k images, one per channel,
+    and its eigenvectors k x k patches.
     """
+    patches = record.is_cnn()
+    per_channel = per_channel or patches
     n_ch = int(arrays["image_shape"][0]) if per_channel else 1
     shown = feature_epochs(record, [int(e) for e in arrays["epochs"]])
     eig_epoch = int(arrays["eigvec_epoch"]) if "eigvec_epoch" in arrays else None
@@ -337,9 +365,9 @@ def features_figure(record: RunRecord, arrays: dict[str, np.ndarray], per_channe
     # Each image has its own colour bar: 1.6 inches a column.
     fig = Figure(figsize=(min(18.0, 1.6 * (n_diag_cols + k) + 6), 8.6), dpi=DPI, layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[n_diag_cols, max(k, 3) + 1.5], wspace=0.03)
-    _diagonal_panels(left, arrays, shown, per_channel)
+    _diagonal_panels(left, arrays, shown, per_channel, patches)
     top, bottom = right.subfigures(2, 1, height_ratios=[1.1, 1.0])
-    _eigvec_panels(top, arrays, k, eig_epoch)
+    _eigvec_panels(top, arrays, k, eig_epoch, patches)
     _spectra_panels(bottom, arrays, eig_epoch)
     fig.suptitle(_title(record, preset), fontsize=12)
     return fig
@@ -352,7 +380,7 @@ def feature_arrays(
     """The run's features, from the live log when given, else from features.npz. A
     features.npz that is not one (garbage, another program's) raises FeaturesError with
     ``strict``; else it is named in a warning and left out."""
-    shape = record.image_shape()
+    shape = record.first_layer_shape()
     if features is not None and len(features) and shape is not None:
         return features.arrays(shape)
     path = run_dir / FEATURES_FILE

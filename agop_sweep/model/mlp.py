@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,6 +26,22 @@ ACTIVATIONS: dict[str, tuple[Activation, Activation]] = {
     "tanh": (torch.tanh, lambda z: 1.0 - torch.tanh(z) ** 2),
     "gelu": (F.gelu, _gelu_grad),
 }
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A hidden layer as results.json describes it: ``kind`` (conv or linear), the shape of its
+    weight matrix (d_out, d_in) and, for a conv layer, its output positions H_out * W_out."""
+
+    kind: str
+    shape: tuple[int, int]
+    positions: int | None = None
+
+    def entry(self) -> dict[str, object]:
+        out: dict[str, object] = {"kind": self.kind, "shape": list(self.shape)}
+        if self.positions is not None:
+            out["positions"] = self.positions
+        return out
 
 
 class MLP(nn.Module):
@@ -51,8 +68,12 @@ class MLP(nn.Module):
     def hidden_weights(self) -> list[torch.Tensor]:
         return [layer.weight for layer in self.hidden]
 
+    def layer_infos(self) -> list[LayerInfo]:
+        return [LayerInfo("linear", (layer.out_features, layer.in_features)) for layer in self.hidden]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
+        """Logits (n, classes) of inputs ``x`` (n, C, H, W), or (n, d) already flat."""
+        h = x.flatten(1)  # (C, H, W) order: a view of contiguous images
         for layer in self.hidden:
             h = self.act(layer(h))
         return self.last(h)

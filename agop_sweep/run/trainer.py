@@ -31,7 +31,8 @@ from agop_sweep.config import to_container
 from agop_sweep.data.datasets import Dataset, load_dataset
 from agop_sweep.data.seed_order import SeedOrder
 from agop_sweep.errors import one_line
-from agop_sweep.model.mlp import MLP, build_model, evaluate, loss_fn, weights_finite
+from agop_sweep.model.mlp import evaluate, loss_fn, weights_finite
+from agop_sweep.model.network import Network, build_network, first_layer_shape
 from agop_sweep.model.ns_precision import warn_if_slow
 from agop_sweep.model.optim import OptimizerSet, build_optimizer
 from agop_sweep.run.device import Placement, effective_precision
@@ -99,10 +100,9 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         # Init on the CPU so that the initial weights are the same on every device.
-        model = build_model(data.n_features, cfg.model.width, cfg.model.depth, data.n_classes,
-                            cfg.model.act, init=cfg.model.init)
+        model = build_network(cfg.model, data.image_shape, data.n_classes)
         self.init_weights = [w.detach().clone() for w in model.hidden_weights()]
-        self.model: MLP = model.to(self.device)
+        self.model: Network = model.to(self.device)
         self.optimizer: OptimizerSet = build_optimizer(cfg.optimizer, self.model)
         if self.optimizer.ns_dtype is not None:
             warn_if_slow(self.optimizer.ns_dtype, self.device.type, self.optimizer.orthogonalized_shapes(),
@@ -114,7 +114,7 @@ class Trainer:
                                         cfg.model.depth, data.n_classes, cfg.schedule.checkpoints)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = self._compiled_forward()
-        self.image_shape = data.image_shape
+        self.image_shape = first_layer_shape(model, data.image_shape)  # features.npz's pictures
         self.observers: list[Observer] = [FiguresObserver(cfg.trainer.plots, self.features),
                                           *self.extra_observers]
 
@@ -269,8 +269,7 @@ class Trainer:
 
     # -- files ---------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> str:
-        m = self.cfg.model
-        name = ckpt.checkpoint_name(epoch, self.cfg.data.name, m.width, m.depth, m.act)
+        name = ckpt.model_checkpoint_name(epoch, self.cfg.data.name, self.cfg.model)
         optimizer = self.optimizer.state_dict() if self.cfg.trainer.checkpoint_optimizer else {}
         # The run's config as results.json records it: a resumed run's checkpoints then equal an
         # uninterrupted run's, not differing in resume=true; this command still names the files.

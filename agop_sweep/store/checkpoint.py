@@ -56,6 +56,20 @@ def checkpoint_name(epoch: int, dataset: str, width: int, depth: int, act: str,
     return f"model_epoch_{epoch}:{dataset}:width:{width}:depth:{depth}:act:{act}:nn.pth"
 
 
+def model_checkpoint_name(epoch: int, dataset: str, model: Mapping[str, Any]) -> str:
+    """The default name of a checkpoint of the ``model`` config: the MLP's as the original
+    script names it (:func:`checkpoint_name`), a CNN's ``model_epoch_<E>:<dataset>:cnn:<C1>-<C2>..
+    :act:<A>:nn.pth`` (portable: ``model_epoch_<E>-<dataset>-cnn<C1>-<C2>..-<A>.pth``)."""
+    act = str(model["act"])
+    if str(model["name"]) == "cnn":
+        channels = "-".join(str(c) for c in model["channels"])
+        return f"model_epoch_{epoch}:{dataset}:cnn:{channels}:act:{act}:nn.pth"
+    return checkpoint_name(epoch, dataset, int(model["width"]), int(model["depth"]), act)
+
+
+_CNN_RE = re.compile(r"^model_epoch_(\d+):(.+):cnn:([\d-]+):act:(.+):nn\.pth$")
+
+
 def checkpoint_epoch(name: str) -> int | None:
     """The epoch in a checkpoint file name of either kind, None for any other name."""
     m = EPOCH_RE.match(name)
@@ -71,8 +85,14 @@ def names_of(config: Mapping[str, Any]) -> str:
 
 def styled(name: str, names: str) -> str:
     """A default checkpoint name in the kind ``names`` (``trainer.checkpoint_names``)."""
+    if names != PORTABLE_NAMES:
+        return name
+    cnn = _CNN_RE.match(name)
+    if cnn is not None:
+        epoch, dataset, channels, act = cnn.groups()
+        return f"model_epoch_{epoch}-{dataset}-cnn{channels}-{act}.pth"
     m = _DEFAULT_RE.match(name)
-    if m is None or names != PORTABLE_NAMES:
+    if m is None:
         return name
     epoch, dataset, width, depth, act = m.groups()
     return checkpoint_name(int(epoch), dataset, int(width), int(depth), act, PORTABLE_NAMES)

@@ -154,6 +154,7 @@ def run_info(config: Mapping[str, Any], *, dataset: str | None = None, n_train: 
     return {
         "optimizer": pick("optimizer.name"), "lr": pick("optimizer.lr"), "seed": pick("seed"),
         "dataset": dataset if dataset is not None else pick("data.name"),
+        "model": pick("model.name") or "mlp",
         "width": pick("model.width"), "depth": pick("model.depth"), "act": pick("model.act"),
         "loss": pick("loss"), "n_train": n_train, "n_val": n_val,
         "device": device if device is not None else pick("device"),
@@ -376,6 +377,18 @@ class RunRecord:
             shape = self.setting("data.image_shape")
         return tuple(int(s) for s in shape) if shape else None
 
+    def is_cnn(self) -> bool:
+        return self.setting("model.name") == "cnn"
+
+    def first_layer_shape(self) -> tuple[int, ...] | None:
+        """What layer 0's input vectors are pictures of (features.npz's ``image_shape``): the
+        input image (C, H, W) for an MLP, one patch (C, k, k) of it for a CNN."""
+        shape = self.image_shape()
+        if shape is None or not self.is_cnn():
+            return shape
+        k = int(self.setting("model.kernel", 3))
+        return (shape[0], k, k)
+
     def n_layers(self) -> int:
         return max((len(a["layers"]) for a in self.analysis), default=int(self.run.get("depth") or 0))
 
@@ -422,6 +435,11 @@ class RunRecord:
     def layer_shape(self, layer: int) -> list[int] | None:
         return next((list(e["shape"]) for a in self.analysis for e in a["layers"]
                      if e["layer"] == layer and e.get("shape")), None)
+
+    def layer_kind(self, layer: int) -> str | None:
+        """``conv`` or ``linear`` (None for records from before layers had kinds)."""
+        return next((str(e["kind"]) for a in self.analysis for e in a["layers"]
+                     if e["layer"] == layer and e.get("kind")), None)
 
     def last_epoch(self) -> EpochEntry | None:
         return max(self.epochs, key=lambda e: e["epoch"]) if self.epochs else None

@@ -36,6 +36,7 @@ class RunInfo(TypedDict):
     lr: float | None
     seed: int | None
     dataset: str | None
+    model: NotRequired[str]  # mlp or cnn (runs from before the CNN have none: mlp)
     width: int | None
     depth: int | None
     act: str | None
@@ -83,7 +84,11 @@ class EpochEntry(TypedDict):
 
 class LayerEntry(TypedDict):
     layer: int
+    # conv or linear; shape is the weight matrix's (d_out, d_in): (C_out, C_in k k) for a conv.
+    kind: NotRequired[str]
     shape: list[int]
+    # A conv layer's output positions H_out * W_out (the patch AGOP sums over them).
+    positions: NotRequired[int]
     corr: float | None
     metrics: dict[str, float | None]
     weight_change: NotRequired[float | None]
