@@ -4,7 +4,9 @@ Steps, each timed and written to one JSON file (``--out``, rewritten after every
 stopped check still leaves what it measured): ``info`` (versions, device); ``correctness``
 (the AGOP pass on the device in float32 and float64 against the original's per-sample method
 in float64 on the CPU, small net); ``agop`` and ``train`` (bench.agop and bench.train at their
-default sizes on the device); ``sweep_parallel`` and ``sweep_sequential`` (a real
+default sizes on the device); ``cnn`` (one ``model=cnn`` run at CIFAR size, channels
+[64, 128, 256], on 50,000 synthetic 3x32x32 images, 3 epochs, each analysed; its times from
+results.json); ``sweep_parallel`` and ``sweep_sequential`` (a real
 ``python -m agop_sweep -m optimizer=sgd,adam,muon schedule=paper`` sweep on SVHN-sized
 synthetic data, the three runs at once on the one GPU, then one after the other; per run its
 status, epochs and seconds from results.json; ``sweep.faster`` names the faster way). The
@@ -40,7 +42,12 @@ import torch
 from bench.common import OUT, Contention, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("info", "correctness", "agop", "train", "sweep_parallel", "sweep_sequential")
+STEPS = ("info", "correctness", "agop", "train", "cnn", "sweep_parallel", "sweep_sequential")
+CNN = ["model=cnn", "optimizer=muon", "schedule=smoke", "data=synthetic", "data.n_train=50000",
+       "data.n_val=10000", "data.n_features=3072", "data.image_shape=[3,32,32]", "trainer.plots=end"]
+DRY_CNN = ["model=cnn", "optimizer=muon", "schedule=smoke", "data=synthetic", "data.n_train=256",
+           "data.n_val=64", "data.n_features=64", "data.image_shape=[1,8,8]", "model.channels=[4,8]",
+           "trainer.plots=end"]
 SWEEP = ["optimizer=sgd,adam,muon", "schedule=paper", "data=synthetic", "data.n_train=73257",
          "data.n_val=26032", "data.n_features=3072"]
 DRY_SWEEP = ["optimizer=sgd,adam,muon", "schedule=smoke", "data=synthetic", "data.n_train=256",
@@ -201,8 +208,9 @@ def _runs(sweep_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]:
-    """``python -m agop_sweep -m <overrides>`` into ``sweep_dir``, stopped after ``limit`` s."""
+def sweep(overrides: list[str], sweep_dir: Path, limit: float, expected: int = 3) -> dict[str, Any]:
+    """``python -m agop_sweep -m <overrides>`` into ``sweep_dir``, stopped after ``limit`` s;
+    ``ok`` when its ``expected`` runs completed."""
     cmd = [sys.executable, "-m", "agop_sweep", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     log = sweep_dir.parent / f"{sweep_dir.name}.log"
@@ -221,7 +229,7 @@ def sweep(overrides: list[str], sweep_dir: Path, limit: float) -> dict[str, Any]
             rc, status = proc.returncode, "timeout"
     seconds = time.monotonic() - t0
     runs = _runs(sweep_dir)
-    if status == "ok" and (len(runs) != 3 or any(r["status"] != "completed" for r in runs)):
+    if status == "ok" and (len(runs) != expected or any(r["status"] != "completed" for r in runs)):
         status = "failed"
     result = {"status": status, "seconds": seconds, "returncode": rc, "command": " ".join(cmd[1:]),
               "runs": runs, "log": str(log)}
@@ -286,8 +294,8 @@ def run_step(name: str, step: Callable[[float], Any], skipped: bool, left: float
         traceback.print_exc()
         return {"status": "failed", "seconds": time.monotonic() - t0,
                 "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-    if name.startswith("sweep"):
-        return value  # the sweeps write their own entries (status, runs, seconds)
+    if name.startswith("sweep") or name == "cnn":
+        return value  # sweeps and the cnn run write their own entries (status, runs, seconds)
     return {"status": "ok", "seconds": time.monotonic() - t0, "result": value}
 
 
@@ -329,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "correctness": lambda _: correctness(device),
         "agop": lambda _: bench("agop", [*dev, *(DRY_AGOP if args.dry_run else [])]),
         "train": lambda _: bench("train", [*dev, *(DRY_TRAIN if args.dry_run else [])]),
+        "cnn": lambda limit: sweep([*(DRY_CNN if args.dry_run else CNN), f"device={device.type}"],
+                                   workdir / "cnn", limit, expected=1),
         # the parallel sweep leaves the sequential one at least SEQUENTIAL_SHARE of the time left
         "sweep_parallel": lambda limit: sweep(
             [*sweep_common, *PARALLEL], workdir / "parallel",

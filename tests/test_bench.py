@@ -184,6 +184,11 @@ def check_report(report: dict, sweeps: bool) -> None:
         assert r["counted_flops_step"] == r["train_flops_step"] + extra
     assert _finite_positive(t["optimizers"]["muon"]["ns_s"])
 
+    c = steps["cnn"]
+    assert c["status"] == "ok", c
+    assert "model=cnn" in c["command"] and [r["optimizer"] for r in c["runs"]] == ["muon"]
+    assert c["runs"][0]["status"] == "completed" and c["runs"][0]["analyses"] == 4
+
     if sweeps:
         for name in ("sweep_parallel", "sweep_sequential"):
             s = steps[name]

@@ -285,3 +285,14 @@ def test_load_model_rebuilds_any_checkpoint_on_the_cpu_in_eval_mode(cnn_cli_run:
     with pytest.raises(Exception, match="holds no model weights"):
         torch.save({"foo": 1}, cnn_cli_run.parent / "other.pth")
         load_model(cnn_cli_run.parent / "other.pth")
+
+
+def test_checkpoint_names_of_a_cnn_in_both_kinds() -> None:
+    from agop_sweep.store.checkpoint import PORTABLE_NAMES, checkpoint_epoch, model_checkpoint_name, styled
+
+    name = model_checkpoint_name(7, "svhn", {"name": "cnn", "act": "gelu", "channels": [64, 128]})
+    assert name == "model_epoch_7:svhn:cnn:64-128:act:gelu:nn.pth"
+    assert styled(name, PORTABLE_NAMES) == "model_epoch_7-svhn-cnn64-128-gelu.pth"
+    assert checkpoint_epoch(name) == checkpoint_epoch(styled(name, PORTABLE_NAMES)) == 7
+    mlp = model_checkpoint_name(3, "digits", {"name": "mlp", "act": "relu", "width": 16, "depth": 2})
+    assert mlp == "model_epoch_3:digits:width:16:depth:2:act:relu:nn.pth"

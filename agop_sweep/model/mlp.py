@@ -72,8 +72,8 @@ class MLP(nn.Module):
         return [LayerInfo("linear", (layer.out_features, layer.in_features)) for layer in self.hidden]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (n, classes) of inputs ``x`` (n, C, H, W), or (n, d) already flat."""
-        h = x.flatten(1)  # (C, H, W) order: a view of contiguous images
+        """Logits (n, classes) of images ``x`` (n, C, H, W), or of flat inputs (n, d) or (d,)."""
+        h = x.flatten(1) if x.dim() > 2 else x  # (C, H, W) order: a view of contiguous images
         for layer in self.hidden:
             h = self.act(layer(h))
         return self.last(h)
