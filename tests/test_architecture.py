@@ -33,7 +33,8 @@ def test_the_table_names_every_room_and_every_module() -> None:
         described = re.findall(r"`(\w+\.py)`", row)
         assert not [m for m in described if m not in modules], f"{room}/: README names modules that are gone"
     top = sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists())
-    assert len([t for t in top if not t.startswith("__")]) <= 10, top
+    # nine rooms, errors.py and api.py (the library API, imported lazily by agop_sweep/__init__.py)
+    assert len([t for t in top if not t.startswith("__")]) <= 11, top
 
 
 @pytest.mark.parametrize("module, absent", [

@@ -74,7 +74,7 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
     return out
 
 
-def _layer_entry(layer: int, info: LayerInfo, cmp: LayerComparison, cfg: DictConfig) -> dict[str, Any]:
+def layer_entry(layer: int, info: LayerInfo, cmp: LayerComparison, cfg: Any) -> dict[str, Any]:
     """The results.json entry of one layer (README: results.json: layer, kind, shape, corr, metrics, ...)."""
     entry: dict[str, Any] = {
         "layer": layer,
@@ -178,7 +178,7 @@ def analyze_model(
         infos = model.layer_infos()
         for layer, (w, w0, k, cmp) in enumerate(zip(weights, inits, kp.kernels, comparisons, strict=True)):
             features = layer == 0 and cfg.save_features
-            layers.append(_layer_entry(layer, infos[layer], cmp, cfg))
+            layers.append(layer_entry(layer, infos[layer], cmp, cfg))
             if cfg.spectra:
                 for name in eigvals:
                     s = cmp.spectra.get(name)
