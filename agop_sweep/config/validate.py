@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import typing
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -167,23 +168,36 @@ def check_muon_scope(scope: Any, hidden: int) -> None:
                     "and the readout; use scope=all)", scope)
 
 
-def conv_stage_shapes(model: DictConfig, image_shape: list[int]) -> list[tuple[int, int, int]]:
-    """The (C, H, W) output of every conv stage of the CNN ``model`` node on inputs of
-    ``image_shape`` (C, H, W): conv (padding kernel // 2, ``stride``), then 2x2 pooling.
-    Raises a one-line ConfigError where a stage's output would be empty; the model builder
-    calls it too, for inputs whose shape comes from a file (data=npz)."""
-    _, h, w = image_shape
-    k, stride, pad = int(model.kernel), int(model.stride), int(model.kernel) // 2
-    shapes = []
-    for i, c in enumerate(model.channels):
-        h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        if model.pool != Pool.none:
+Shape = tuple[int, int, int]
+
+
+def stage_shapes(image_shape: Sequence[int], channels: Sequence[int], kernel: int, stride: int,
+                 pooled: bool) -> list[tuple[Shape, Shape]]:
+    """Per conv stage on inputs of ``image_shape`` (C, H, W): the (C, H, W) of its conv's
+    output (padding kernel // 2, ``stride``) and of the stage's output after 2x2 pooling (the
+    same without ``pooled``). Pure arithmetic: the CNN and :func:`conv_stage_shapes` share it."""
+    _, h, w = (int(s) for s in image_shape)
+    pad, out = kernel // 2, []
+    for c in channels:
+        h, w = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        conv = (int(c), h, w)
+        if pooled:
             h, w = h // 2, w // 2
+        out.append((conv, (int(c), h, w)))
+    return out
+
+
+def conv_stage_shapes(model: DictConfig, image_shape: list[int]) -> list[tuple[Shape, Shape]]:
+    """:func:`stage_shapes` of the CNN ``model`` node, with a one-line ConfigError where a
+    stage's output would be empty; the model builder calls it too, for inputs whose shape
+    comes from a file (data=npz)."""
+    shapes = stage_shapes(image_shape, list(model.channels), int(model.kernel), int(model.stride),
+                          model.pool != Pool.none)
+    for i, (_, (_, h, w)) in enumerate(shapes):
         if h < 1 or w < 1:
             raise _fail("model.channels", f"stage {i} leaves no pixels of the {list(image_shape)} "
                         "inputs: use fewer stages, model.pool=none or model.stride=1",
                         model.channels)
-        shapes.append((int(c), h, w))
     return shapes
 
 

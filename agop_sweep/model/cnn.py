@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agop_sweep.config.validate import stage_shapes
 from agop_sweep.model.mlp import ACTIVATIONS, LayerInfo
 
 
@@ -67,7 +68,12 @@ class CNN(nn.Module):
         for c_out in channels:
             self.convs.append(FilterBank(c_in, c_out, kernel, stride))
             c_in = c_out
-        self.stage_shapes = self._stage_shapes()
+        shapes = stage_shapes(self.image_shape, channels, kernel, stride, pool != "none")
+        # (C, H_out, W_out) of each conv, and (C, H, W) of each stage's output after pooling
+        self.conv_shapes = [conv for conv, _ in shapes]
+        self.stage_shapes = [stage for _, stage in shapes]
+        if any(h < 1 or w < 1 for _, h, w in self.stage_shapes):
+            raise ValueError(f"a stage leaves no pixels of the {list(self.image_shape)} inputs")
         c, h, w = self.stage_shapes[-1]
         d = c if head == "gap" else c * h * w
         self.fcs = nn.ModuleList()
@@ -75,21 +81,6 @@ class CNN(nn.Module):
             self.fcs.append(nn.Linear(d, width, bias=False))
             d = width
         self.last = nn.Linear(d, n_classes, bias=False)
-
-    def _stage_shapes(self) -> list[tuple[int, int, int]]:
-        """(C, H, W) after each stage's pooling; (C, H_out, W_out) of its conv in conv_shapes."""
-        shapes, self.conv_shapes = [], []
-        _, h, w = self.image_shape
-        for conv in self.convs:
-            k, s, p = conv.kernel, conv.stride, conv.padding
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            self.conv_shapes.append((conv.c_out, h, w))
-            if self.pool != "none":
-                h, w = h // 2, w // 2
-            if h < 1 or w < 1:
-                raise ValueError(f"a stage leaves no pixels of the {list(self.image_shape)} inputs")
-            shapes.append((conv.c_out, h, w))
-        return shapes
 
     @property
     def hidden(self) -> list[nn.Module]:
