@@ -1,7 +1,8 @@
 """The ``logger`` group: TensorBoard and MLflow hold every number of results.json, read back
 through the trackers' own readers (EventAccumulator, MlflowClient, the MLflow server's REST
 API), once per epoch, also across a kill -9 and a resume; a parallel sweep shares one SQLite
-store; a missing package stops a run with one line; a failing tracker never fails a run."""
+store and names its runs after the key that varies; a missing package stops a run with one
+line; a failing tracker never fails a run. W&B: tests/test_wandb.py; names: test_tracker_names.py."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import app_env, one_line_error, run_cli
+from conftest import app_env, one_line_error, run_cli, tiny
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
+pytest.importorskip("wandb")
 
 from tracker_readers import (
     ARGS,
@@ -36,8 +38,13 @@ from tracker_readers import (
     stop_group,
     tensorboard_scalars,
     tensorboard_text,
+    wandb_offline,
+    wandb_scalars,
     warnings_in,
 )
+
+from agop_sweep.trackers.wandb import run_id_for
+from agop_sweep.trackers.wandb_files import read_run, run_files
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +61,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_logger_options_compose(compose_config) -> None:
-    def flags(*overrides: str) -> tuple[bool, bool]:
+    def flags(*overrides: str) -> tuple[bool, bool, bool]:
         cfg = compose_config(*overrides)
-        return cfg.logger.tensorboard, cfg.logger.mlflow
+        return cfg.logger.tensorboard, cfg.logger.mlflow, cfg.logger.wandb
 
-    assert flags() == flags("logger=none") == (False, False)
-    assert flags("logger=tensorboard") == (True, False)
-    assert flags("logger=mlflow") == (False, True)
-    assert flags("logger=both") == flags("logger=[tensorboard,mlflow]") == (True, True)
+    assert flags() == flags("logger=none") == (False, False, False)
+    assert flags("logger=tensorboard") == (True, False, False)
+    assert flags("logger=mlflow") == (False, True, False)
+    assert flags("logger=wandb") == (False, False, True)
+    assert flags("logger=both") == flags("logger=[tensorboard,mlflow]") == (True, True, False)
+    assert flags("logger=[tensorboard,wandb]") == (True, False, True)
+    assert flags("logger=[wandb,mlflow,tensorboard]") == (True, True, True)
+    cfg = compose_config("logger=wandb", "logger.wandb_project=nfa", "logger.wandb_entity=lab")
+    assert (cfg.logger.wandb_project, cfg.logger.wandb_entity) == ("nfa", "lab")
     cfg = compose_config("logger=[mlflow,tensorboard]", "logger.tracking_uri=sqlite:///x.db")
     assert cfg.logger.tracking_uri == "sqlite:///x.db" and cfg.logger.tensorboard
     hydra = compose_config("logger=both", "seed=3", return_hydra_config=True).hydra
     assert hydra.job.override_dirname == "seed=3"  # a run-control key: not in dir names
 
 
-@pytest.mark.parametrize("extra", ["tensorboard", "mlflow"])
+@pytest.mark.parametrize("extra", ["tensorboard", "mlflow", "wandb"])
 def test_a_missing_package_stops_the_run_with_one_line(tmp_path: Path, extra: str) -> None:
     block = f"import sys\nsys.modules[{extra!r}] = None  # import {extra} fails\n"
     proc = run_app(tmp_path, f"logger={extra}", f"hydra.run.dir={tmp_path / 'run'}", code=block)
@@ -89,6 +101,9 @@ def test_outputs_store_and_experiment_names(tmp_path: Path, monkeypatch) -> None
     assert default_tracking_uri(tmp_path / "elsewhere" / "run") == db  # ./outputs
     ctx = run_context(job)  # outside a Hydra job: named after its dir
     assert (ctx.name, ctx.group) == ("seed=1", job.parent)
+    # A run dir in the current directory: its group is that directory, not ".".
+    assert group_label(tmp_path) == tmp_path.resolve().as_posix()
+    assert run_context(tmp_path / "run").group == tmp_path.resolve()
 
 
 # -- what the trackers hold --------------------------------------------------------------------------
@@ -121,25 +136,41 @@ def test_both_trackers_hold_every_number_of_results_json(tmp_path: Path, store: 
     assert json.loads(local.read_text()) == json.loads((run_dir / "results.json").read_text())
 
 
-def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path) -> None:
-    """Three jobs at once into the default store, outputs/mlflow.db; a TensorBoard log dir
-    per job, which ``--logdir <sweep dir>`` finds."""
+def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path, monkeypatch) -> None:
+    """Three jobs at once into the default store, outputs/mlflow.db, and into W&B (offline).
+    Runs are named after the key that varies (``optimizer=adam``), in MLflow, W&B and TensorBoard
+    (``--logdir <sweep dir>``), each with all of its overrides as a tag."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+    wandb_root = wandb_offline(tmp_path, monkeypatch)
     sweep = tmp_path / "outputs" / "multirun" / "sweep"
-    proc = run_cli("-m", "cluster=joblib", "seed=1,2,3", *ARGS, "logger=both", f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path, timeout=600)
+    proc = run_cli("-m", "cluster=joblib", *tiny("optimizer=sgd,adam,muon"), "seed=5",
+                   "logger=[tensorboard,mlflow,wandb]", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not warnings_in(proc), proc.stderr[-3000:]
     store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     runs = mlflow_runs(store, "outputs/multirun/sweep")
-    assert sorted(r.info.run_name.rsplit("seed=", 1)[1] for r in runs) == ["1", "2", "3"]
+    names = ["optimizer=sgd", "optimizer=adam", "optimizer=muon"]
+    assert sorted(r.info.run_name for r in runs) == sorted(names)
     for run in runs:
         run_dir = Path(run.data.tags["run_dir"])
         assert run_dir.parent == sweep and run.data.tags["status"] == "completed"
+        overrides = run.data.tags["overrides"].split()
+        assert run.info.run_name in overrides and "seed=5" in overrides and "model.width=16" in overrides
+        assert "seed=5" in run_dir.name  # the job's dir: all of its overrides
         assert_once_each(mlflow_metrics(store, run.info.run_id), expected(run_dir), rel=1e-12)
+        assert_once_each(tensorboard_scalars(sweep / "tensorboard" / run.info.run_name), expected(run_dir),
+                         rel=1e-6)
+        (text,) = tensorboard_text(sweep / "tensorboard" / run.info.run_name, "run")
+        assert text.endswith(f"overrides: {run.data.tags['overrides']}")
+        started = json.loads((run_dir / "results.json").read_text())["timing"]["started_at"]
+        log = read_run(run_files(wandb_root / "wandb", run_id_for(f"{run_dir}@{started}")))
+        (wandb_run,) = log.runs  # one W&B run per job, named and grouped as in MLflow
+        assert (wandb_run.display_name, wandb_run.run_group) == (run.info.run_name, "outputs/multirun/sweep")
+        assert_once_each(wandb_scalars(log.history), expected(run_dir), rel=1e-12)
+        assert not (run_dir / "tensorboard").exists()
     mux = EventMultiplexer().AddRunsFromDirectory(str(sweep))
-    assert sorted(mux.Runs()) == sorted(f"{Path(r.data.tags['run_dir']).name}/tensorboard" for r in runs)
+    assert sorted(mux.Runs()) == sorted(f"tensorboard/{name}" for name in names)
 
 
 # -- resume, failures --------------------------------------------------------------------------------
@@ -295,10 +326,7 @@ def test_a_failed_run_is_tagged_failed(tmp_path: Path, store: str) -> None:
 
 @pytest.mark.slow
 def test_mlflow_server_serves_a_finished_run(tmp_path: Path) -> None:
-    import sqlalchemy
-
-    if int(sqlalchemy.__version__.split(".")[0]) < 2:  # mlflow/store/db/trace_rollups.py: sa.Engine
-        pytest.skip(f"mlflow server needs SQLAlchemy 2, this env has {sqlalchemy.__version__}")
+    """In the test environment itself: the mlflow extra brings SQLAlchemy 2, which the server needs."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
-from pathlib import Path
 
 import yaml
-from conftest import make_svhn_files, run_cli
+from conftest import Sweep
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from agop_sweep.config import RUN_CONTROL_KEYS, is_run_control_key, run_control_exclude_keys
@@ -17,7 +15,7 @@ from agop_sweep.store import state as resume
 RUN_CONTROL_OVERRIDES = [
     "resume=true", "device=cpu", "threads=1", "data.root=/elsewhere", "data.download=false",
     "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=64",
-    "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false", "trainer.checkpoint_names=portable",
+    "analysis.chunk_size=16", "analysis.conv_chunk_size=8", "trainer.checkpoint_optimizer=false", "trainer.checkpoint_names=portable",
 ]
 
 
@@ -25,7 +23,7 @@ def test_the_run_control_keys() -> None:
     assert {
         "resume", "device", "threads", "data.root", "data.download", "data.verify", "data.url",
         "trainer.plots", "trainer.checkpoint_optimizer", "trainer.checkpoint_names", "eval.batch_size",
-        "analysis.chunk_size", "cluster", "hparams_search", "logger",
+        "analysis.chunk_size", "analysis.conv_chunk_size", "cluster", "hparams_search", "logger",
     } == RUN_CONTROL_KEYS
     assert is_run_control_key("logger") and is_run_control_key("logger.tracking_uri")
     assert not is_run_control_key("loggers") and not is_run_control_key("data.name")
@@ -75,21 +73,13 @@ def test_a_resumed_run_may_change_every_run_control_key(compose_config) -> None:
     assert resume.config_differences(before, to_container(compose_config("seed=4"))) == ["seed"]
 
 
-def test_a_real_sweep_names_its_job_dirs_without_run_control_keys(tmp_path: Path) -> None:
+def test_a_real_sweep_names_its_job_dirs_without_run_control_keys(joblib_sweep: Sweep) -> None:
     """The whole path: Hydra resolves exclude_keys while it launches (here through joblib)."""
-    make_svhn_files(tmp_path / "svhn")
-    sweep = tmp_path / "sweep"
-    overrides = [
-        "-m", "model.width=8", "model.depth=2", "schedule=smoke", "seed=3",
-        "resume=false", "device=cpu", "threads=1", f"data.root={tmp_path / 'svhn'}", "data.download=false",
-        "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=16",
-        "analysis.chunk_size=16", "trainer.checkpoint_optimizer=false", "cluster=joblib",
-        "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={sweep}",
-    ]
-    proc = run_cli(*overrides, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
-    assert job.name == "model.depth=2,model.width=8,schedule=smoke,seed=3"
-    record = json.loads((job / "results.json").read_text())
-    assert record["status"] == "completed"
-    assert record["config"]["data"]["root"] == str(tmp_path / "svhn")  # recorded all the same
+    overrides = yaml.safe_load((joblib_sweep.dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    controls = {o.split("=")[0] for o in overrides} & RUN_CONTROL_KEYS
+    assert len(controls) >= 14, controls  # every one but hparams_search (another sweeper)
+    assert sorted(joblib_sweep.results) == ["model.depth=2,model.width=8,schedule=smoke,seed=3",
+                                            "model.depth=2,model.width=8,schedule=smoke,seed=4"]
+    for record in joblib_sweep.results.values():
+        assert record["status"] == "completed"
+        assert record["config"]["data"]["root"] == str(joblib_sweep.dir.parent / "svhn")  # recorded all same

@@ -1,5 +1,6 @@
-"""Reading back what the trackers hold (tests/test_loggers.py): TensorBoard through its
-EventAccumulator, MLflow through MlflowClient, and what results.json says they must hold."""
+"""Reading back what the trackers hold (tests/test_loggers.py, tests/test_wandb.py): TensorBoard
+through its EventAccumulator, MLflow through MlflowClient, W&B from its run's .wandb files, and
+what results.json says they must hold."""
 
 from __future__ import annotations
 
@@ -89,6 +90,32 @@ def mlflow_metrics(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = MlflowClient(tracking_uri=uri)
     keys = client.get_run(run_id).data.metrics
     return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """W&B offline with no credentials for this test and the runs it starts, every W&B
+    directory under tmp_path; returns ``$WANDB_DIR`` (the runs' files: ``<it>/wandb/``)."""
+    root = tmp_path / "wandb_root"
+    for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_ENTITY",
+                "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_RUN_GROUP", "WANDB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(root))
+    for key, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        monkeypatch.setenv(key, str(tmp_path / "wandb_home" / sub))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    return root
+
+
+def wandb_scalars(history: list[tuple[int, dict[str, Any]]]) -> dict[str, list[tuple[int, float]]]:
+    """A W&B run's numeric history (wandb_files.RunLog.history) as key -> [(step, value)]."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step, row in history:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.setdefault(key, []).append((step, float(value)))
+    return out
 
 
 def warnings_in(proc: subprocess.CompletedProcess[str]) -> list[str]:

@@ -21,10 +21,11 @@ from agop_sweep.errors import one_line
 from agop_sweep.run.observers import EpochEnd, Observer
 from agop_sweep.store.record import RunRecord
 from agop_sweep.store.schema import finite_number
+from agop_sweep.trackers.naming import sweep_keys_from_env, sweep_run_name
 
 log = logging.getLogger("agop_sweep.trackers")
 
-# Metric keys: "<group>/<name>"; TensorBoard and MLflow's charts group them by the prefix.
+# Metric keys: "<group>/<name>"; the trackers' charts group them by the prefix.
 EPOCH_KEYS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
     "val_acc": "acc/val", "seconds": "time/epoch_seconds",
@@ -36,8 +37,10 @@ TRACKED_LAYER_KEYS = ("weight_change", "alpha_star")
 
 @dataclass(frozen=True)
 class RunContext:
-    """The job in Hydra's terms: ``name`` (its overrides, else its dir's name) and ``group``,
-    the dir that holds it (the sweep dir; a single run's parent dir)."""
+    """The job in Hydra's terms: ``name``, the tracker run's name, and ``group``, the dir that
+    holds it (the sweep dir; a single run's parent dir). A job of a sweep is named after the
+    keys that vary within the sweep (``swept``: :mod:`.naming`), a single run after its
+    overrides, else its dir's name; ``overrides`` are all of the job's."""
 
     run_dir: Path
     name: str
@@ -45,12 +48,13 @@ class RunContext:
     multirun: bool = False
     job_num: int | None = None
     overrides: tuple[str, ...] = ()
+    swept: bool = False
 
 
 def run_context(run_dir: Path) -> RunContext:
     """The job's context from Hydra when a Hydra job is running, else from ``run_dir``."""
     run_dir = Path(run_dir).resolve()
-    fallback = RunContext(run_dir, run_dir.name, run_dir.parent)
+    fallback = RunContext(run_dir, run_dir.name or run_dir.as_posix(), run_dir.parent)
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -58,12 +62,21 @@ def run_context(run_dir: Path) -> RunContext:
             return fallback
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
-        name = str(hc.job.override_dirname or "") or run_dir.name
+        overrides = tuple(str(o) for o in hc.overrides.task)
+        name = str(hc.job.override_dirname or "") or fallback.name
+        keys = sweep_keys_from_env() if multirun else None
+        swept_name = sweep_run_name(keys, overrides) if keys else ""
         group = Path(hc.sweep.dir).resolve() if multirun else run_dir.parent
         job_num = int(hc.job.num) if multirun and hc.job.get("num") is not None else None
-        return RunContext(run_dir, name, group, multirun, job_num, tuple(hc.overrides.task))
+        return RunContext(run_dir, swept_name or name, group, multirun, job_num, overrides, bool(swept_name))
     except Exception:  # a context is a nicety: never stop a run for it
         return fallback
+
+
+def run_key(run_dir: Path, record: RunRecord) -> str:
+    """What tells this run apart from any other, also from an earlier run in the same dir:
+    its dir and its first start. A resumed run keeps it."""
+    return f"{run_dir}@{record.timing.get('started_at', '')}"
 
 
 def outputs_dir(path: Path) -> Path:
@@ -75,12 +88,14 @@ def outputs_dir(path: Path) -> Path:
 
 def group_label(group: Path) -> str:
     """A group dir as a name: relative to its ``outputs`` ancestor's parent
-    (``outputs/multirun/<date>/<time>``), else the absolute path."""
+    (``outputs/multirun/<date>/<time>``), else the absolute path (also for the current
+    directory itself, which would be ``.``)."""
     outputs = outputs_dir(group)
     try:
-        return group.resolve().relative_to(outputs.parent).as_posix()
+        label = group.resolve().relative_to(outputs.parent).as_posix()
     except ValueError:
-        return group.resolve().as_posix()
+        label = "."
+    return label if label != "." else group.resolve().as_posix()
 
 
 def epoch_metrics(entry: dict[str, Any]) -> dict[str, float]:

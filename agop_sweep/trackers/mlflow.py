@@ -5,11 +5,12 @@ The store is ``logger.tracking_uri``; by default a SQLite database,
 ``outputs`` (Hydra's output root; else ``outputs/`` in the current directory). Its artifacts
 (results.json, the figures) go to ``<dir of the database>/mlartifacts/``. The experiment is
 ``logger.experiment``, by default the dir that holds the job (``outputs/multirun/<date>/<time>``
-for a sweep, ``outputs/<date>`` for single runs); the run is named after the job's overrides.
+for a sweep, ``outputs/<date>`` for single runs). A run of a sweep is named after the keys that
+vary within the sweep (``optimizer=adam``, :mod:`.naming`), a single run after its overrides.
 
-What is logged: the flattened config as params; each epoch's metrics with step = epoch; the tag
-``status`` (running, completed, diverged, failed) and the run's MLflow status; at the end
-results.json and ``plots/*.png, *.pdf`` as artifacts.
+What is logged: the flattened config as params; each epoch's metrics with step = epoch; the tags
+``overrides`` (all of the job's), ``status`` (running, completed, diverged, failed) and the
+run's MLflow status; at the end results.json and ``plots/*.png, *.pdf`` as artifacts.
 
 Parallel jobs of a sweep share the SQLite file: every call into a local SQLite store holds an
 exclusive ``flock`` on ``<database>.lock`` (SQLite allows one writer at a time), and a call that
@@ -31,7 +32,7 @@ from typing import Any
 
 from agop_sweep.config import flatten, sqlite_file
 from agop_sweep.store.record import RunRecord
-from agop_sweep.trackers.base import RunContext, Tracker, group_label, log, outputs_dir
+from agop_sweep.trackers.base import RunContext, Tracker, group_label, log, outputs_dir, run_key
 
 READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 RUN_KEY_TAG = "agop_sweep.run_key"  # the run dir and the run's first start: one per run
@@ -146,11 +147,11 @@ class MlflowTracker(Tracker):
 
         self.client = self._call(MlflowClient, tracking_uri=self.uri)
         experiment_id = self._experiment_id()
-        run_key = f"{self.ctx.run_dir}@{record.timing.get('started_at', '')}"
-        self.run_id = self._existing_run(experiment_id, run_key)
+        key = run_key(self.ctx.run_dir, record)
+        self.run_id = self._existing_run(experiment_id, key)
         existed = self.run_id is not None
         if self.run_id is None:
-            self.run_id = self._create_run(experiment_id, run_key, record)
+            self.run_id = self._create_run(experiment_id, key, record)
         else:
             self._call(self.client.update_run, self.run_id, status="RUNNING")
             self._call(self.client.set_tag, self.run_id, "status", "running")

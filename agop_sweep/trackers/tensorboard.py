@@ -1,7 +1,13 @@
-"""``logger=tensorboard``: TensorBoard event files in ``<run dir>/tensorboard/``.
+"""``logger=tensorboard``: TensorBoard event files.
 
-Every job writes into its own run dir, so ``tensorboard --logdir <sweep dir>`` shows every
-job of a sweep side by side (as ``<job dir>/tensorboard``), and ``--logdir outputs`` every run.
+TensorBoard names a run after the directory of its event files. A job of a sweep writes them
+into ``<sweep dir>/tensorboard/<run name>/``, its name being the keys that vary within the
+sweep (``optimizer=adam``, :mod:`.naming`), so ``tensorboard --logdir <sweep dir>`` shows
+``tensorboard/optimizer=adam`` and its siblings; a single run writes into
+``<run dir>/tensorboard/``. ``--logdir outputs`` shows every run. The directory holds a
+``run_key`` file naming its run; a named directory that another run holds (or that is not a
+valid name) leaves the job in its own ``<run dir>/tensorboard/``, as does an earlier version's
+event file there. state.pt keeps the directory.
 What is written: the flattened config as the HParams plugin's hyperparameters and as a text
 table at step 0; each epoch's scalars with step = epoch; at the end the run's status (text
 ``status`` and the HParams session status) and the PNG figures as images.
@@ -13,15 +19,38 @@ what the earlier files hold (TensorBoard's own EventAccumulator) and writes only
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 from agop_sweep.config import flatten
 from agop_sweep.store.record import RunRecord
-from agop_sweep.trackers.base import RunContext, Tracker
+from agop_sweep.trackers.base import RunContext, Tracker, run_key
 
 SUBDIR = "tensorboard"
+RUN_KEY_FILE = "run_key"  # in the log dir: the run it belongs to (base.run_key)
+NAME_MAX_BYTES = 200  # a directory name, with room to spare below the usual 255
+
+
+def named_logdir(ctx: RunContext) -> Path | None:
+    """``<sweep dir>/tensorboard/<run name>`` for a job named by its sweep's keys, else None."""
+    name = ctx.name.replace("/", "_")
+    if not ctx.swept or name in ("", ".", "..") or len(name.encode()) > NAME_MAX_BYTES:
+        return None
+    return ctx.group / SUBDIR / name
+
+
+def choose_logdir(ctx: RunContext, key: str) -> Path:
+    """The named log dir when it is free or already this run's, else ``<run dir>/tensorboard``
+    (also when that already holds event files: a run started before runs had named dirs)."""
+    own = ctx.run_dir / SUBDIR
+    named = named_logdir(ctx)
+    if named is not None and not any(own.glob("events.out.tfevents.*")):
+        marker = named / RUN_KEY_FILE
+        if not named.exists() or (marker.is_file() and marker.read_text() == key):
+            return named
+    return own
 
 
 def logged_events(logdir: Path) -> set[tuple[str, int]]:
@@ -76,10 +105,24 @@ class TensorBoardTracker(Tracker):
         self.writer: Any = None
         self.existing: set[tuple[str, int]] = set()
 
+    def tracker_state(self) -> dict[str, Any]:
+        # Relative to the run dir: a sweep copied elsewhere resumes into its own copy.
+        return {"logdir": os.path.relpath(self.logdir, self.ctx.run_dir)} if self.opened else {}
+
     def open(self, record: RunRecord) -> bool:
         from torch.utils.tensorboard import SummaryWriter
 
+        key = run_key(self.ctx.run_dir, record)
+        saved = self.saved.get("logdir")
+        if saved:
+            self.logdir = Path(os.path.normpath(self.ctx.run_dir / saved))
+        else:
+            self.logdir = choose_logdir(self.ctx, key)
         self.existing = logged_events(self.logdir) if self.logdir.is_dir() else set()
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        marker = self.logdir / RUN_KEY_FILE
+        if not marker.exists():
+            marker.write_text(key)
         # One flush per epoch (flush()), not on a timer.
         self.writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=3600)
         if not self.existing:
@@ -94,7 +137,8 @@ class TensorBoardTracker(Tracker):
         self._summary(session_start, 0)
         rows = "\n".join(f"| {key} | {value} |" for key, value in params.items())
         self.writer.add_text("config", f"| key | value |\n| --- | --- |\n{rows}", 0)
-        self.writer.add_text("run", f"{self.ctx.name} in {self.ctx.run_dir}", 0)
+        overrides = " ".join(self.ctx.overrides) or "none"
+        self.writer.add_text("run", f"{self.ctx.name} in {self.ctx.run_dir}; overrides: {overrides}", 0)
 
     def _summary(self, summary: Any, step: int) -> None:
         self.writer._get_file_writer().add_summary(summary, step)
