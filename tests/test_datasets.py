@@ -678,7 +678,11 @@ def test_one_run_of_each_kind_completes(tmp_path: Path) -> None:
                      "data.normalize=standardize", f"hydra.run.dir={tmp_path / 'npz'}"),
         "hostile": _args("data=cifar10", f"data.root={hostile}", *OFFLINE,
                          f"hydra.run.dir={tmp_path / 'no'}"),
-    }, cwd=tmp_path, parallel=3)
+        # the conv net takes the same images as (N, C, H, W)
+        "cnn": [*(o for o in _args() if not o.startswith("model.")), "model=cnn", "model.channels=[4,8]",
+                "data=cifar10", f"data.root={root}", *OFFLINE, "data.n_train=20",
+                f"hydra.run.dir={tmp_path / 'cnn'}"],
+    }, cwd=tmp_path, parallel=4)
     for name in ("sweep", "npz"):
         assert procs[name].returncode == 0, procs[name].stderr[-3000:]
     runs = {r["run"]["dataset"]: r["run"] for r in (json.loads(p.read_text()) for p in [
@@ -700,6 +704,11 @@ def test_one_run_of_each_kind_completes(tmp_path: Path) -> None:
     assert 0.4 < own["channel_mean"][0] < 0.6 and 0.2 < own["channel_std"][0] < 0.35
     record = RunRecord.load(tmp_path / "npz" / "results.json")  # data.image_shape=[]: the figures'
     assert record.setting("data.image_shape") == [] and record.image_shape() == (1, 8, 8)  # shape
+    assert procs["cnn"].returncode == 0, procs["cnn"].stderr[-3000:]
+    cnn = json.loads((tmp_path / "cnn" / "results.json").read_text())
+    assert cnn["status"] == "completed" and cnn["run"]["n_train"] == 20
+    assert [(e["kind"], e["shape"], e["positions"]) for e in cnn["analysis"][-1]["layers"]] == [
+        ("conv", [4, 27], 32 * 32), ("conv", [8, 36], 16 * 16)]
     line = one_line_error(procs["hostile"])
     assert str(hostile / "cifar-10-batches-py" / "data_batch_1") in line and "posix.system" in line
     assert "refused" in line and not marker.exists()
