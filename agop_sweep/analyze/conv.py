@@ -67,8 +67,11 @@ def _forward(model: CNN, x: torch.Tensor
 
 
 def _gram(g: torch.Tensor) -> torch.Tensor:
-    """sum over rows of g g^T for g (..., d) with the feature axis last, in float64: (d, d)."""
-    flat = g.reshape(-1, g.shape[-1]).double()
+    """sum over rows of g g^T for g (..., d) with the feature axis last (a view of any
+    layout), in float64: (d, d). One copy lays g out as float64 rows."""
+    flat = torch.empty(g.shape, dtype=torch.float64, device=g.device)
+    flat.copy_(g)
+    flat = flat.view(-1, g.shape[-1])
     return flat.T @ flat
 
 
