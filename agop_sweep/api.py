@@ -66,10 +66,12 @@ class LayerNFA:
 
     @property
     def alpha_star(self) -> float | None:
+        """The a in [0, 2] that maximises corr(NFM, AGOP^a) for ``primary``'s kinds."""
         return self.entry.get("alpha_star")
 
     @property
     def weight_change(self) -> float | None:
+        """|W - W0|_F / |W0|_F; None without ``init``."""
         return self.entry.get("weight_change")
 
 

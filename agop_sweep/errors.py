@@ -27,7 +27,7 @@ class DataError(UserError):
 
 
 def one_line(error: BaseException) -> str:
-    """``Type: message`` on one line (results.json's ``error``, README: results.json)."""
+    """``Type: message`` on one line (results.json's ``error``, docs/results.md: results.json)."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 

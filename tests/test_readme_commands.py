@@ -1,4 +1,5 @@
-"""README's commands name modules that exist (it once documented ``python -m agop_sweep.plots``)."""
+"""The commands of README and of the documentation pages name modules that exist (README once
+documented ``python -m agop_sweep.plots``)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,27 @@ import importlib.util
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_every_python_m_module_in_readme_runs() -> None:
-    modules = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", README.read_text()))
-    assert "agop_sweep.figures" in modules and "agop_sweep.plots" not in modules
-    for name in sorted(modules):
-        if not name.startswith("agop_sweep"):
+def _modules(path: Path) -> set[str]:
+    return set(re.findall(r"python -m ([A-Za-z_][\w.]*)", path.read_text()))
+
+
+def test_readme_and_the_docs_show_the_commands() -> None:
+    readme = _modules(README)
+    assert {"agop_sweep", "agop_sweep.aggregate", "agop_sweep.analyze", "agop_sweep.figures"} <= readme
+    assert "agop_sweep.plots" not in set().union(*map(_modules, PAGES))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_python_m_module_runs(page: Path) -> None:
+    for name in sorted(_modules(page)):
+        if not name.startswith(("agop_sweep", "bench")):
             continue
         spec = importlib.util.find_spec(name)
         assert spec is not None, name

@@ -8,13 +8,14 @@
 - a run dir with a 300-character name is one line, without Python's UserWarning;
 - a read-only MLflow store is one warning line that says so and names it;
 - a config error is one line on stderr, without Hydra's "Error executing job" line;
-- README's configuration table names trainer.precision's values as the schema has them;
+- the configuration reference names trainer.precision's values as the schema has them;
 - a second sweep into a sweep dir is refused unless it continues that sweep.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import logging
 import os
@@ -29,9 +30,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import TINY, app_env, copy_of, finished_tiny_run, run_cli, strip_timing, tree_digest
+from conftest import TINY, app_env, copy_of, numbers, run_app, run_cli, tiny, tree_digest
 
-from agop_sweep.config import is_run_control_key
 from agop_sweep.config.schema import Precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,6 @@ KILL_AFTER_EPOCH_1 = (
     "    if state.next_epoch == 2:\n"
     "        os._exit(9)\n"
     "st.save_state = save_state\n"
-    "import sys\nfrom agop_sweep.run.app import main\nsys.argv = ['agop_sweep'] + sys.argv[1:]\nmain()\n"
 )
 
 
@@ -55,12 +54,6 @@ def only_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
-
-
-def numbers(results: dict[str, Any]) -> dict[str, Any]:
-    """results.json without timings and without the run-control keys of its config."""
-    config = {k: v for k, v in results["config"].items() if not is_run_control_key(k)}
-    return strip_timing({**results, "config": config})
 
 
 def same(a: Any, b: Any) -> bool:
@@ -75,17 +68,11 @@ def same(a: Any, b: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted TINY run: the reference, and a run to copy."""
-    return finished_tiny_run(tmp_path_factory.mktemp("small_faults"))
-
-
-@pytest.fixture(scope="module")
 def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same command, killed after epoch 1's state.pt: results.json says running."""
+    """The command of conftest's finished_run, killed after epoch 1's state.pt: results.json
+    says running."""
     root = tmp_path_factory.mktemp("interrupted")
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_1, *TINY, f"hydra.run.dir={root / 'run'}"],
-                          cwd=root, env=app_env(), capture_output=True, text=True, timeout=300)
+    proc = run_app(*TINY, f"hydra.run.dir={root / 'run'}", cwd=root, patch=KILL_AFTER_EPOCH_1)
     assert proc.returncode == 9, proc.stderr[-3000:]
     assert json.loads((root / "run" / "results.json").read_text())["status"] == "running"
     return root / "run"
@@ -93,14 +80,14 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- a: a full disk during analyze ----------------------------------------------------------------
 @pytest.mark.parametrize("fails", ["results.json", "plots"])
-def test_a_full_disk_in_analyze_says_analyse_again(fails: str, finished: Path, tmp_path: Path,
+def test_a_full_disk_in_analyze_says_analyse_again(fails: str, finished_run: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """ENOSPC at the first file analyze writes (results.json) or at the figures, after it: one
     line naming the file and the command that redoes the analysis; that command then works."""
     from agop_sweep.analyze.command import main
     from agop_sweep.store import atomic
 
-    run = copy_of(finished, tmp_path)
+    run = copy_of(finished_run, tmp_path)
     before = (run / "results.json").read_bytes()
     replace = os.replace
 
@@ -138,7 +125,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupted: Path, finished: Path,
+def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupted: Path, finished_run: Path,
                                                                        tmp_path: Path) -> None:
     run = copy_of(interrupted, tmp_path)
     _truncate(run / "state.pt")
@@ -147,16 +134,17 @@ def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupt
     assert line.startswith(f"{run}/state.pt cannot be read (")
     assert "delete it and run the same command with resume=true again" in line
     assert tree_digest(run) == before  # a refusal writes nothing
-    (run / "state.pt").unlink()  # the advice, followed
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    (run / "state.pt").unlink()  # the advice, followed (without figures: a run-control key)
+    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", "trainer.plots=off", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restarting the run from epoch 0 in place" in proc.stdout + proc.stderr
-    got, want = (json.loads((d / "results.json").read_text()) for d in (run, finished))
+    got, want = (json.loads((d / "results.json").read_text()) for d in (run, finished_run))
     assert got["status"] == "completed" and numbers(got) == numbers(want)
 
 
-def test_a_truncated_state_pt_of_a_finished_run_is_left_as_advised(finished: Path, tmp_path: Path) -> None:
-    run = copy_of(finished, tmp_path)
+def test_a_truncated_state_pt_of_a_finished_run_is_left_as_advised(finished_run: Path,
+                                                                   tmp_path: Path) -> None:
+    run = copy_of(finished_run, tmp_path)
     _truncate(run / "state.pt")
     line = only_line(run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path))
     assert "a finished one stays as it is" in line
@@ -169,17 +157,17 @@ def test_a_truncated_state_pt_of_a_finished_run_is_left_as_advised(finished: Pat
 
 
 # -- c: checkpoints of a resumed run ---------------------------------------------------------------
-def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Path, finished: Path,
+def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Path, finished_run: Path,
                                                                 tmp_path: Path) -> None:
     run = copy_of(interrupted, tmp_path)
     written_before = {p.name for p in (run / "models").iterdir()}
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", "trainer.plots=off", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    names = sorted(p.name for p in (finished / "models").iterdir())
+    names = sorted(p.name for p in (finished_run / "models").iterdir())
     assert names == sorted(p.name for p in (run / "models").iterdir())
     assert set(names) - written_before, "the resume wrote no checkpoint: this tested nothing"
     for name in names:
-        a, b = (torch.load(d / "models" / name, weights_only=True) for d in (finished, run))
+        a, b = (torch.load(d / "models" / name, weights_only=True) for d in (finished_run, run))
         assert a["config"]["resume"] is False and b["config"] == a["config"], name
         assert same(a, b), name
     # A checkpoint holds the config results.json records.
@@ -188,8 +176,8 @@ def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Pat
 
 # -- d: a run dir inside another run's ---------------------------------------------------------------
 @pytest.mark.parametrize("where", ["inner", "models/inner", ".hydra/x/y"])
-def test_a_run_dir_inside_another_runs_is_refused(where: str, finished: Path, tmp_path: Path) -> None:
-    run = copy_of(finished, tmp_path)
+def test_a_run_dir_inside_another_runs_is_refused(where: str, finished_run: Path, tmp_path: Path) -> None:
+    run = copy_of(finished_run, tmp_path)
     before = tree_digest(run)
     line = only_line(run_cli(*TINY, f"hydra.run.dir={run / where}", cwd=tmp_path))
     assert line == (f"The run directory {run / where} lies inside the run directory {run}, whose files it "
@@ -197,8 +185,8 @@ def test_a_run_dir_inside_another_runs_is_refused(where: str, finished: Path, tm
     assert tree_digest(run) == before
 
 
-def test_a_sweep_dir_in_a_run_dir_is_refused(finished: Path, tmp_path: Path) -> None:
-    run = copy_of(finished, tmp_path)
+def test_a_sweep_dir_in_a_run_dir_is_refused(finished_run: Path, tmp_path: Path) -> None:
+    run = copy_of(finished_run, tmp_path)
     before = tree_digest(run)
     for sweep, where in ((run, "holds a run"), (run / "sweep", f"lies inside the run directory {run}")):
         line = only_line(run_cli("-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
@@ -243,8 +231,8 @@ def test_a_read_only_mlflow_store_is_one_warning(store: str, tmp_path: Path, rea
         read_only(db)
     read_only(shelf)
     run = tmp_path / "run"
-    proc = run_cli(*TINY, "logger=mlflow", f"logger.tracking_uri=sqlite:///{db}", f"hydra.run.dir={run}",
-                   cwd=tmp_path)
+    proc = run_cli(*tiny("trainer.plots=off"), "logger=mlflow", f"logger.tracking_uri=sqlite:///{db}",
+                   f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]  # a tracker never fails the run
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out and "autoflush" not in out, out[-3000:]
@@ -260,22 +248,18 @@ def test_a_read_only_mlflow_store_is_one_warning(store: str, tmp_path: Path, rea
             assert con.execute("select count(*) from runs").fetchone() == (0,)
 
 
-# -- g: a config error is one line -----------------------------------------------------------------------
+# -- g: a config error is one line (the command's stderr: tests/test_config_cli.py) ---------------------
 @pytest.mark.parametrize(("extra", "expected"), [
     (["model.width=-3"], "Invalid config: model.width=-3: must be >= 1"),
     (["seed=-1"], "Invalid config: seed=-1: must be an integer in [0, 2**63 - 1]"),
 ])
-def test_a_config_error_is_exactly_one_line(extra: list[str], expected: str, tmp_path: Path) -> None:
-    proc = run_cli(*TINY, *extra, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.stderr == expected + "\n"
-    assert proc.returncode == 1
+def test_a_config_error_is_exactly_one_line(extra: list[str], expected: str, compose_config) -> None:
+    from agop_sweep.config import validate
+    from agop_sweep.errors import ConfigError
 
-
-def test_a_taken_run_dir_is_exactly_one_line(finished: Path, tmp_path: Path) -> None:
-    run = copy_of(finished, tmp_path)
-    line = only_line(run_cli(*TINY, "optimizer.lr=0.5", f"hydra.run.dir={run}", cwd=tmp_path))
-    assert line.endswith("already holds a run; pass resume=true to continue it, or choose another "
-                         "hydra.run.dir"), line
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(*extra))
+    assert str(err.value) == expected
 
 
 def test_hydra_full_error_keeps_the_traceback(tmp_path: Path) -> None:
@@ -288,13 +272,18 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path: Path) -> None:
     assert proc.stderr.rstrip().endswith("ConfigError: Invalid config: model.width=-3: must be >= 1")
 
 
-# -- h: README's configuration table -----------------------------------------------------------------------
-def test_readme_names_the_precision_that_experiment_seed_sets() -> None:
-    rows = {line.split("|")[1].strip(): line for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("| `")}
+# -- h: the configuration reference (docs/, generated by docs/hooks.py) --------------------------------------
+def test_the_reference_names_the_precision_that_experiment_seed_sets() -> None:
+    spec = importlib.util.spec_from_file_location("agop_sweep_docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    reference = hooks.reference_markdown()
     preset = yaml.safe_load((ROOT / "conf" / "experiment" / "seed.yaml").read_text())
-    assert f"`trainer.precision={preset['trainer']['precision']}`" in rows["`experiment`"]
-    assert all(f"`{p.value}`" in rows["`trainer`"] for p in Precision), rows["`trainer`"]
+    experiment = reference[reference.index("### `experiment=seed`"):].split("\n## ")[0]
+    assert f"`trainer.precision={preset['trainer']['precision']}`" in experiment
+    row = next(line for line in reference.splitlines() if line.startswith("| `trainer.precision` |"))
+    assert all(f"`{p.value}`" in row for p in Precision), row
 
 
 # -- i: two sweeps into one dir ------------------------------------------------------------------------------

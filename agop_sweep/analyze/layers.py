@@ -75,7 +75,8 @@ def _top_vectors(s: Spectrum | None, k: int, d: int) -> np.ndarray:
 
 
 def layer_entry(layer: int, info: LayerInfo, cmp: LayerComparison, cfg: Any) -> dict[str, Any]:
-    """The results.json entry of one layer (README: results.json: layer, kind, shape, corr, metrics, ...)."""
+    """The results.json entry of one layer (docs/results.md: results.json: layer, kind, shape,
+    corr, metrics, ...)."""
     entry: dict[str, Any] = {
         "layer": layer,
         **info.entry(),

@@ -8,7 +8,7 @@ shape (d_out, d_out).
 Every matrix of a layer has rank at most min(d_out, d_in): W^T W and D^T D are grams of
 (d_out, d_in) factors, and the AGOP W^T K W lives in W's row space. So no (d_in, d_in) matrix
 is formed or decomposed when d_out < d_in (layer 0: 1024 x 3072): spectra come from the
-(d_out, d_out) side, and the correlations from traces of products (README: results.json).
+(d_out, d_out) side, and the correlations from traces of products (docs/results.md: results.json).
 """
 
 from __future__ import annotations

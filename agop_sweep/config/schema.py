@@ -142,12 +142,13 @@ class CheckpointNames(StrEnum):
 class OptimizerConfig:
     """What every optimizer option has: the type of ``Config.optimizer``."""
 
-    name: OptimizerName = MISSING
-    lr: float = MISSING
+    name: OptimizerName = MISSING  # the option itself (optimizer=<name>), which picks the schema
+    lr: float = MISSING  # the learning rate (each option has its own default)
 
 
 @dataclass
 class TorchOptimizerConfig(OptimizerConfig):
+    # torch's weight_decay: L2 added to the gradient (SGD, Adam), decoupled (Muon).
     weight_decay: float = 0.0
     # torch's fused kernel, one per step for all parameters (SGD, Adam, Muon's auxiliary
     # Adam); false: torch's default (a per-parameter loop on CPU, foreach on CUDA).
@@ -160,7 +161,7 @@ class SGDConfig(TorchOptimizerConfig):
 
     name: OptimizerName = OptimizerName.sgd
     lr: float = 0.1
-    momentum: float = 0.0
+    momentum: float = 0.0  # torch's momentum; 0: plain SGD
 
 
 @dataclass
@@ -169,8 +170,8 @@ class AdamConfig(TorchOptimizerConfig):
 
     name: OptimizerName = OptimizerName.adam
     lr: float = 0.001
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's (beta1, beta2)
+    eps: float = 1e-8  # added to Adam's denominator
 
 
 @dataclass
@@ -180,15 +181,15 @@ class MuonConfig(TorchOptimizerConfig):
 
     name: OptimizerName = OptimizerName.muon
     lr: float = 0.01
-    momentum: float = 0.95
-    nesterov: bool = True
-    ns_steps: int = 5
-    adjust_lr_fn: AdjustLR = AdjustLR.original
-    ns_dtype: NsDtype = NsDtype.auto
-    scope: MuonScope = MuonScope.all
-    aux_lr: float = 0.001
-    aux_eps: float = 1e-8
-    aux_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.95  # the momentum of the update that is orthogonalised
+    nesterov: bool = True  # Nesterov momentum
+    ns_steps: int = 5  # Newton-Schulz iterations per orthogonalisation
+    adjust_lr_fn: AdjustLR = AdjustLR.original  # how the lr is scaled by a weight's shape
+    ns_dtype: NsDtype = NsDtype.auto  # the dtype Newton-Schulz runs in (results.json run.ns_dtype)
+    scope: MuonScope = MuonScope.all  # which weight matrices Muon takes
+    aux_lr: float = 0.001  # scope=middle: lr of the Adam for the first and last layer
+    aux_eps: float = 1e-8  # scope=middle: that Adam's eps
+    aux_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # scope=middle: its betas
 
 
 @dataclass
@@ -197,12 +198,12 @@ class MuonSeedConfig(OptimizerConfig):
 
     name: OptimizerName = OptimizerName.muon_seed
     lr: float = 0.01
-    momentum: float = 0.6
-    nesterov: bool = True
-    ns_steps: int = 3
+    momentum: float = 0.6  # buf = momentum * buf + g
+    nesterov: bool = True  # the direction g + momentum * buf instead of buf
+    ns_steps: int = 3  # quintic Newton-Schulz iterations per update
     eps: float = 1e-7  # added to the direction's norm before Newton-Schulz
     renormalize: bool = True  # rescale every weight to Frobenius norm sqrt(d_out) before a step
-    ns_dtype: NsDtype = NsDtype.auto
+    ns_dtype: NsDtype = NsDtype.auto  # the dtype Newton-Schulz runs in (results.json run.ns_dtype)
     # Newton-Schulz under torch.compile, as the original runs it: its updates bit for bit with
     # the same torch (eager differs by 1.4-1.9 % a call); costs a compile per weight shape.
     compile: bool = False
@@ -215,7 +216,7 @@ class MuonSeedConfig(OptimizerConfig):
 class DataConfig:
     """What every dataset option has: the type of ``Config.data``."""
 
-    name: DatasetName = MISSING
+    name: DatasetName = MISSING  # the option itself (data=<name>), which picks the schema
     # default: the option's own train/val sets; seed: the original script's 80/20 split of
     # the training set (scikit-learn's train_test_split drawn from NumPy seeded 1717).
     split: DataSplit = DataSplit.default
@@ -234,7 +235,7 @@ class CommonDataConfig(DataConfig):
     val_fraction: float = 0.0
     # >0: train on a class-stratified subset of this many training samples (drawn by seed).
     n_train: int = 0
-    normalize: DataNormalize = DataNormalize.none
+    normalize: DataNormalize = DataNormalize.none  # what is done to the pixels
     seed: int = 0  # seeds the val_fraction split and the n_train subset (fixed across model seeds)
 
 
@@ -242,10 +243,10 @@ class CommonDataConfig(DataConfig):
 class DownloadedDataConfig(CommonDataConfig):
     """A dataset in torchvision's layout under root, downloaded from url when missing."""
 
-    root: str = "data"
+    root: str = "data"  # the directory that holds (or receives) the files
     verify: bool = True  # check the files' MD5s
     download: bool = True  # download missing files from url
-    url: str = MISSING
+    url: str = MISSING  # where missing files are downloaded from
 
 
 @dataclass
@@ -255,7 +256,7 @@ class SVHNConfig(DownloadedDataConfig):
     name: DatasetName = DatasetName.svhn
     root: str = "data/svhn"
     url: str = "http://ufldl.stanford.edu/housenumbers/"
-    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # (C, H, W) of an image
 
 
 @dataclass
@@ -265,7 +266,7 @@ class DigitsConfig(CommonDataConfig):
 
     name: DatasetName = DatasetName.digits
     val_fraction: float = 0.2
-    image_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    image_shape: list[int] = field(default_factory=lambda: [1, 8, 8])  # (C, H, W) of an image
 
 
 @dataclass
@@ -273,10 +274,10 @@ class SyntheticConfig(DataConfig):
     """A seeded random task: Gaussian class prototypes plus noise, squashed into [0, 1]."""
 
     name: DatasetName = DatasetName.synthetic
-    n_train: int = 2048
-    n_val: int = 512
-    n_features: int = 3072
-    n_classes: int = 10
+    n_train: int = 2048  # training samples generated
+    n_val: int = 512  # validation samples generated
+    n_features: int = 3072  # inputs per sample
+    n_classes: int = 10  # classes (one Gaussian prototype each)
     seed: int = 0  # seeds the task (fixed across model seeds)
     # (channels, height, width) of the feature images; the product is n_features.
     image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
@@ -288,7 +289,7 @@ class MNISTConfig(DownloadedDataConfig):
 
     name: DatasetName = DatasetName.mnist
     url: str = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # (C, H, W) of an image
 
 
 @dataclass
@@ -297,7 +298,7 @@ class FashionMNISTConfig(DownloadedDataConfig):
 
     name: DatasetName = DatasetName.fashion_mnist
     url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # (C, H, W) of an image
 
 
 @dataclass
@@ -306,7 +307,7 @@ class CIFAR10Config(DownloadedDataConfig):
 
     name: DatasetName = DatasetName.cifar10
     url: str = "https://www.cs.toronto.edu/~kriz/"
-    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # (C, H, W) of an image
 
 
 @dataclass
@@ -315,8 +316,8 @@ class CIFAR100Config(DownloadedDataConfig):
 
     name: DatasetName = DatasetName.cifar100
     url: str = "https://www.cs.toronto.edu/~kriz/"
-    labels: CifarLabels = CifarLabels.fine
-    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+    labels: CifarLabels = CifarLabels.fine  # which labels are the classes
+    image_shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # (C, H, W) of an image
 
 
 @dataclass
@@ -325,7 +326,7 @@ class NpzConfig(CommonDataConfig):
 
     name: DatasetName = DatasetName.npz
     path: str = "data.npz"  # the .npz file
-    layout: DataLayout = DataLayout.nchw
+    layout: DataLayout = DataLayout.nchw  # the axes' order of the file's images
     # (channels, height, width) of an input; []: the file's ((1, 1, D) for vectors).
     image_shape: list[int] = field(default_factory=list)
 
@@ -337,8 +338,8 @@ class NpzConfig(CommonDataConfig):
 class ModelConfig:
     """What every model option has: the type of ``Config.model``."""
 
-    name: ModelName = MISSING
-    act: Act = Act.relu
+    name: ModelName = MISSING  # the option itself (model=<name>), which picks the schema
+    act: Act = Act.relu  # the activation after every hidden layer
     # default: PyTorch's init of every layer; shared_middle and seed exist for the MLP only.
     init: ModelInit = ModelInit.default
 
@@ -348,8 +349,8 @@ class MLPConfig(ModelConfig):
     """Bias-free MLP: Linear(in, width), depth-1 x Linear(width, width), Linear(width, classes)."""
 
     name: ModelName = ModelName.mlp
-    width: int = 1024
-    depth: int = 5
+    width: int = 1024  # units of every hidden layer
+    depth: int = 5  # hidden layers, each analysed
 
 
 @dataclass
@@ -359,25 +360,29 @@ class CNNConfig(ModelConfig):
     ``fc`` (each followed by act), and the Linear readout. No biases anywhere."""
 
     name: ModelName = ModelName.cnn
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
-    kernel: int = 3
-    stride: int = 1
-    pool: Pool = Pool.max
-    fc: list[int] = field(default_factory=list)
-    head: Head = Head.gap
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # one conv stage each
+    kernel: int = 3  # every conv's kernel size (padding kernel // 2)
+    stride: int = 1  # every conv's stride
+    pool: Pool = Pool.max  # the pooling after each stage
+    fc: list[int] = field(default_factory=list)  # widths of hidden Linear layers after the head
+    head: Head = Head.gap  # how the last stage becomes a vector
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = MISSING
-    epochs: int = MISSING
+    """When a run trains, analyses and checkpoints (conf/schedule/: paper, short, smoke)."""
+
+    name: str = MISSING  # the schedule's name (set by its option)
+    epochs: int = MISSING  # epochs of training
     # Epochs at which the model is checkpointed and analysed; 0 = the initial weights.
     checkpoints: list[int] = MISSING
 
 
 @dataclass
 class AnalysisConfig:
-    enabled: bool = True
+    """The NFA analysis at every epoch of ``schedule.checkpoints`` (conf/analysis/: default, off)."""
+
+    enabled: bool = True  # false: train and checkpoint only (analyse later with analyze)
     # One of agop_sweep.analyze.names.METRICS, checked by validate.
     primary: str = DEFAULT_METRIC
     # Samples per chunk of the AGOP pass: bounds its extra memory independently of n.
@@ -389,25 +394,29 @@ class AnalysisConfig:
     spectra: bool = True
     # Per-run features.npz with the layer-0 diagonals and top eigenvectors.
     save_features: bool = True
-    top_eigvecs: int = 8
+    top_eigvecs: int = 8  # leading eigenvectors of the layer-0 NFM and AGOP in features.npz
 
 
 @dataclass
 class EvalConfig:
+    """The full-set loss and accuracy passes."""
+
     # True: train loss/acc of every epoch from a full pass; False: running minibatch average
     # on epochs that are not analysed (analysed epochs always get the full pass for free).
     full_train: bool = True
-    batch_size: int = 8192
+    batch_size: int = 8192  # samples per batch of the full-set evaluation passes
 
 
 @dataclass
 class TrainerConfig:
-    batch_size: int = 128
-    precision: Precision = Precision.tf32
-    compile: bool = False
-    plots: PlotMode = PlotMode.live
-    # Every checkpoint carries the optimizer's state (README: Output layout); false: only state.pt does, and a
-    # checkpoint's "optimizer" is {} (a third of an SGD checkpoint's size for Adam's).
+    """The training loop: batches, arithmetic, figures, checkpoints."""
+
+    batch_size: int = 128  # samples per training step
+    precision: Precision = Precision.tf32  # the arithmetic of the training step
+    compile: bool = False  # torch.compile the model (eager where it is unavailable)
+    plots: PlotMode = PlotMode.live  # when the run's figures are drawn
+    # Every checkpoint carries the optimizer's state (docs: results.md, Output layout); false: only
+    # state.pt does, and a checkpoint's "optimizer" is {} (a third of an SGD checkpoint's size for Adam's).
     checkpoint_optimizer: bool = True
     # File names of the checkpoints in models/ (every command reads both kinds).
     checkpoint_names: CheckpointNames = CheckpointNames.default
@@ -434,11 +443,13 @@ class LoggerConfig:
     experiment: str = ""
     # W&B project and entity ("": the account's default entity).
     wandb_project: str = "agop_sweep"
-    wandb_entity: str = ""
+    wandb_entity: str = ""  # W&B entity (team or user); "": the account's default
 
 
 @dataclass
 class Config:
+    """The app's config: the groups above, the sections eval and trainer, and these keys."""
+
     optimizer: OptimizerConfig = MISSING
     model: ModelConfig = MISSING
     schedule: ScheduleConfig = MISSING
@@ -448,13 +459,15 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # The node's type, so that the options (conf/logger/) name no schema and a list merges.
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    loss: Loss = Loss.mse
+    loss: Loss = Loss.mse  # the training loss
+    # Initial weights (drawn on the CPU, the same on every device) and batch order; in
+    # [0, 2**63 - 1].
     seed: int = 1717
     # auto | cpu | cuda | cuda:N
     device: str = "auto"
     # Torch CPU threads for this job; 0 = this machine's cores split over parallel jobs.
     threads: int = 0
-    resume: bool = False
+    resume: bool = False  # continue the run in the output dir (docs: Fault tolerance)
 
 
 # Groups whose options have schemas of their own, by option name (the node's ``name``).

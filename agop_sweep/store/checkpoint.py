@@ -49,8 +49,8 @@ _DEFAULT_RE = re.compile(r"^model_epoch_(\d+):(.+):width:(\d+):depth:(\d+):act:(
 
 def checkpoint_name(epoch: int, dataset: str, width: int, depth: int, act: str,
                     names: str = DEFAULT_NAMES) -> str:
-    """``model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth`` (README: Output layout), or with
-    ``names="portable"`` ``model_epoch_<E>-<dataset>-width<W>-depth<D>-<A>.pth``."""
+    """``model_epoch_<E>:<dataset>:width:<W>:depth:<D>:act:<A>:nn.pth`` (docs/results.md: Output
+    layout), or with ``names="portable"`` ``model_epoch_<E>-<dataset>-width<W>-depth<D>-<A>.pth``."""
     if str(names) == PORTABLE_NAMES:
         return f"model_epoch_{epoch}-{dataset}-width{width}-depth{depth}-{act}.pth"
     return f"model_epoch_{epoch}:{dataset}:width:{width}:depth:{depth}:act:{act}:nn.pth"

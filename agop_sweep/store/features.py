@@ -8,7 +8,7 @@ the matrix has fewer (``nfm_delta_eigvecs`` too when the analysis provides it);
 ``eigvals_agop_<l>``, ``eigvals_nfm_<l>``: every layer's spectrum at that epoch (descending);
 ``image_shape`` (3,): (channels, height, width) of an input.
 
-A length-d vector is an image in the (channel, row, column) order of README's Configuration section: entry
+A length-d vector is an image in the (channel, row, column) order of docs/datasets.md: entry
 ``c * H * W + r * W + k`` is pixel (r, k) of channel c; :func:`to_image` undoes the flattening.
 """
 

@@ -1,10 +1,10 @@
-"""results.json, the record of one run (schema 1, README: results.json), and its one owner.
+"""results.json, the record of one run (schema 1, docs/results.md: results.json), and its one owner.
 
 Everything that writes or reads results.json goes through :class:`RunRecord`, whose methods
 say what happened to the run (started, an epoch finished, diverged, failed at start,
 re-analysed); nothing outside reaches into the document. The document stays a plain dict so
 that keys this version does not know survive a rewrite; the TypedDicts of
-:mod:`agop_sweep.store.schema` name the keys README's results.json section fixes. Importing
+:mod:`agop_sweep.store.schema` name the keys that docs/results.md's results.json section fixes. Importing
 this module does not import torch: every reader of results.json stays light.
 """
 

@@ -1,5 +1,5 @@
-"""results.json's shape (schema 1, README: results.json): the keys it fixes as TypedDicts, the statuses,
-and the validation that every reader relies on."""
+"""results.json's shape (schema 1, docs/results.md: results.json): the keys it fixes as
+TypedDicts, the statuses, and the validation that every reader relies on."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ REANALYSES = "reanalyses"
 
 
 class Status(StrEnum):
-    """A run's state in results.json (README); ``interrupted`` is derived by aggregate, never written."""
+    """A run's state in results.json (docs/results.md); ``interrupted`` is derived by aggregate,
+    never written."""
 
     RUNNING = "running"
     COMPLETED = "completed"
@@ -176,7 +177,7 @@ def path_value(entry: Any, path: str) -> Any:
 
 
 def validate(data: Any) -> None:
-    """Raise :class:`RecordError` unless ``data`` has the shape README gives results.json."""
+    """Raise :class:`RecordError` unless ``data`` has the shape docs/results.md gives results.json."""
     if not isinstance(data, dict):
         raise RecordError("not a JSON object")
     version = data.get("schema_version")

@@ -30,7 +30,7 @@ EPOCH_KEYS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
     "val_acc": "acc/val", "seconds": "time/epoch_seconds",
 }
-# A layer entry's own numbers logged besides its ``metrics`` and effective ranks (README:
+# A layer entry's own numbers logged besides its ``metrics`` and effective ranks (docs/trackers.md:
 # Trackers); figures.style.LAYER_KEYS, what a figure can plot, also has alpha_corr.
 TRACKED_LAYER_KEYS = ("weight_change", "alpha_star")
 
