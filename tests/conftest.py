@@ -1,11 +1,15 @@
-"""Shared helpers: run the app as a subprocess, compose configs in-process, write SVHN-format
-.mat files, and serve files from a local HTTP server."""
+"""Shared helpers: run the app as a subprocess or in this process (a command that stops before
+training), the runs that many tests share (a finished tiny run, a joblib sweep), compose configs
+in-process, write SVHN-format .mat files, serve files from a local HTTP server, and report the
+CPU time of each test file (AGOP_CPU_REPORT=<path>)."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -21,9 +25,10 @@ import pytest
 import scipy.io
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from agop_sweep.config import register_configs
+from agop_sweep.config import is_run_control_key, register_configs
 
 # A run that takes seconds: synthetic 8x8 "images", a narrow net, three epochs.
 TINY = [
@@ -69,6 +74,61 @@ def run_app(*args: str, cwd: Path, patch: str = "", timeout: float = 300
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def app_here(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+             ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``app_here(*args, cwd=...)``: ``python -m agop_sweep <args>`` run by this process, with its
+    exit code, stdout and stderr as run_cli returns them: for a command that stops before it
+    trains (a refusal, a config error, a finished run resumed), without an interpreter's start.
+    What the app changes in the process (logging, Hydra's singletons, the environment, signal
+    handlers, torch's threads, the working directory) is put back after each command."""
+    import importlib.util
+    import logging
+    import signal
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    from agop_sweep.run.app import main
+
+    entry = importlib.util.find_spec("agop_sweep.__main__").origin  # argv[0] of python -m agop_sweep
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        environ, threads = dict(os.environ), torch.get_num_threads()
+        handlers_of = {s: signal.getsignal(s) for s in signals}
+        capfd.readouterr()
+        try:
+            with monkeypatch.context() as mp:
+                mp.chdir(cwd)
+                mp.setattr(sys, "argv", [entry, *args])
+                os.environ.update(HYDRA_FULL_ERROR="0")
+                try:
+                    main()
+                    code = 0
+                except SystemExit as stop:
+                    code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+        finally:
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = None  # type: ignore[assignment]
+            os.environ.clear()
+            os.environ.update(environ)
+            torch.set_num_threads(threads)
+            for sig, handler in handlers_of.items():
+                signal.signal(sig, handler)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([entry, *args], code, out, err)
+
+    return run
+
+
 def finished_tiny_run(root: Path, *extra: str) -> Path:
     """A finished TINY run in ``root/run`` (with ``extra`` overrides); tests copy it first."""
     proc = run_cli(*TINY, *extra, f"hydra.run.dir={root / 'run'}", cwd=root)
@@ -81,6 +141,75 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(run, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished TINY run for the whole session: tests that change it work on ``copy_of`` it."""
+    return finished_tiny_run(tmp_path_factory.mktemp("finished"))
+
+
+class Rendezvous(Callback):
+    """A Hydra callback for tests (``+hydra.callbacks.rendezvous``): each job, at its start,
+    leaves its pid in ``dir`` and waits until ``parties`` jobs have, then writes down the pids it
+    saw. Jobs that run at once meet whatever the machine's speed; a job that waited alone for
+    ``timeout`` seconds (its partner never came: they ran one after the other) goes on, and its
+    record shows it."""
+
+    def __init__(self, dir: str, parties: int, timeout: float = 300) -> None:
+        self.dir, self.parties, self.timeout = Path(dir), parties, timeout
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
+        arrived = self.dir / "arrived"
+        arrived.mkdir(parents=True, exist_ok=True)
+        (arrived / str(os.getpid())).touch()
+        deadline = time.monotonic() + self.timeout
+        while len(list(arrived.iterdir())) < self.parties and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = sorted(p.name for p in arrived.iterdir())
+        (self.dir / f"saw.{os.getpid()}.{config.hydra.job.num}").write_text(" ".join(seen))
+
+
+@dataclass
+class Sweep:
+    """A finished sweep: its dir, each job's results.json by job dir name, and, per job, the
+    pids of the jobs it met at its start (see Rendezvous)."""
+
+    dir: Path
+    results: dict[str, dict[str, Any]]
+    met: list[list[int]]
+
+
+# Every run-control key set on the command line, each to a value that works here (threads=0:
+# the default, the jobs' share of the cores).
+SWEEP_RUN_CONTROL = [
+    "resume=false", "device=cpu", "threads=0", "data.download=false", "data.verify=false",
+    "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=16", "analysis.chunk_size=16",
+    "trainer.checkpoint_optimizer=false", "trainer.checkpoint_names=default", "cluster=joblib", "logger=none",
+]
+
+
+@pytest.fixture(scope="session")
+def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """The one real joblib sweep of the suite: two jobs (seed=3,4) on two workers that wait for
+    each other at their start, on SVHN-format files, with every run-control key overridden."""
+    root = tmp_path_factory.mktemp("joblib_sweep")
+    svhn = make_svhn_files(root / "svhn")
+    sweep, met = root / "sweep", root / "met"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agop_sweep", "-m", "model.width=8", "model.depth=2", "schedule=smoke",
+         "seed=3,4", *SWEEP_RUN_CONTROL, f"data.root={svhn.root}", "hydra.launcher.n_jobs=2",
+         f"hydra.sweep.dir={sweep}", "+hydra.callbacks.rendezvous._target_=conftest.Rendezvous",
+         f"+hydra.callbacks.rendezvous.dir={met}", "+hydra.callbacks.rendezvous.parties=2"],
+        cwd=root, env={**app_env(), "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    seen = [sorted(int(pid) for pid in p.read_text().split()) for p in sorted(met.glob("saw.*"))]
+    return Sweep(sweep, results, seen)
 
 
 def run_cli_many(
@@ -105,6 +234,16 @@ def strip_timing(obj: Any) -> Any:
     if isinstance(obj, list):
         return [strip_timing(v) for v in obj]
     return obj
+
+
+def numbers(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json without its timings and without the run-control keys of its config, at any
+    depth (``trainer.plots``): what a resumed or restarted run shares with an uninterrupted one."""
+    def experiment(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        return {k: experiment(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+                for k, v in section.items() if not is_run_control_key(prefix + k)}
+
+    return strip_timing({**results, "config": experiment(results["config"])})
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -134,6 +273,22 @@ def compose_config() -> Iterator[Callable[..., DictConfig]]:
     """``compose_config(*overrides, return_hydra_config=False)``: the app's config, composed."""
     with composing() as make:
         yield make
+
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the figures that agop_sweep.aggregate saves, which it builds and this leaves
+    unwritten (tests/test_aggregate.py checks the files)."""
+    from agop_sweep.aggregate import command
+
+    names: list[str] = []
+
+    def save(fig: Any, stem: Path, *args: Any, **kwargs: Any) -> list[Path]:
+        names.append(stem.name)
+        return []
+
+    monkeypatch.setattr(command, "save_figure", save)
+    return names
 
 
 # -- SVHN-format files ----------------------------------------------------------------------
@@ -285,3 +440,55 @@ def one_line_message(err: pytest.ExceptionInfo[BaseException]) -> str:
 def leftovers(directory: Path) -> list[str]:
     """The names in ``directory`` (none when it does not exist)."""
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+# -- CPU cost per test file (opt-in: AGOP_CPU_REPORT=<path>) ------------------------------------
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_CPU_BY_TEST: dict[str, float] = {}
+_CPU_AT_START: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CPU_AT_START.append(_cpu_seconds())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Charge each test's setup, call and teardown (its fixtures' too) to the test."""
+    if not os.environ.get("AGOP_CPU_REPORT"):
+        yield
+        return
+    before = _cpu_seconds()
+    yield
+    _CPU_BY_TEST[item.nodeid] = _CPU_BY_TEST.get(item.nodeid, 0.0) + _cpu_seconds() - before
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the CPU seconds per test file, then the 40 dearest tests, to $AGOP_CPU_REPORT."""
+    path = os.environ.get("AGOP_CPU_REPORT")
+    if not path or not _CPU_AT_START:
+        return
+    total = _cpu_seconds() - _CPU_AT_START[0]
+    by_file: dict[str, list[float]] = {}
+    for nodeid, cpu in _CPU_BY_TEST.items():
+        entry = by_file.setdefault(nodeid.split("::", 1)[0], [0.0, 0])
+        entry[0] += cpu
+        entry[1] += 1
+    lines = [f"{'file':<44} {'tests':>5} {'cpu_s':>8} {'share':>6}"]
+    for name, (cpu, n) in sorted(by_file.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{name:<44} {n:>5} {cpu:>8.1f} {100 * cpu / total:>5.1f}%")
+    outside = total - sum(_CPU_BY_TEST.values())
+    name = "(outside tests: collection)"
+    lines.append(f"{name:<44} {'':>5} {outside:>8.1f} {100 * outside / total:>5.1f}%")
+    lines.append(f"{'total':<44} {len(_CPU_BY_TEST):>5} {total:>8.1f}")
+    lines += ["", f"{'test (setup, call and teardown)':<100} {'cpu_s':>8}"]
+    for nodeid, cpu in sorted(_CPU_BY_TEST.items(), key=lambda kv: -kv[1])[:40]:
+        lines.append(f"{nodeid:<100} {cpu:>8.1f}")
+    Path(path).write_text("\n".join(lines) + "\n")

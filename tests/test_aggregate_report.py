@@ -28,7 +28,7 @@ from test_aggregate_groups import write_issue_sweep
 from agop_sweep.aggregate import aggregate, discover, tables
 from agop_sweep.aggregate.discover import hydra_quote
 from agop_sweep.aggregate.lr_search import chance_loss, lr_search_figure, searches
-from agop_sweep.figures.style import ANSATZ_GID, edge
+from agop_sweep.figures.style import ANSATZ_GID, edge, save_figure
 from agop_sweep.store.record import RunRecord
 
 
@@ -306,10 +306,10 @@ def test_alignment_figure_fits_a_screen(tmp_path: Path) -> None:
     sweep = tmp_path / "s"
     for opt in ("sgd", "adam"):
         write_fake_run(sweep / f"optimizer={opt}", opt, 1, [f"optimizer={opt}"], depth=5, new_keys=True)
-    aggregate([sweep])
-    width, height = Image.open(sweep / "alignment.png").size
-    assert 1100 <= width <= 1400 and height <= 1700
     fig = _figures(sweep, "delta_cos_agop")["alignment"]
+    (png,) = save_figure(fig, tmp_path / "alignment", ("png",))  # as aggregate writes it
+    width, height = Image.open(png).size
+    assert 1100 <= width <= 1400 and height <= 1700
     assert [ax.get_title() for ax in fig.axes[:3]] == ["layer 0: alpha*", "layer 0: corr at alpha*",
                                                        "layer 0: ||W - W0|| / ||W0||"]
     assert len(fig.axes) == 15

@@ -10,13 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, copy_of, error_lines, finished_tiny_run, run_cli
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny finished run (checkpoints at every epoch of the smoke schedule); copy before changing."""
-    return finished_tiny_run(tmp_path_factory.mktemp("analyze"), "optimizer=adam")
+from conftest import copy_of, error_lines, run_cli, tiny
 
 
 def _analyze(run_dir: Path, *overrides: str):
@@ -24,11 +18,14 @@ def _analyze(run_dir: Path, *overrides: str):
 
 
 def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: Path, tmp_path: Path) -> None:
+    """Through the command line, figures included; matplotlib's per-font INFO lines stay out of
+    its output."""
     run_dir = copy_of(finished_run, tmp_path)
     before = json.loads((run_dir / "results.json").read_text())
     (run_dir / "features.npz").unlink()
     proc = _analyze(run_dir, "analysis.primary=raw_cos_sqrt")
     assert proc.returncode == 0, proc.stderr
+    assert "fontTools" not in proc.stdout + proc.stderr
     after = json.loads((run_dir / "results.json").read_text())
     assert after["config"]["analysis"]["primary"] == "raw_cos_sqrt"
     assert after["epochs"] == before["epochs"]  # training history untouched
@@ -43,7 +40,8 @@ def test_reanalysis_with_another_primary_reproduces_every_metric(finished_run: P
     assert (run_dir / "plots" / "training_analysis.png").exists()
 
 
-def test_runs_saved_by_earlier_versions_can_be_reanalysed(finished_run: Path, tmp_path: Path) -> None:
+def test_runs_saved_by_earlier_versions_can_be_reanalysed(finished_run: Path, tmp_path: Path,
+                                                          no_figures: None) -> None:
     """Configs from before trainer.plots and optimizer.fused: trainer.live_plots, no fused."""
     run_dir = copy_of(finished_run, tmp_path)
     path = run_dir / ".hydra" / "config.yaml"
@@ -51,12 +49,11 @@ def test_runs_saved_by_earlier_versions_can_be_reanalysed(finished_run: Path, tm
     cfg["trainer"]["live_plots"] = cfg["trainer"].pop("plots") == "live"
     del cfg["optimizer"]["fused"]
     path.write_text(yaml.safe_dump(cfg))
-    proc = _analyze(run_dir)
-    assert proc.returncode == 0, proc.stderr
+    assert _main(str(run_dir)) == 0
     assert len(json.loads((run_dir / "results.json").read_text())["analysis"]) == 4
 
 
-def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path: Path) -> None:
+def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path: Path, capsys) -> None:
     proc = _analyze(tmp_path)
     assert proc.returncode == 1
     (line,) = error_lines(proc.stderr)
@@ -64,25 +61,24 @@ def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path
                            f"({tmp_path / '.hydra' / 'config.yaml'} is missing) and holds no runs")
     run_dir = copy_of(finished_run, tmp_path)
     shutil.rmtree(run_dir / "models")
-    proc = _analyze(run_dir)
-    assert proc.returncode == 1
-    assert error_lines(proc.stderr) == [
+    capsys.readouterr()
+    assert _main(str(run_dir)) == 1
+    assert capsys.readouterr().err.splitlines() == [
         f"agop-analyze: error: {run_dir / 'models'} holds no model_epoch_*.pth checkpoints"]
 
 
-def test_analyze_after_analysis_off_records_it_enabled_and_stays_quiet(tmp_path: Path) -> None:
+def test_analyze_after_analysis_off_records_it_enabled(tmp_path: Path, no_figures: None) -> None:
     """A run trained with analysis=off, analyzed later: results.json then says the analysis
-    ran (enabled: true), and matplotlib's per-font INFO lines stay out of the output."""
-    proc = run_cli(*TINY, "analysis=off", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    ran (enabled: true)."""
+    proc = run_cli(*tiny("analysis=off", "trainer.plots=off"), f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     before = json.loads((tmp_path / "run" / "results.json").read_text())
     assert before["analysis"] == [] and before["config"]["analysis"]["enabled"] is False
-    proc = _analyze(tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr
+    assert _main(str(tmp_path / "run")) == 0
     after = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [a["epoch"] for a in after["analysis"]] == [0, 1, 2, 3]
     assert after["config"]["analysis"]["enabled"] is True
-    assert "fontTools" not in proc.stdout + proc.stderr
 
 
 # -- issue 23: nothing earlier is lost, every re-analysis is recorded, sweeps, both name kinds ------

@@ -258,7 +258,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(trainer_run) -> None:
 
 SWEEP_ARGS = [
     "data=synthetic", "schedule=smoke", "model.width=64", "data.n_train=512", "data.n_val=128",
-    "data.n_features=48", "data.image_shape=[3,4,4]", "trainer.plots=end",
+    "data.n_features=48", "data.image_shape=[3,4,4]", "trainer.plots=off",
 ]
 
 
@@ -293,11 +293,14 @@ def test_sweep_job_writes_what_the_spec_names(sweep: dict[str, Path], optimizer:
     assert res["config"]["optimizer"]["name"] == optimizer
     log = (job / "agop_sweep.log").read_text()
     assert "Epoch 3/3" in log
-    for ext in ("png", "pdf"):
-        figure = job / "plots" / f"training_analysis.{ext}"
-        assert figure.exists(), figure  # trainer.plots=end: both formats, once, at the end
-        head = figure.read_bytes()[:8]
-        assert head.startswith(b"\x89PNG" if ext == "png" else b"%PDF"), figure
+    assert not (job / "plots").exists()  # trainer.plots=off
+
+
+def test_a_run_draws_its_figures_at_the_end(finished_run: Path) -> None:
+    """trainer.plots=end (conftest's TINY run): both figures in both formats."""
+    for stem in ("training_analysis", "features"):
+        for ext, head in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+            assert (finished_run / "plots" / f"{stem}.{ext}").read_bytes().startswith(head), (stem, ext)
 
 
 def test_sweep_optimizers_differ(sweep: dict[str, Path]) -> None:

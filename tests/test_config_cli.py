@@ -33,6 +33,7 @@ def test_a_wrong_value_is_one_line_and_a_failed_record(startup) -> None:
     root, procs = startup
     line = one_line_error(procs["value"])
     assert line.startswith("Invalid config: optimizer.lr=0"), line
+    assert procs["value"].stderr == line + "\n"  # no frame of Hydra's around it
     # Nothing ran: at most the record of a job that failed at its start, with that line.
     results = root / "value" / "results.json"
     if results.exists():

@@ -16,10 +16,11 @@ import torch
 from conftest import run_cli
 
 from agop_sweep.analyze import eigen
-from agop_sweep.analyze.layers import _layer_entry
+from agop_sweep.analyze.layers import layer_entry
 from agop_sweep.analyze.names import METRICS
 from agop_sweep.analyze.nfa import compare_layer
 from agop_sweep.config import AnalysisConfig
+from agop_sweep.model.mlp import LayerInfo
 
 
 def _layer(d_out: int, d_in: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +57,7 @@ def test_non_finite_inputs_leave_the_layer_null_with_the_reason(where: str) -> N
     cmp = compare_layer(w, w0, k)
     assert cmp.error == f"non-finite values in {where}"
     assert all(v is None for v in _numbers(cmp)) and cmp.spectra == {}
-    entry = _layer_entry(0, w, cmp, AnalysisConfig())
+    entry = layer_entry(0, LayerInfo("linear", tuple(w.shape)), cmp, AnalysisConfig())
     assert entry["error"] == cmp.error and entry["corr"] is None
     assert entry["spectra"]["agop"] is None
     assert entry["spectra"]["top_eigvec_cos"] == {"raw": None, "delta": None}

@@ -44,7 +44,7 @@ TINY = [
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
     "trainer.plots=off", "device=cpu", "threads=1",
 ]
-N_TRIALS = 3
+N_TRIALS = 2
 
 
 def search_cmd(sweep: Path, *extra: str, preset: str = "sgd", n_trials: int = N_TRIALS) -> list[str]:
@@ -94,12 +94,17 @@ def test_same_command_twice_extends_the_study(extended: Path) -> None:
         assert r.analysis == [] and r.config["analysis"]["enabled"] is False
         assert r.config["schedule"]["checkpoints"] == [3]
         assert sorted(p.name.split(":")[0] for p in (d / "models").iterdir()) == ["model_epoch_3"]
+    # A trial's value is its run's final val loss, the objective the app returns.
+    values = {t.lr: t.value for t in trials}
+    assert all(values[r.run["lr"]] == pytest.approx(r.last_epoch()["val_loss"]) for r in records)
     # The summary covers the whole study, and its best is the best trial.
     results = yaml.safe_load((extended / "optimization_results.yaml").read_text())
     best = min(trials, key=lambda t: t.value)
     assert results["best_params"] == {"optimizer.lr": best.lr}
+    assert results["best_value"] == pytest.approx(best.value)
     assert results["all_diverged"] is False
-    assert results["trials"] == {"total": 6, "complete": 6, "diverged": 0, "failed": 0, "distinct_lrs": 6}
+    n = 2 * N_TRIALS
+    assert results["trials"] == {"total": n, "complete": n, "diverged": 0, "failed": 0, "distinct_lrs": n}
 
 
 def test_report_lists_the_best_lr(extended: Path, tmp_path: Path) -> None:
@@ -113,7 +118,8 @@ def test_report_lists_the_best_lr(extended: Path, tmp_path: Path) -> None:
     best = min(trials, key=lambda t: t.value)
     assert "## Learning-rate search" in report
     if best.value < 0.09:  # a trial beats chance (MSE of a constant prediction over 10 classes)
-        assert f"| sgd | 6 | 6 | 0 | 0 | **{best.lr:.4g}** | {best.value:.4g} | 0.09 |" in report
+        n = 2 * N_TRIALS
+        assert f"| sgd | {n} | {n} | 0 | 0 | **{best.lr:.4g}** | {best.value:.4g} | 0.09 |" in report
     else:  # a smoke search may not: no best lr is bolded, the lowest is named
         assert (f"none: no trial beats chance (lowest at {best.lr:.4g}) | {best.value:.4g} | 0.09 |"
                 in report)
@@ -165,7 +171,7 @@ def test_best_lr_per_optimizer(extended: Path, tmp_path: Path) -> None:
     aggregate([extended, sweep], tmp_path / "agg")
     report = (tmp_path / "agg" / "report.md").read_text()
     section = report.split("## Learning-rate search")[1].split("Trials by lr")[0]
-    for name, n in (("adam", 2), ("sgd", 6)):  # a best lr, or none where no trial beats chance
+    for name, n in (("adam", 2), ("sgd", 2 * N_TRIALS)):  # a best lr, or none where no trial beats chance
         prefix = f"| {name} | {n} | {n} | 0 | 0 |"
         row = next(line for line in section.splitlines() if line.startswith(prefix))
         assert "**" in row or "no trial beats chance" in row
@@ -177,6 +183,8 @@ def test_presets_skip_the_analysis_and_early_checkpoints(compose_config, preset:
     for schedule, epochs in (("smoke", 3), ("short", 20), ("paper", 100)):
         cfg = compose_config(f"hparams_search={preset}", f"schedule={schedule}", return_hydra_config=True)
         assert cfg.optimizer.name == preset
+        low, high = (float(v) for v in re.findall(r"\d[\d.e-]*", cfg.hydra.sweeper.params["optimizer.lr"]))
+        assert low < cfg.optimizer.lr < high  # the space lies around the optimizer's default lr
         assert cfg.analysis.enabled is False
         assert list(cfg.schedule.checkpoints) == [epochs]
         assert cfg.hydra.sweeper.sampler._target_ == "agop_sweep.run.search.ExtendingTPESampler"
@@ -295,7 +303,7 @@ def _fake_search(root: Path, optimizer: str, trials: dict[float, float | None]) 
         (run_dir / "results.json").write_text(json.dumps(data))
 
 
-def test_report_of_mixed_searches(tmp_path: Path) -> None:
+def test_report_of_mixed_searches(tmp_path: Path, saved_figures: list[str]) -> None:
     _fake_search(tmp_path, "sgd", {1e5: None, 3e5: None})
     _fake_search(tmp_path, "adam", {0.001: 0.09, 0.003: 0.07, 0.01: 0.08, 10.0: None})
     aggregate([tmp_path], figures=True)
@@ -305,10 +313,11 @@ def test_report_of_mixed_searches(tmp_path: Path) -> None:
     assert "| sgd | 2 | 0 | 2 | 0 | none: all diverged |  |" in section
     assert "| adam | 4 | 3 | 1 | 0 | **0.003** | 0.07 |" in section
     assert "| adam | 10 | diverged | inf |" in section and "| adam | 0.01 | completed | 0.08 |" in section
-    assert (tmp_path / "lr_search.png").exists() and "(lr_search.png)" in section
-    # Runs that no search launched get no such section.
+    assert "lr_search" in saved_figures and "(lr_search.png)" in section
+    # Runs that no search launched get no such section, nor its figure.
     other = tmp_path / "plain"
     write_fake_run(other / "optimizer=sgd", "sgd", 1, ["optimizer=sgd"])
+    saved_figures.clear()
     aggregate([other])
     assert "Learning-rate search" not in (other / "report.md").read_text()
-    assert not (other / "lr_search.png").exists()
+    assert saved_figures and "lr_search" not in saved_figures

@@ -278,10 +278,9 @@ def test_save_run_figures_writes_valid_files(tmp_path: Path) -> None:
 
 def test_save_run_figures_reads_features_npz_and_skips_without(tmp_path: Path) -> None:
     res = fake_results(depth=2, checkpoints=[0, 1, 2, 3], epochs=3)
-    assert sorted(p.name for p in save_run_figures(res, tmp_path)) == [
-        "training_analysis.pdf", "training_analysis.png"]
+    assert [p.name for p in save_run_figures(res, tmp_path, formats=("png",))] == ["training_analysis.png"]
     np.savez(tmp_path / "features.npz", **fake_features([0, 1, 2, 3], (1, 8, 8), n_layers=2))
-    assert "features.png" in [p.name for p in save_run_figures(res, tmp_path)]
+    assert "features.png" in [p.name for p in save_run_figures(res, tmp_path, formats=("png",))]
 
 
 def test_figures_cli_redraws_a_run(tmp_path: Path, capsys) -> None:

@@ -15,7 +15,8 @@ from agop_sweep.store import state as resume
 RUN_CONTROL_OVERRIDES = [
     "resume=true", "device=cpu", "threads=1", "data.root=/elsewhere", "data.download=false",
     "data.verify=false", "data.url=http://127.0.0.1:9/", "trainer.plots=off", "eval.batch_size=64",
-    "analysis.chunk_size=16", "analysis.conv_chunk_size=8", "trainer.checkpoint_optimizer=false", "trainer.checkpoint_names=portable",
+    "analysis.chunk_size=16", "analysis.conv_chunk_size=8", "trainer.checkpoint_optimizer=false",
+    "trainer.checkpoint_names=portable",
 ]
 
 

@@ -58,12 +58,13 @@ def no_real_slurm() -> None:
         pytest.skip("a real SLURM is on PATH: these tests fake its commands")
 
 
-def submit(tmp_path: Path, bin_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agop_sweep", "-m", "cluster=slurm", *TINY, *extra,
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, env={**app_env(), "PATH": path_with(bin_dir)}, capture_output=True, text=True,
-        timeout=120)
+def submit(tmp_path: Path, bin_dir: Path, app_here, monkeypatch: pytest.MonkeyPatch, *extra: str
+           ) -> subprocess.CompletedProcess[str]:
+    """The sweep submitted with ``bin_dir``'s fake commands first on PATH (the app in this process:
+    each of these stops at the submission)."""
+    monkeypatch.setenv("PATH", path_with(bin_dir))
+    return app_here("-m", "cluster=slurm", *TINY, *extra, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    cwd=tmp_path)
 
 
 # SLURM 22.05's own messages (slurm_strerror, and sbatch's line before it).
@@ -92,21 +93,23 @@ SUBMISSION_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(SUBMISSION_ERRORS))
-def test_sbatch_errors_are_one_line_naming_the_fix(tmp_path: Path, case: str) -> None:
+def test_sbatch_errors_are_one_line_naming_the_fix(tmp_path: Path, case: str, app_here,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     no_real_slurm()
     stderr, extra, fix = SUBMISSION_ERRORS[case]
     bin_dir = fake_commands(tmp_path / "bin", srun=("", 0), sbatch=(stderr, 1))
-    line = one_line_error(submit(tmp_path, bin_dir, *extra))
+    line = one_line_error(submit(tmp_path, bin_dir, app_here, monkeypatch, *extra))
     reason = stderr.splitlines()[-1].split("error: ")[-1].removeprefix("Batch job submission failed: ")
     assert line.startswith(f"sbatch refused the sweep: {reason}: "), line
     assert fix in line, line
 
 
 @pytest.mark.parametrize("present", ["srun", "sbatch"])
-def test_missing_slurm_commands_are_one_line(tmp_path: Path, present: str) -> None:
+def test_missing_slurm_commands_are_one_line(tmp_path: Path, present: str, app_here,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     no_real_slurm()
     bin_dir = fake_commands(tmp_path / "bin", **{present: ("Submitted batch job 1", 0)})
-    line = one_line_error(submit(tmp_path, bin_dir))
+    line = one_line_error(submit(tmp_path, bin_dir, app_here, monkeypatch))
     missing = {"srun": "sbatch", "sbatch": "srun"}[present]
     assert line.startswith(f"cluster=slurm submits with SLURM's sbatch and srun, and {missing} is not on "
                            "PATH"), line
@@ -193,8 +196,11 @@ AT_STEP = 8 + 3
 PREEMPTION = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
 
-def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = ()
+def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = (), cluster: str | None = "local"
                 ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """A sweep of ``jobs`` seeds on one thread each, through submitit's LocalExecutor (or
+    ``cluster=None``: one job after another in the sweep's own process), the ``signals`` raised
+    in its jobs by number."""
     site = root / "site"
     site.mkdir(parents=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("AT_STEP", str(AT_STEP)))
@@ -205,8 +211,9 @@ def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = ()
         env["AGOP_TEST_SIGNALS"] = ",".join(signals)
     sweep = root / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "agop_sweep", "-m", "cluster=local", *TINY, *BATCHES, "trainer.plots=off",
-         f"seed={','.join(str(s) for s in range(1, 1 + jobs))}", f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-m", "agop_sweep", "-m", *([f"cluster={cluster}"] if cluster else []), *TINY,
+         *BATCHES, "trainer.plots=off", "threads=1", f"seed={','.join(str(s) for s in range(1, 1 + jobs))}",
+         f"hydra.sweep.dir={sweep}"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     return proc, sweep
 
@@ -219,8 +226,9 @@ def comparable(run_dir: Path) -> dict[str, Any]:
 
 def test_every_preemption_signal_requeues_and_resumes_identically(tmp_path: Path) -> None:
     """TERM, USR1 and USR2 each stop a job mid-epoch; submitit requeues it and the requeued job
-    resumes to the results of an uninterrupted sweep. Before, TERM and USR1 ended the job."""
-    reference, ref_sweep = local_sweep(tmp_path / "reference", len(PREEMPTION))
+    resumes to the results of an uninterrupted sweep (the same jobs run one after another).
+    Before, TERM and USR1 ended the job."""
+    reference, ref_sweep = local_sweep(tmp_path / "reference", len(PREEMPTION), cluster=None)
     assert reference.returncode == 0, reference.stderr[-3000:]
     proc, sweep = local_sweep(tmp_path / "signalled", len(PREEMPTION), PREEMPTION)
     assert proc.returncode == 0, proc.stderr[-3000:]

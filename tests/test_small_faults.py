@@ -1,4 +1,5 @@
-"""The smaller points of issue 22: each a wrong message or a silent oddity, reproduced.
+"""The smaller points of issue 22: each a wrong message or a silent oddity, reproduced (commands
+that stop before training run in this process: conftest.app_here).
 
 - a full disk during ``analyze`` advises running the analysis again, not ``resume=true``;
 - a truncated state.pt's advice ("delete it, resume again") works, for an unfinished and a
@@ -126,11 +127,11 @@ def _truncate(path: Path) -> None:
 
 
 def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupted: Path, finished_run: Path,
-                                                                       tmp_path: Path) -> None:
+                                                                       tmp_path: Path, app_here) -> None:
     run = copy_of(interrupted, tmp_path)
     _truncate(run / "state.pt")
     before = tree_digest(run)
-    line = only_line(run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path))
+    line = only_line(app_here(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path))
     assert line.startswith(f"{run}/state.pt cannot be read (")
     assert "delete it and run the same command with resume=true again" in line
     assert tree_digest(run) == before  # a refusal writes nothing
@@ -143,14 +144,14 @@ def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupt
 
 
 def test_a_truncated_state_pt_of_a_finished_run_is_left_as_advised(finished_run: Path,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path, app_here) -> None:
     run = copy_of(finished_run, tmp_path)
     _truncate(run / "state.pt")
-    line = only_line(run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path))
+    line = only_line(app_here(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path))
     assert "a finished one stays as it is" in line
     (run / "state.pt").unlink()
     before = tree_digest(run)
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    proc = app_here(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already completed; nothing to do" in proc.stdout + proc.stderr
     assert tree_digest(run) == before
@@ -176,20 +177,21 @@ def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Pat
 
 # -- d: a run dir inside another run's ---------------------------------------------------------------
 @pytest.mark.parametrize("where", ["inner", "models/inner", ".hydra/x/y"])
-def test_a_run_dir_inside_another_runs_is_refused(where: str, finished_run: Path, tmp_path: Path) -> None:
+def test_a_run_dir_inside_another_runs_is_refused(where: str, finished_run: Path, tmp_path: Path,
+                                                  app_here) -> None:
     run = copy_of(finished_run, tmp_path)
     before = tree_digest(run)
-    line = only_line(run_cli(*TINY, f"hydra.run.dir={run / where}", cwd=tmp_path))
+    line = only_line(app_here(*TINY, f"hydra.run.dir={run / where}", cwd=tmp_path))
     assert line == (f"The run directory {run / where} lies inside the run directory {run}, whose files it "
                     "would mix with; choose a hydra.run.dir outside any run's directory")
     assert tree_digest(run) == before
 
 
-def test_a_sweep_dir_in_a_run_dir_is_refused(finished_run: Path, tmp_path: Path) -> None:
+def test_a_sweep_dir_in_a_run_dir_is_refused(finished_run: Path, tmp_path: Path, app_here) -> None:
     run = copy_of(finished_run, tmp_path)
     before = tree_digest(run)
     for sweep, where in ((run, "holds a run"), (run / "sweep", f"lies inside the run directory {run}")):
-        line = only_line(run_cli("-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+        line = only_line(app_here("-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
         assert line.startswith(f"The sweep directory {sweep} {where}, whose files it would mix with"), line
     assert tree_digest(run) == before
 
@@ -287,7 +289,7 @@ def test_the_reference_names_the_precision_that_experiment_seed_sets() -> None:
 
 
 # -- i: two sweeps into one dir ------------------------------------------------------------------------------
-def test_a_second_sweep_into_a_sweep_dir_is_refused_unless_it_continues(tmp_path: Path) -> None:
+def test_a_second_sweep_into_a_sweep_dir_is_refused_unless_it_continues(tmp_path: Path, app_here) -> None:
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("trainer.plots=")]
     base = ["-m", *tiny, "trainer.plots=off", f"hydra.sweep.dir={sweep}"]
@@ -296,18 +298,18 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_unless_it_continues(tmp_path
     multirun = (sweep / "multirun.yaml").read_bytes()
     before = tree_digest(sweep)
 
-    line = only_line(run_cli(*base, "seed=2", cwd=tmp_path))
+    line = only_line(app_here(*base, "seed=2", cwd=tmp_path))
     assert line.startswith(f"{sweep} already holds a sweep (") and "seed=1" in line
     assert line.endswith("continue it with the same overrides and resume=true, or choose another "
                          "hydra.sweep.dir"), line
-    line = only_line(run_cli(*base, "seed=1", cwd=tmp_path))  # the same sweep, but no resume=true
+    line = only_line(app_here(*base, "seed=1", cwd=tmp_path))  # the same sweep, but no resume=true
     assert "already holds a sweep" in line
-    line = only_line(run_cli(*base, "seed=2", "resume=true", cwd=tmp_path))
+    line = only_line(app_here(*base, "seed=2", "resume=true", cwd=tmp_path))
     assert line.startswith(f"resume=true but {sweep} holds another sweep (") and "differs in seed" in line
     assert tree_digest(sweep) == before and (sweep / "multirun.yaml").read_bytes() == multirun
 
     # The same sweep continued, with a run-control key changed: it runs (nothing left to do).
-    again = run_cli(*base, "seed=1", "resume=true", "threads=1", cwd=tmp_path)
+    again = app_here(*base, "seed=1", "resume=true", "threads=1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to do" in again.stdout + again.stderr
     assert yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"][-3:] == [

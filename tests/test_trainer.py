@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from aggregate_fakes import end_as
-from conftest import composing, strip_timing
+from conftest import composing, strip_timing, tiny
 from omegaconf import DictConfig, open_dict
 
 from agop_sweep.config import to_container, upgrade_saved_config
@@ -23,17 +23,12 @@ from agop_sweep.store.record import RunRecord
 from agop_sweep.store.rundir import claim
 from agop_sweep.store.state import check_same_experiment, config_differences
 
-TINY = [
-    "data=synthetic", "data.n_train=512", "data.n_val=64", "data.n_features=64",
-    "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
-    "trainer.plots=end",
-]
-
 
 @pytest.fixture
 def make_cfg() -> Iterator:
+    """``make_cfg(*overrides)``: conftest's TINY config without figures (test_plot_modes sets them)."""
     with composing() as compose:
-        yield lambda *overrides: compose(*TINY, *overrides)
+        yield lambda *overrides: compose(*tiny("trainer.plots=off"), *overrides)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -99,13 +94,13 @@ def test_signal_mid_epoch_saves_progress_and_resumes_exactly(make_cfg, tmp_path:
     reference = run(make_cfg("trainer.batch_size=16"), tmp_path / "ref")
     handler_before = signal.getsignal(signal.SIGUSR1)
 
-    # Raise SIGUSR1 from inside the 5th optimizer step of epoch 2.
+    # Raise SIGUSR1 from inside the 5th optimizer step of epoch 2 (16 steps an epoch).
     calls = {"n": 0}
     original_step = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 32 + 5:
+        if calls["n"] == 16 + 5:
             signal.raise_signal(signal.SIGUSR1)
         return original_step(self, *args, **kwargs)
 
