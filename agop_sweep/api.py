@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from agop_sweep.analyze.agop import KernelPass, Scores, chunk_starts, jacobian_kernels
-from agop_sweep.analyze.conv import conv_kernels
+from agop_sweep.analyze.agop import KernelPass, chunk_starts, jacobian_kernels
+from agop_sweep.analyze.conv import conv_kernels, float64_gram
 from agop_sweep.analyze.layers import exact_matmuls, layer_entry
 from agop_sweep.analyze.names import DEFAULT_METRIC
 from agop_sweep.analyze.nfa import agop_from_kernel, compare_layer
@@ -133,8 +133,8 @@ def _batched_grads(logits: torch.Tensor, zs: list[torch.Tensor]) -> Sequence[tor
         return [torch.stack([g[i] for g in per_output]) for i in range(len(zs))]
 
 
-def _sequential_kernels(leaves: list[tuple[str, nn.Module]], x: torch.Tensor, y: torch.Tensor | None,
-                        loss: str, chunk_size: int) -> tuple[KernelPass, list[LayerInfo]]:
+def _sequential_kernels(leaves: list[tuple[str, nn.Module]], x: torch.Tensor,
+                        chunk_size: int) -> tuple[KernelPass, list[LayerInfo]]:
     """K of every hidden Linear and Conv2d of a user's sequence (all but the last weight layer):
     one forward and one batched backward with the c output cotangents per chunk."""
     weighted = [i for i, (_, m) in enumerate(leaves) if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -143,7 +143,6 @@ def _sequential_kernels(leaves: list[tuple[str, nn.Module]], x: torch.Tensor, y:
     dtype = leaves[weighted[0]][1].weight.dtype
     acc: list[torch.Tensor] = []
     infos: list[LayerInfo] = []
-    scores = Scores(y, loss)
     for start in chunk_starts(n, chunk_size, progress=False):
         h = x[start : start + chunk_size].to(dtype).requires_grad_(True)
         zs = []
@@ -155,19 +154,17 @@ def _sequential_kernels(leaves: list[tuple[str, nn.Module]], x: torch.Tensor, y:
             logits = h
         grads = _batched_grads(logits, zs)
         for j, g in enumerate(grads):  # g: (c, b, C_out, H, W) or (c, b, d_out)
-            g = g.movedim(2, -1) if g.dim() > 3 else g
-            g = g.reshape(-1, g.shape[-1]).double()
+            gram = float64_gram(g.movedim(2, -1) if g.dim() > 3 else g)
             if start == 0:
-                acc.append(torch.zeros(g.shape[1], g.shape[1], dtype=torch.float64, device=g.device))
-            acc[j] += g.T @ g
-        scores.add(start, logits.detach())
+                acc.append(torch.zeros_like(gram))
+            acc[j] += gram
         if start == 0:
             for i, z in zip(sorted(hidden), zs, strict=True):
                 m = leaves[i][1]
                 shape = tuple(_weight_matrix(m).shape)
                 infos.append(LayerInfo("conv", shape, int(z.shape[2] * z.shape[3]))  # type: ignore[arg-type]
                              if isinstance(m, nn.Conv2d) else LayerInfo("linear", shape))  # type: ignore[arg-type]
-    return scores.result([a / n for a in acc], n), infos
+    return KernelPass([a / n for a in acc], float("nan"), float("nan"), n), infos  # no labels: no loss
 
 
 # -- the API ---------------------------------------------------------------------------------------
@@ -181,10 +178,8 @@ def _kernels(model: nn.Module, x: torch.Tensor, chunk_size: int
         kp = jacobian_kernels(_hidden(model), model.last.weight.detach(), model.act, model.act_grad,
                               x.flatten(1) if x.dim() > 2 else x, chunk_size=chunk_size)
         return kp, _hidden(model), model.layer_infos()
-    leaves = _sequence(model)
-    kp, infos = _sequential_kernels(leaves, x, None, "mse", chunk_size)
-    weights = [_weight_matrix(m) for _, m in leaves if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
-    return kp, weights, infos
+    kp, infos = _sequential_kernels(_sequence(model), x, chunk_size)
+    return kp, _kernels_weights(model), infos
 
 
 def _hidden(model: MLP | CNN) -> list[torch.Tensor]:

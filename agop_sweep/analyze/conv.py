@@ -66,7 +66,7 @@ def _forward(model: CNN, x: torch.Tensor
     return model.last(h), stages, fc_grads, head_shape
 
 
-def _gram(g: torch.Tensor) -> torch.Tensor:
+def float64_gram(g: torch.Tensor) -> torch.Tensor:
     """sum over rows of g g^T for g (..., d) with the feature axis last (a view of any
     layout), in float64: (d, d). One copy lays g out as float64 rows."""
     flat = torch.empty(g.shape, dtype=torch.float64, device=g.device)
@@ -101,7 +101,7 @@ def _chunk_kernels(model: CNN, x: torch.Tensor) -> tuple[torch.Tensor, list[torc
     g = readout[:, None, :].expand(c, b, readout.shape[1])  # df_j/dh at the readout's input
     for fc, a in zip(reversed(model.fcs), reversed(fc_grads), strict=True):
         g = g * a  # G at the fc layer's pre-activation (c, b, d_out)
-        grams.append(_gram(g))
+        grams.append(float64_gram(g))
         g = g @ fc.weight  # at its input
     _, ch, hp, wp = head_shape
     if model.head == "gap":
@@ -112,7 +112,7 @@ def _chunk_kernels(model: CNN, x: torch.Tensor) -> tuple[torch.Tensor, list[torc
         conv, stage = model.convs[l], stages[l]
         h, w = stage.act_grad.shape[2:]
         g = _unpool(model, g, stage, (h, w)) * stage.act_grad  # G at z (c, b, C_out, H, W)
-        grams.append(_gram(g.permute(0, 1, 3, 4, 2)))
+        grams.append(float64_gram(g.permute(0, 1, 3, 4, 2)))
         if l:
             g = torch.nn.grad.conv2d_input(
                 (c * b, *stage.input_shape[1:]), conv.filters, g.reshape(c * b, conv.c_out, h, w),
