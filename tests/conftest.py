@@ -30,11 +30,12 @@ from omegaconf import DictConfig
 
 from agop_sweep.config import is_run_control_key, register_configs
 
-# A run that takes seconds: synthetic 8x8 "images", a narrow net, three epochs.
+# A run that takes seconds: synthetic 8x8 "images", a narrow net, three epochs, no figures
+# (drawing them is half of such a run's CPU time): tests of figures ask for trainer.plots=end.
 TINY = [
     "data=synthetic", "data.n_train=256", "data.n_val=64", "data.n_features=64",
     "data.image_shape=[1,8,8]", "model.width=16", "model.depth=2", "schedule=smoke",
-    "trainer.plots=end", "device=cpu",
+    "trainer.plots=off", "device=cpu",
 ]
 
 
@@ -130,8 +131,9 @@ def app_here(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 
 
 def finished_tiny_run(root: Path, *extra: str) -> Path:
-    """A finished TINY run in ``root/run`` (with ``extra`` overrides); tests copy it first."""
-    proc = run_cli(*TINY, *extra, f"hydra.run.dir={root / 'run'}", cwd=root)
+    """A finished TINY run with its figures in ``root/run`` (with ``extra`` overrides); tests
+    copy it first."""
+    proc = run_cli(*tiny("trainer.plots=end", *extra), f"hydra.run.dir={root / 'run'}", cwd=root)
     assert proc.returncode == 0, proc.stderr
     return root / "run"
 
@@ -210,6 +212,35 @@ def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
     seen = [sorted(int(pid) for pid in p.read_text().split()) for p in sorted(met.glob("saw.*"))]
     return Sweep(sweep, results, seen)
+
+
+@dataclass
+class TrackerSweep:
+    """A finished sweep that logged to every tracker: its dir, the sweep command's output and
+    W&B's ``$WANDB_DIR`` (the runs' files are under ``<it>/wandb/``)."""
+
+    dir: Path
+    proc: subprocess.CompletedProcess[str]
+    wandb_dir: Path
+
+
+@pytest.fixture(scope="session")
+def tracker_sweep(tmp_path_factory: pytest.TempPathFactory) -> TrackerSweep:
+    """The suite's one sweep that logs (tests/test_loggers.py, tests/test_wandb.py): two jobs at
+    once (cluster=joblib, optimizer=sgd,adam, seed=5, figures drawn) into TensorBoard, the
+    default MLflow store (``outputs/mlflow.db``) and W&B (offline)."""
+    from tracker_readers import wandb_offline
+
+    root = tmp_path_factory.mktemp("tracker_sweep")
+    sweep = root / "outputs" / "multirun" / "sweep"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        wandb_dir = wandb_offline(root, env)
+        proc = run_cli("-m", "cluster=joblib", *tiny("optimizer=sgd,adam", "trainer.plots=end"),
+                       "seed=5", "logger=[tensorboard,mlflow,wandb]", f"hydra.sweep.dir={sweep}", cwd=root,
+                       timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return TrackerSweep(sweep, proc, wandb_dir)
 
 
 def run_cli_many(

@@ -649,13 +649,13 @@ def test_channel_stats_over_blocks_equal_numpys(monkeypatch) -> None:
 
 # -- runs: the command line, and in-process ---------------------------------------------------------
 
-BASE = [o for o in TINY if not o.startswith(("data", "trainer.plots"))] + ["schedule.checkpoints=[0,3]"]
+BASE = [o for o in TINY if not o.startswith("data")] + ["schedule.checkpoints=[0,3]"]
 
 
 def _args(*overrides: str) -> list[str]:
-    """TINY's model and schedule, trainer.plots=off unless ``overrides`` sets it."""
-    plots = [] if any(o.startswith("trainer.plots=") for o in overrides) else ["trainer.plots=off"]
-    return [*BASE, *plots, *overrides]
+    """TINY's model and schedule (no figures), each of ``overrides`` replacing its key's entry."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *overrides]
 
 
 def test_one_run_of_each_kind_completes(tmp_path: Path) -> None:

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, app_env, copy_of, error_lines, numbers, run_app, run_cli
+from conftest import TINY, app_env, copy_of, error_lines, numbers, run_app, run_cli, tiny
 
-# Run-dir sizes in the TINY run's range (about 450 kB, 160 kB without figures): the first file
+# Run-dir sizes in the TINY run's range (about 160 kB, 450 kB with figures): the first file
 # written fails at 8k, a checkpoint at about 20k (simulated in tests/test_fault_tolerance.py),
 # state.pt before any was written at about 60k (simulated below), a state.pt or checkpoint in the
-# middle of torch's zip writer at about 120k. The slow test takes every size.
+# middle of torch's zip writer at about 120k. The slow test takes every size, with figures.
 SIZES_DEFAULT = ("120k",)
 SIZES_ALL = ("8k", "20k", "40k", "60k", "80k", "100k", "120k", "150k", "200k", "300k")
 
@@ -63,7 +63,7 @@ def _fill_and_resume(size: str, tmp_path: Path, *extra: str) -> dict[str, str]:
     disk, out = tmp_path / "disk", tmp_path / "out"
     disk.mkdir(parents=True)
     out.mkdir(parents=True)
-    app = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "agop_sweep", *TINY, *extra])
+    app = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "agop_sweep", *tiny(*extra)])
     script = SCRIPT.format(size=size, disk=disk, out=out, app=app)
     proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=tmp_path, env=app_env(),
                           capture_output=True, text=True, timeout=600)
@@ -95,7 +95,7 @@ def _check(size: str, got: dict[str, str], reference: dict) -> str:
 def test_a_full_disk_then_resume_gives_the_uninterrupted_numbers(size: str, tmp_path: Path,
                                                                  reference: dict) -> None:
     """Without figures (a run-control key): a failure in them is among the slow test's sizes."""
-    named = _check(size, _fill_and_resume(size, tmp_path, "trainer.plots=off"), reference)
+    named = _check(size, _fill_and_resume(size, tmp_path), reference)
     assert named, f"a {size} file system should be too small for the run"
 
 
@@ -104,7 +104,7 @@ def test_a_full_disk_then_resume_gives_the_uninterrupted_numbers(size: str, tmp_
 def test_every_size_from_the_first_file_to_the_last(tmp_path: Path, reference: dict) -> None:
     named = {}
     for size in SIZES_ALL:
-        got = _fill_and_resume(size, tmp_path / size)
+        got = _fill_and_resume(size, tmp_path / size, "trainer.plots=end")
         named[size] = _check(size, got, reference)
         named[size] += f" (state.pt written: {'state.pt' in got.get('files', '').split()})"
     print(json.dumps(named, indent=1))  # the failure points, for the note
@@ -135,7 +135,7 @@ def test_a_disk_full_before_the_first_state_pt_restarts_in_place(tmp_path: Path,
     assert len(lines) == 1 and "state.pt" in lines[0] and "resume=true" in lines[0], first.stderr
     assert not (run_dir / "state.pt").exists()
     assert json.loads((run_dir / "results.json").read_text())["epochs"]  # epoch 0 is recorded
-    second = run_cli(*TINY, f"hydra.run.dir={run_dir}", "resume=true", "trainer.plots=off", cwd=tmp_path)
+    second = run_cli(*TINY, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "restarting the run from epoch 0 in place" in second.stdout + second.stderr
     assert numbers(json.loads((run_dir / "results.json").read_text())) == numbers(reference)

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import run_app, strip_timing, tiny
+from conftest import TINY, run_app, strip_timing, tiny
 
 # 16 optimizer steps per epoch, epochs 1..3, every epoch analysed and checkpointed.
-RUN_ARGS = tiny("optimizer=adam", "trainer.batch_size=16", "eval.full_train=false", "trainer.plots=off")
+RUN_ARGS = tiny("optimizer=adam", "trainer.batch_size=16", "eval.full_train=false")
 STEPS = 16  # per epoch
 
 
@@ -216,7 +216,7 @@ def test_one_fault_then_resume_is_identical(tmp_path: Path, reference: Path, pat
 
 def test_divergence_is_a_result(tmp_path: Path) -> None:
     proc = run_app("-m", "optimizer=sgd", "optimizer.lr=1e6,0.01", "model.act=tanh",
-                   *tiny("trainer.plots=off"), f"hydra.sweep.dir={tmp_path}/sw", cwd=tmp_path)
+                   *TINY, f"hydra.sweep.dir={tmp_path}/sw", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sw").glob("*/results.json")}
     diverged = next(r for name, r in runs.items() if "lr=1000000" in name)

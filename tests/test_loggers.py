@@ -1,8 +1,9 @@
-"""The ``logger`` group: TensorBoard and MLflow hold every number of results.json, read back
-through the trackers' own readers (EventAccumulator, MlflowClient, the MLflow server's REST
-API), once per epoch, also across a kill -9 and a resume; a parallel sweep shares one SQLite
-store and names its runs after the key that varies; a missing package stops a run with one
-line; a failing tracker never fails a run. W&B: tests/test_wandb.py; names: test_tracker_names.py."""
+"""The ``logger`` group: TensorBoard, MLflow and W&B hold every number of results.json, read
+back through the trackers' own readers (EventAccumulator, MlflowClient, the MLflow server's REST
+API, W&B's .wandb files), once per epoch, also across a kill -9 and a resume; a parallel sweep
+(conftest's tracker_sweep) shares one SQLite store and names its runs after the key that varies;
+a missing package stops a run with one line; a failing tracker never fails a run. More of W&B:
+tests/test_wandb.py; names: test_tracker_names.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import app_env, one_line_error, run_cli, tiny
+from conftest import TrackerSweep, app_env, one_line_error, run_cli
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 
@@ -32,6 +33,7 @@ from tracker_readers import (
     expected,
     free_port,
     get_json,
+    kill_after_epoch_2,
     mlflow_metrics,
     mlflow_runs,
     run_app,
@@ -109,66 +111,51 @@ def test_outputs_store_and_experiment_names(tmp_path: Path, monkeypatch) -> None
 # -- what the trackers hold --------------------------------------------------------------------------
 
 
-def test_both_trackers_hold_every_number_of_results_json(tmp_path: Path, store: str) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli(*ARGS, "logger=both", f"logger.tracking_uri={store}", "logger.experiment=single",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not warnings_in(proc), proc.stderr[-3000:]
-    want = expected(run_dir)
-    assert_once_each(tensorboard_scalars(run_dir / "tensorboard"), want, rel=1e-6)  # float32
-    assert tensorboard_text(run_dir / "tensorboard", "status") == ["completed"]
-    (run,) = mlflow_runs(store, "single")
-    assert_once_each(mlflow_metrics(store, run.info.run_id), want, rel=1e-12)
-    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
-    config = json.loads((run_dir / "results.json").read_text())["config"]
-    assert run.data.params["optimizer.name"] == "adam" == config["optimizer"]["name"]
-    assert run.data.params["model.width"] == "16" and run.data.params["seed"] == str(config["seed"])
-    assert "optimizer=adam" in run.info.run_name  # named by its overrides
+def test_a_joblib_sweep_logs_its_runs_into_one_store(tracker_sweep: TrackerSweep, tmp_path: Path) -> None:
+    """Two jobs at once into the default store, outputs/mlflow.db, and into W&B (offline):
+    every number of each results.json once in each tracker; runs named after the key that varies
+    (``optimizer=adam``), in MLflow, W&B and TensorBoard (``--logdir <sweep dir>``), each with
+    all of its overrides as a tag; each MLflow run holds its config, figures and results.json."""
     from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=store)
-    files = {f.path for f in client.list_artifacts(run.info.run_id)}
-    files |= {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"results.json", "plots/training_analysis.png", "plots/training_analysis.pdf",
-            "plots/features.png", "plots/features.pdf"} <= files
-    local = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path)))
-    assert json.loads(local.read_text()) == json.loads((run_dir / "results.json").read_text())
-
-
-def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path, monkeypatch) -> None:
-    """Three jobs at once into the default store, outputs/mlflow.db, and into W&B (offline).
-    Runs are named after the key that varies (``optimizer=adam``), in MLflow, W&B and TensorBoard
-    (``--logdir <sweep dir>``), each with all of its overrides as a tag."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-    wandb_root = wandb_offline(tmp_path, monkeypatch)
-    sweep = tmp_path / "outputs" / "multirun" / "sweep"
-    proc = run_cli("-m", "cluster=joblib", *tiny("optimizer=sgd,adam,muon"), "seed=5",
-                   "logger=[tensorboard,mlflow,wandb]", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep, proc = tracker_sweep.dir, tracker_sweep.proc
     assert not warnings_in(proc), proc.stderr[-3000:]
-    store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    store = f"sqlite:///{sweep.parents[1] / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
     runs = mlflow_runs(store, "outputs/multirun/sweep")
-    names = ["optimizer=sgd", "optimizer=adam", "optimizer=muon"]
+    names = ["optimizer=sgd", "optimizer=adam"]
     assert sorted(r.info.run_name for r in runs) == sorted(names)
     for run in runs:
         run_dir = Path(run.data.tags["run_dir"])
         assert run_dir.parent == sweep and run.data.tags["status"] == "completed"
+        assert run.info.status == "FINISHED"
         overrides = run.data.tags["overrides"].split()
         assert run.info.run_name in overrides and "seed=5" in overrides and "model.width=16" in overrides
         assert "seed=5" in run_dir.name  # the job's dir: all of its overrides
-        assert_once_each(mlflow_metrics(store, run.info.run_id), expected(run_dir), rel=1e-12)
-        assert_once_each(tensorboard_scalars(sweep / "tensorboard" / run.info.run_name), expected(run_dir),
-                         rel=1e-6)
+        want = expected(run_dir)
+        assert_once_each(mlflow_metrics(store, run.info.run_id), want, rel=1e-12)
+        assert_once_each(tensorboard_scalars(sweep / "tensorboard" / run.info.run_name), want, rel=1e-6)
+        assert tensorboard_text(sweep / "tensorboard" / run.info.run_name, "status") == ["completed"]
         (text,) = tensorboard_text(sweep / "tensorboard" / run.info.run_name, "run")
         assert text.endswith(f"overrides: {run.data.tags['overrides']}")
         started = json.loads((run_dir / "results.json").read_text())["timing"]["started_at"]
-        log = read_run(run_files(wandb_root / "wandb", run_id_for(f"{run_dir}@{started}")))
+        log = read_run(run_files(tracker_sweep.wandb_dir / "wandb", run_id_for(f"{run_dir}@{started}")))
         (wandb_run,) = log.runs  # one W&B run per job, named and grouped as in MLflow
         assert (wandb_run.display_name, wandb_run.run_group) == (run.info.run_name, "outputs/multirun/sweep")
-        assert_once_each(wandb_scalars(log.history), expected(run_dir), rel=1e-12)
+        assert_once_each(wandb_scalars(log.history), want, rel=1e-12)
         assert not (run_dir / "tensorboard").exists()
+        # The config as params, the figures and results.json as artifacts.
+        config = json.loads((run_dir / "results.json").read_text())["config"]
+        params = run.data.params
+        assert params["optimizer.name"] == config["optimizer"]["name"] == run.info.run_name.split("=")[1]
+        assert params["model.width"] == "16" and params["seed"] == str(config["seed"]) == "5"
+        files = {f.path for f in client.list_artifacts(run.info.run_id)}
+        files |= {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"results.json", "plots/training_analysis.png", "plots/training_analysis.pdf",
+                "plots/features.png", "plots/features.pdf"} <= files
+        local = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path)))
+        assert json.loads(local.read_text()) == json.loads((run_dir / "results.json").read_text())
     mux = EventMultiplexer().AddRunsFromDirectory(str(sweep))
     assert sorted(mux.Runs()) == sorted(f"tensorboard/{name}" for name in names)
 
@@ -176,31 +163,28 @@ def test_a_joblib_sweep_logs_three_runs_into_one_store(tmp_path: Path, monkeypat
 # -- resume, failures --------------------------------------------------------------------------------
 
 
-KILL_AFTER_EPOCH_2 = """
-import os, signal
-from agop_sweep.trackers.mlflow import MlflowTracker
-_log = MlflowTracker._log_new_epochs
-def _log_then_die(self, record, current):
-    _log(self, record, current)
-    if current == 2:  # both trackers hold epoch 2; state.pt was saved before they logged it
-        os.kill(os.getpid(), signal.SIGKILL)
-MlflowTracker._log_new_epochs = _log_then_die
-"""
-
-
-def test_kill9_then_resume_logs_every_epoch_once(tmp_path: Path, store: str) -> None:
+def test_kill9_then_resume_logs_every_epoch_once(tmp_path: Path, store: str, monkeypatch) -> None:
+    """Every tracker on; kill -9 once all three have logged epoch 2, which state.pt, saved before
+    they ran, counts as not logged; resume=true: the same runs continued, each number once. W&B
+    writes its file 32 KiB at a time, so of epochs 0 to 2 it holds whatever it had written."""
+    wandb_dir = wandb_offline(tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
-    args = ["logger=both", f"logger.tracking_uri={store}", "logger.experiment=resumed",
+    args = ["logger=[tensorboard,mlflow,wandb]", f"logger.tracking_uri={store}", "logger.experiment=resumed",
             f"hydra.run.dir={run_dir}"]
-    killed = run_app(tmp_path, *args, code=KILL_AFTER_EPOCH_2)
+    killed = run_app(tmp_path, *args, code=kill_after_epoch_2(flush=False))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "running", "the kill did not interrupt the run"
     assert [e["epoch"] for e in results["epochs"]] == [0, 1, 2]
     assert max(step for step, _ in tensorboard_scalars(run_dir / "tensorboard")["loss/train"]) == 2
+    (run,) = mlflow_runs(store, "resumed")
+    assert max(step for step, _ in mlflow_metrics(store, run.info.run_id)["loss/train"]) == 2
+    run_id = run_id_for(f"{run_dir}@{results['timing']['started_at']}")
+    first = run_files(wandb_dir / "wandb", run_id)
+    assert {step for step, _ in read_run(first).history} <= {0, 1, 2}
     resumed = run_cli(*ARGS, *args, "resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not warnings_in(resumed), resumed.stderr[-3000:]
+    assert not warnings_in(resumed), (resumed.stdout + resumed.stderr)[-3000:]
     want = expected(run_dir)
     assert max(want["loss/train"]) == 3
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
@@ -208,6 +192,12 @@ def test_kill9_then_resume_logs_every_epoch_once(tmp_path: Path, store: str) -> 
     (run,) = mlflow_runs(store, "resumed")  # the same run continued
     assert_once_each(mlflow_metrics(store, run.info.run_id), want, rel=1e-12)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    assert "(continued)" in resumed.stdout
+    files = run_files(wandb_dir / "wandb", run_id)
+    assert len(files) == 2 and files[0] == first[0]  # a second process, the same W&B run
+    log = read_run(files)
+    assert_once_each(wandb_scalars(log.history), want, rel=1e-12)
+    assert log.summary["status"] == "completed"
 
 
 @pytest.mark.slow

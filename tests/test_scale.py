@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Sweep, run_cli, tiny
+from conftest import TINY, Sweep, run_cli, tiny
 
 from agop_sweep.errors import ConfigError
 from agop_sweep.run.device import choose_device, choose_threads
@@ -88,7 +88,7 @@ def test_optuna_survives_a_diverging_trial(tmp_path: Path) -> None:
     """A diverged trial returns +inf to the study instead of crashing it."""
     sweep = tmp_path / "search"
     proc = run_cli("-m", "hparams_search=sgd", "hydra.sweeper.n_trials=1", "model.act=tanh",
-                   "optimizer.lr=choice(1000000.0)", *tiny("trainer.plots=off"), f"hydra.sweep.dir={sweep}",
+                   "optimizer.lr=choice(1000000.0)", *TINY, f"hydra.sweep.dir={sweep}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (run,) = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]

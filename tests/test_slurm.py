@@ -212,7 +212,7 @@ def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = (), cluster: s
     sweep = root / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "agop_sweep", "-m", *([f"cluster={cluster}"] if cluster else []), *TINY,
-         *BATCHES, "trainer.plots=off", "threads=1", f"seed={','.join(str(s) for s in range(1, 1 + jobs))}",
+         *BATCHES, "threads=1", f"seed={','.join(str(s) for s in range(1, 1 + jobs))}",
          f"hydra.sweep.dir={sweep}"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     return proc, sweep

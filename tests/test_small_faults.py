@@ -73,7 +73,8 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The command of conftest's finished_run, killed after epoch 1's state.pt: results.json
     says running."""
     root = tmp_path_factory.mktemp("interrupted")
-    proc = run_app(*TINY, f"hydra.run.dir={root / 'run'}", cwd=root, patch=KILL_AFTER_EPOCH_1)
+    proc = run_app(*tiny("trainer.plots=end"), f"hydra.run.dir={root / 'run'}", cwd=root,
+                   patch=KILL_AFTER_EPOCH_1)
     assert proc.returncode == 9, proc.stderr[-3000:]
     assert json.loads((root / "run" / "results.json").read_text())["status"] == "running"
     return root / "run"
@@ -135,8 +136,8 @@ def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupt
     assert line.startswith(f"{run}/state.pt cannot be read (")
     assert "delete it and run the same command with resume=true again" in line
     assert tree_digest(run) == before  # a refusal writes nothing
-    (run / "state.pt").unlink()  # the advice, followed (without figures: a run-control key)
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", "trainer.plots=off", cwd=tmp_path)
+    (run / "state.pt").unlink()  # the advice, followed
+    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restarting the run from epoch 0 in place" in proc.stdout + proc.stderr
     got, want = (json.loads((d / "results.json").read_text()) for d in (run, finished_run))
@@ -162,7 +163,7 @@ def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Pat
                                                                 tmp_path: Path) -> None:
     run = copy_of(interrupted, tmp_path)
     written_before = {p.name for p in (run / "models").iterdir()}
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", "trainer.plots=off", cwd=tmp_path)
+    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (finished_run / "models").iterdir())
     assert names == sorted(p.name for p in (run / "models").iterdir())
@@ -233,7 +234,7 @@ def test_a_read_only_mlflow_store_is_one_warning(store: str, tmp_path: Path, rea
         read_only(db)
     read_only(shelf)
     run = tmp_path / "run"
-    proc = run_cli(*tiny("trainer.plots=off"), "logger=mlflow", f"logger.tracking_uri=sqlite:///{db}",
+    proc = run_cli(*TINY, "logger=mlflow", f"logger.tracking_uri=sqlite:///{db}",
                    f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]  # a tracker never fails the run
     out = proc.stdout + proc.stderr
@@ -291,8 +292,7 @@ def test_the_reference_names_the_precision_that_experiment_seed_sets() -> None:
 # -- i: two sweeps into one dir ------------------------------------------------------------------------------
 def test_a_second_sweep_into_a_sweep_dir_is_refused_unless_it_continues(tmp_path: Path, app_here) -> None:
     sweep = tmp_path / "sweep"
-    tiny = [o for o in TINY if not o.startswith("trainer.plots=")]
-    base = ["-m", *tiny, "trainer.plots=off", f"hydra.sweep.dir={sweep}"]
+    base = ["-m", *TINY, f"hydra.sweep.dir={sweep}"]
     first = run_cli(*base, "seed=1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     multirun = (sweep / "multirun.yaml").read_bytes()

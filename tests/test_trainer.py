@@ -26,9 +26,9 @@ from agop_sweep.store.state import check_same_experiment, config_differences
 
 @pytest.fixture
 def make_cfg() -> Iterator:
-    """``make_cfg(*overrides)``: conftest's TINY config without figures (test_plot_modes sets them)."""
+    """``make_cfg(*overrides)``: conftest's TINY config (no figures; test_plot_modes sets them)."""
     with composing() as compose:
-        yield lambda *overrides: compose(*tiny("trainer.plots=off"), *overrides)
+        yield lambda *overrides: compose(*tiny(*overrides))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

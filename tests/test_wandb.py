@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import app_env, run_cli, tiny
+from conftest import TrackerSweep, app_env, run_cli
 
 pytest.importorskip("wandb")
 
@@ -25,6 +25,7 @@ from tracker_readers import (
     ARGS,
     assert_once_each,
     expected,
+    kill_after_epoch_2,
     run_app,
     tensorboard_scalars,
     wandb_offline,
@@ -113,14 +114,11 @@ def test_files_go_to_wandb_dir_else_the_outputs_dir(tmp_path: Path, monkeypatch:
 # -- what a run holds --------------------------------------------------------------------------------
 
 
-def test_a_sweep_logs_one_run_per_job_with_every_number(tmp_path: Path, offline: Path) -> None:
-    """``logger=[tensorboard,wandb]``: two jobs, each its own W&B run named after the key that
-    varies, in one group; every number of results.json once, the config, the status, the
+def test_a_sweep_logs_one_run_per_job_with_every_number(tracker_sweep: TrackerSweep) -> None:
+    """conftest's tracker sweep: two jobs at once, each its own W&B run named after the key
+    that varies, in one group; every number of results.json once, the config, the status, the
     figures as images and results.json as an artifact."""
-    sweep = tmp_path / "outputs" / "multirun" / "sweep"
-    proc = run_cli("-m", *tiny("optimizer=sgd,adam"), "logger=[tensorboard,wandb]",
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep, proc, offline = tracker_sweep.dir, tracker_sweep.proc, tracker_sweep.wandb_dir
     assert not warnings_in(proc), (proc.stdout + proc.stderr)[-3000:]
     assert f"upload it with: wandb sync {offline / 'wandb'}" in proc.stdout
     jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
@@ -161,48 +159,26 @@ def test_a_sweep_logs_one_run_per_job_with_every_number(tmp_path: Path, offline:
 # -- resume ------------------------------------------------------------------------------------------
 
 
-KILL_AFTER_EPOCH_2 = """
-import os, signal
-from agop_sweep.trackers.wandb import WandbTracker
-_log = WandbTracker._log_new_epochs
-def _log_then_die(self, record, current):
-    _log(self, record, current)
-    if current == 2:  # state.pt, saved before the trackers ran, does not know that epoch 2 is logged
-        if FLUSH:
-            self._finish_run(0)  # wandb writes its file out: it holds epochs 0 to 2
-        os.kill(os.getpid(), signal.SIGKILL)
-WandbTracker._log_new_epochs = _log_then_die
-"""
-
-
-def _kill_and_resume(tmp_path: Path, offline: Path, flush: bool) -> tuple[Path, list[Path]]:
+@pytest.mark.slow
+def test_kill9_after_wandb_wrote_its_file_then_resume_logs_every_epoch_once(tmp_path: Path,
+                                                                             offline: Path) -> None:
+    """W&B's file holds epochs 0 to 2 when the run is killed: the resumed process finds epoch 2,
+    which state.pt does not count, in the first process's file and leaves it out (the case where
+    W&B had not written it: tests/test_loggers.py)."""
     run_dir = tmp_path / "run"
     args = ["logger=wandb", f"hydra.run.dir={run_dir}"]
-    killed = run_app(tmp_path, *args, code=f"FLUSH = {flush}\n" + KILL_AFTER_EPOCH_2)
+    killed = run_app(tmp_path, *args, code=kill_after_epoch_2(flush=True))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "running" and [e["epoch"] for e in results["epochs"]] == [0, 1, 2]
     first = run_files(offline / "wandb", job_run_id(run_dir))
-    held = {step for step, _ in read_run(first).history}
-    if flush:
-        assert held == {0, 1, 2}
-    else:  # whatever wandb had written of them
-        assert held <= {0, 1, 2}
+    assert {step for step, _ in read_run(first).history} == {0, 1, 2}
     resumed = run_cli(*ARGS, *args, "resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not warnings_in(resumed), (resumed.stdout + resumed.stderr)[-3000:]
     assert "(continued)" in resumed.stdout
     files = run_files(offline / "wandb", job_run_id(run_dir))
     assert len(files) == 2 and files[0] == first[0]  # a second process, the same run id
-    return run_dir, files
-
-
-@pytest.mark.slow
-def test_kill9_after_wandb_wrote_its_file_then_resume_logs_every_epoch_once(tmp_path: Path,
-                                                                             offline: Path) -> None:
-    """The resumed process finds epoch 2, which state.pt does not count, in the first process's
-    file and leaves it out."""
-    run_dir, files = _kill_and_resume(tmp_path, offline, flush=True)
     want = expected(run_dir)
     assert max(want["loss/train"]) == 3
     log = read_run(files)
@@ -210,16 +186,6 @@ def test_kill9_after_wandb_wrote_its_file_then_resume_logs_every_epoch_once(tmp_
     assert [s for s, row in read_run(files[1:]).history if "loss/train" in row] == [3]
     assert [r.display_name for r in log.runs] == [log.runs[0].display_name] * 2
     assert log.summary["status"] == "completed" and log.exits == [0, 0]
-
-
-def test_kill9_then_resume_logs_every_epoch_once(tmp_path: Path, offline: Path) -> None:
-    """wandb writes its file 32 KiB at a time: what the killed process had handed to wandb but
-    wandb had not yet written (of epochs 0 to 2, which state.pt counts as logged up to 1) is
-    logged again, and nothing twice."""
-    run_dir, files = _kill_and_resume(tmp_path, offline, flush=False)
-    log = read_run(files)
-    assert_once_each(wandb_scalars(log.history), expected(run_dir), rel=1e-12)
-    assert log.summary["status"] == "completed"
 
 
 def test_a_failed_run_is_marked_failed(tmp_path: Path, offline: Path) -> None:

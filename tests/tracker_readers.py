@@ -108,6 +108,24 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+def kill_after_epoch_2(flush: bool) -> str:
+    """A patch (tests' ``run_app(code=...)``): SIGKILL right after the last tracker (W&B) has
+    logged epoch 2, which state.pt, saved before the trackers ran, counts as not logged;
+    ``flush``: W&B first writes its file out, so that it holds epochs 0 to 2."""
+    return f"""
+import os, signal
+from agop_sweep.trackers.wandb import WandbTracker
+_log = WandbTracker._log_new_epochs
+def _log_then_die(self, record, current):
+    _log(self, record, current)
+    if current == 2:
+        if {flush}:
+            self._finish_run(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+WandbTracker._log_new_epochs = _log_then_die
+"""
+
+
 def wandb_scalars(history: list[tuple[int, dict[str, Any]]]) -> dict[str, list[tuple[int, float]]]:
     """A W&B run's numeric history (wandb_files.RunLog.history) as key -> [(step, value)]."""
     out: dict[str, list[tuple[int, float]]] = {}
