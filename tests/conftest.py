@@ -79,10 +79,12 @@ def run_app(*args: str, cwd: Path, patch: str = "", timeout: float = 300
 def app_here(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
              ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``app_here(*args, cwd=...)``: ``python -m agop_sweep <args>`` run by this process, with its
-    exit code, stdout and stderr as run_cli returns them: for a command that stops before it
-    trains (a refusal, a config error, a finished run resumed), without an interpreter's start.
+    exit code, stdout and stderr as run_cli returns them, without an interpreter's start: for a
+    command that stops before it trains (a refusal, a config error, a finished run resumed) or a
+    run whose test needs no process of its own (no signal, no exit status of a dying process).
     What the app changes in the process (logging, Hydra's singletons, the environment, signal
-    handlers, torch's threads, the working directory) is put back after each command."""
+    handlers, torch's threads and matmul precision, the working directory) is put back after
+    each command."""
     import importlib.util
     import logging
     import signal
@@ -99,6 +101,7 @@ def app_here(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
         root = logging.getLogger()
         handlers, level = list(root.handlers), root.level
         environ, threads = dict(os.environ), torch.get_num_threads()
+        precision = torch.get_float32_matmul_precision()
         handlers_of = {s: signal.getsignal(s) for s in signals}
         capfd.readouterr()
         try:
@@ -122,6 +125,7 @@ def app_here(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
             os.environ.clear()
             os.environ.update(environ)
             torch.set_num_threads(threads)
+            torch.set_float32_matmul_precision(precision)
             for sig, handler in handlers_of.items():
                 signal.signal(sig, handler)
         out, err = capfd.readouterr()

@@ -67,11 +67,10 @@ def test_wrong_directories_give_one_line_and_exit_1(finished_run: Path, tmp_path
         f"agop-analyze: error: {run_dir / 'models'} holds no model_epoch_*.pth checkpoints"]
 
 
-def test_analyze_after_analysis_off_records_it_enabled(tmp_path: Path, no_figures: None) -> None:
+def test_analyze_after_analysis_off_records_it_enabled(tmp_path: Path, no_figures: None, app_here) -> None:
     """A run trained with analysis=off, analyzed later: results.json then says the analysis
     ran (enabled: true)."""
-    proc = run_cli(*tiny("analysis=off"), f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path)
+    proc = app_here(*tiny("analysis=off"), f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     before = json.loads((tmp_path / "run" / "results.json").read_text())
     assert before["analysis"] == [] and before["config"]["analysis"]["enabled"] is False

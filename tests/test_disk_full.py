@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, app_env, copy_of, error_lines, numbers, run_app, run_cli, tiny
+from conftest import TINY, app_env, copy_of, error_lines, numbers, run_app, tiny
 
 # Run-dir sizes in the TINY run's range (about 160 kB, 450 kB with figures): the first file
 # written fails at 8k, a checkpoint at about 20k (simulated in tests/test_fault_tolerance.py),
@@ -112,7 +112,8 @@ def test_every_size_from_the_first_file_to_the_last(tmp_path: Path, reference: d
     assert any("state.pt written: False" in v and v.split(" (")[0] for v in named.values()), named
 
 
-def test_a_disk_full_before_the_first_state_pt_restarts_in_place(tmp_path: Path, reference: dict) -> None:
+def test_a_disk_full_before_the_first_state_pt_restarts_in_place(tmp_path: Path, reference: dict,
+                                                                  app_here) -> None:
     """Simulated everywhere: every write of state.pt fails with ENOSPC, so the run has a
     results.json with epoch 0 and no state.pt; resume=true restarts it in place, warns once,
     and ends with the uninterrupted run's numbers."""
@@ -135,7 +136,7 @@ def test_a_disk_full_before_the_first_state_pt_restarts_in_place(tmp_path: Path,
     assert len(lines) == 1 and "state.pt" in lines[0] and "resume=true" in lines[0], first.stderr
     assert not (run_dir / "state.pt").exists()
     assert json.loads((run_dir / "results.json").read_text())["epochs"]  # epoch 0 is recorded
-    second = run_cli(*TINY, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    second = app_here(*TINY, f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "restarting the run from epoch 0 in place" in second.stdout + second.stderr
     assert numbers(json.loads((run_dir / "results.json").read_text())) == numbers(reference)

@@ -157,10 +157,10 @@ def test_analyze_refuses_a_planted_symlink(run_dir: Path, tmp_path: Path, analyz
     assert tree_digest(run_dir) == before and tree_digest(other) == before_other
 
 
-def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path: Path) -> None:
+def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path: Path, app_here) -> None:
     (tmp_path / "scratch").mkdir()
     (tmp_path / "run").symlink_to(tmp_path / "scratch", target_is_directory=True)
-    proc = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = app_here(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "scratch" / "results.json").is_file()
 
@@ -174,13 +174,12 @@ def test_a_sweep_over_a_run_control_key_is_refused_before_any_job(tmp_path: Path
 
 
 # -- every job accounted for -----------------------------------------------------------------------
-def test_jobs_failing_at_start_leave_a_failed_record(tmp_path: Path, capfd: pytest.CaptureFixture[str]
-                                                     ) -> None:
+def test_jobs_failing_at_start_leave_a_failed_record(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                     app_here) -> None:
     from agop_sweep.aggregate.command import main as aggregate_main
 
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *tiny("model.width=0,16"), f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path)
+    proc = app_here("-m", *tiny("model.width=0,16"), f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1
     records = {p.parent.name.split("model.width=")[1].split(",")[0]: json.loads(p.read_text())
                for p in sweep.glob("*/results.json")}
@@ -197,7 +196,7 @@ def test_jobs_failing_at_start_leave_a_failed_record(tmp_path: Path, capfd: pyte
     assert "Failed runs" in report and "model.width=0: must be >= 1" in report
     # The failed job's directory can be reused once the cause is fixed.
     failed_dir = next(sweep.glob("*model.width=0,*"))
-    proc = run_cli(*tiny("model.width=4"), f"hydra.run.dir='{failed_dir}'", cwd=tmp_path)
+    proc = app_here(*tiny("model.width=4"), f"hydra.run.dir='{failed_dir}'", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -170,8 +170,9 @@ def test_job_errors_after_submission_are_one_line() -> None:
 
 
 # Loaded by every Python process of the test's sweep (PYTHONPATH): in a job (its process has
-# SUBMITIT_LOCAL_JOB_ID), the 3rd SGD step of epoch 1 raises the signal named for the job's
-# number, once per job (a marker file), so the requeued job runs through.
+# SUBMITIT_LOCAL_JOB_ID), the AT_STEP-th SGD step of each process raises the first of the signals
+# not yet raised (a marker file each), so that each requeued process is stopped by the next one
+# and the last runs through.
 SITECUSTOMIZE = """
 import os
 if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and os.environ.get("AGOP_TEST_SIGNALS"):
@@ -182,25 +183,24 @@ if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and os.environ.get("AGOP_TEST_SIGNALS
     def _signalling_step(self, *args, **kwargs):
         _calls[0] += 1
         if _calls[0] == AT_STEP:
-            from hydra.core.hydra_config import HydraConfig
-            num = HydraConfig.get().job.num
-            marker = Path(os.environ["AGOP_TEST_MARKERS"]) / f"job{num}"
-            if not marker.exists():
-                marker.write_text(str(os.getpid()))
-                signal.raise_signal(getattr(signal, os.environ["AGOP_TEST_SIGNALS"].split(",")[num]))
+            for i, name in enumerate(os.environ["AGOP_TEST_SIGNALS"].split(",")):
+                marker = Path(os.environ["AGOP_TEST_MARKERS"]) / f"signal{i}"
+                if not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                    signal.raise_signal(getattr(signal, name))
+                    break
         return _step(self, *args, **kwargs)
     torch.optim.SGD.step = _signalling_step
 """
-BATCHES = ["trainer.batch_size=32"]  # 8 steps an epoch
-AT_STEP = 8 + 3
+BATCHES = ["trainer.batch_size=32"]  # 8 steps an epoch, 24 in all
+AT_STEP = 5
 PREEMPTION = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
 
-def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = (), cluster: str | None = "local"
+def local_sweep(root: Path, signals: tuple[str, ...] = (), cluster: str | None = "local"
                 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """A sweep of ``jobs`` seeds on one thread each, through submitit's LocalExecutor (or
-    ``cluster=None``: one job after another in the sweep's own process), the ``signals`` raised
-    in its jobs by number."""
+    """A one-job sweep (seed=1, one thread) through submitit's LocalExecutor (or ``cluster=None``:
+    in the sweep's own process), the ``signals`` raised in turn in its processes."""
     site = root / "site"
     site.mkdir(parents=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("AT_STEP", str(AT_STEP)))
@@ -212,8 +212,7 @@ def local_sweep(root: Path, jobs: int, signals: tuple[str, ...] = (), cluster: s
     sweep = root / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "agop_sweep", "-m", *([f"cluster={cluster}"] if cluster else []), *TINY,
-         *BATCHES, "threads=1", f"seed={','.join(str(s) for s in range(1, 1 + jobs))}",
-         f"hydra.sweep.dir={sweep}"],
+         *BATCHES, "threads=1", "seed=1", f"hydra.sweep.dir={sweep}"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     return proc, sweep
 
@@ -225,37 +224,44 @@ def comparable(run_dir: Path) -> dict[str, Any]:
 
 
 def test_every_preemption_signal_requeues_and_resumes_identically(tmp_path: Path) -> None:
-    """TERM, USR1 and USR2 each stop a job mid-epoch; submitit requeues it and the requeued job
-    resumes to the results of an uninterrupted sweep (the same jobs run one after another).
-    Before, TERM and USR1 ended the job."""
-    reference, ref_sweep = local_sweep(tmp_path / "reference", len(PREEMPTION), cluster=None)
+    """TERM, USR1 and USR2 in turn stop a job mid-epoch; each time submitit requeues it and the
+    requeued process resumes from where the signal stopped the last; the job ends with the
+    results and checkpoints of an uninterrupted run."""
+    reference, ref_sweep = local_sweep(tmp_path / "reference", cluster=None)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    proc, sweep = local_sweep(tmp_path / "signalled", len(PREEMPTION), PREEMPTION)
+    proc, sweep = local_sweep(tmp_path / "signalled", PREEMPTION)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "signalled" / "markers").iterdir()) == ["job0", "job1", "job2"]
-    for num, name in enumerate(PREEMPTION):
-        (run_dir,) = sweep.glob(f"*,seed={num + 1},*")
-        log_text = (run_dir / "agop_sweep.log").read_text()
+    markers = tmp_path / "signalled" / "markers"
+    assert sorted(p.name for p in markers.iterdir()) == ["signal0", "signal1", "signal2"]
+    assert len({p.read_text() for p in markers.iterdir()}) == 3  # each from another process
+    (run_dir,) = sweep.glob("*seed=1*")
+    log_text = (run_dir / "agop_sweep.log").read_text()
+    # Each process's 5th step: global steps 5, 10 and 15 (8 an epoch; epoch 0 is the initial
+    # weights), after which the process saves its state and is requeued.
+    for name, where in zip(PREEMPTION, ("epoch 1 step 5", "epoch 2 step 2", "epoch 2 step 7"), strict=True):
         assert f"Received {name}: saving state at the next step" in log_text, log_text
         assert f"Requeueing the job through submitit ({name})" in log_text, log_text
-        # Step 11 is step 3 of epoch 2 (epoch 0 is the initial weights, 8 steps an epoch).
-        assert "Resuming" in log_text and "at epoch 2 step 3" in log_text, log_text
-        assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
-        (ref_dir,) = ref_sweep.glob(f"*,seed={num + 1},*")
-        assert comparable(run_dir) == comparable(ref_dir), name
-        for ckpt in sorted((ref_dir / "models").iterdir()):
-            a = torch.load(ckpt, weights_only=True)["state_dict"]
-            b = torch.load(run_dir / "models" / ckpt.name, weights_only=True)["state_dict"]
-            assert all(torch.equal(a[k], b[k]) for k in a), (name, ckpt.name)
-    requeued = [p for p in sweep.glob(".submitit/*/*_log.out") if "Requeued job" in p.read_text()]
-    assert len(requeued) == 3, [p.read_text()[-2000:] for p in sweep.glob(".submitit/*/*_log.*")]
+        assert f"at {where}" in log_text, log_text
+    assert log_text.count("Resuming") == 3, log_text
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    (ref_dir,) = ref_sweep.glob("*seed=1*")
+    assert comparable(run_dir) == comparable(ref_dir)
+    for ckpt in sorted((ref_dir / "models").iterdir()):
+        a = torch.load(ckpt, weights_only=True)["state_dict"]
+        b = torch.load(run_dir / "models" / ckpt.name, weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), ckpt.name
+    # submitit's own log lines (its logger also reaches the root handler: each line twice); a
+    # preemption does not count against the job's timeouts.
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+    requeued = [ln for ln in logs.splitlines() if ln.startswith("submitit INFO") and "Requeued job" in ln]
+    assert len(requeued) == 3 and all(ln.endswith("(3 remaining timeouts)") for ln in requeued), logs[-3000:]
 
 
 @pytest.mark.slow
 def test_a_job_killed_outright_is_one_line(tmp_path: Path) -> None:
     """SIGKILL (an out-of-memory kill, a node failure) leaves no result: submitit's
     UncompletedJobError, after its 15 s wait for one, is one line naming the log."""
-    proc, sweep = local_sweep(tmp_path, 1, ("SIGKILL",))
+    proc, sweep = local_sweep(tmp_path, ("SIGKILL",))
     line = one_line_error(proc)
     assert line.startswith("Job ") and " of the sweep ended without a result (state " in line, line
     assert f"its log: {sweep}/.submitit/" in line and line.endswith(

@@ -137,7 +137,7 @@ def test_a_truncated_state_pt_of_an_unfinished_run_restarts_as_advised(interrupt
     assert "delete it and run the same command with resume=true again" in line
     assert tree_digest(run) == before  # a refusal writes nothing
     (run / "state.pt").unlink()  # the advice, followed
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    proc = app_here(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restarting the run from epoch 0 in place" in proc.stdout + proc.stderr
     got, want = (json.loads((d / "results.json").read_text()) for d in (run, finished_run))
@@ -160,10 +160,10 @@ def test_a_truncated_state_pt_of_a_finished_run_is_left_as_advised(finished_run:
 
 # -- c: checkpoints of a resumed run ---------------------------------------------------------------
 def test_a_resumed_runs_checkpoints_equal_an_uninterrupted_runs(interrupted: Path, finished_run: Path,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, app_here) -> None:
     run = copy_of(interrupted, tmp_path)
     written_before = {p.name for p in (run / "models").iterdir()}
-    proc = run_cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    proc = app_here(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (finished_run / "models").iterdir())
     assert names == sorted(p.name for p in (run / "models").iterdir())
