@@ -39,11 +39,16 @@ TINY = [
 ]
 
 
-def tiny(*overrides: str) -> list[str]:
-    """TINY with ``overrides`` ("key=value"): one replaces TINY's entry for the same key, the
+def overridden(base: list[str], *overrides: str) -> list[str]:
+    """``base`` with ``overrides`` ("key=value"): one replaces base's entry for the same key, the
     others are added after it."""
     keys = {o.split("=", 1)[0] for o in overrides}
-    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
+    return [o for o in base if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def tiny(*overrides: str) -> list[str]:
+    """TINY with ``overrides``, each replacing TINY's entry for its key (see overridden)."""
+    return overridden(TINY, *overrides)
 
 
 def app_env() -> dict[str, str]:

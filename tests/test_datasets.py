@@ -23,7 +23,16 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, FileServer, Served, leftovers, one_line_error, one_line_message, run_cli_many
+from conftest import (
+    TINY,
+    FileServer,
+    Served,
+    leftovers,
+    one_line_error,
+    one_line_message,
+    overridden,
+    run_cli_many,
+)
 
 from agop_sweep.data import cifar, download, idx, sources
 from agop_sweep.data.datasets import load_dataset
@@ -654,8 +663,7 @@ BASE = [o for o in TINY if not o.startswith("data")] + ["schedule.checkpoints=[0
 
 def _args(*overrides: str) -> list[str]:
     """TINY's model and schedule (no figures), each of ``overrides`` replacing its key's entry."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *overrides]
+    return overridden(BASE, *overrides)
 
 
 def test_one_run_of_each_kind_completes(tmp_path: Path) -> None:
