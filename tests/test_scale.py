@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +80,21 @@ def test_two_sweeps_started_together_get_their_own_dirs(tmp_path: Path) -> None:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 1 and "model.width=0: must be >= 1" in err, err
     sweeps = sorted((tmp_path / "outputs" / "multirun").glob("*/*"))
-    assert len(sweeps) == 2
+    # Apart by construction, not by the clock: each name ends with its command's process id.
+    assert sorted(s.name.rsplit("-", 1)[1] for s in sweeps) == sorted(str(p.pid) for p in procs)
     for s in sweeps:
         (record,) = [json.loads(r.read_text()) for r in s.glob("*/results.json")]
         assert record["status"] == "failed"
+
+
+def test_a_single_runs_default_dir_ends_with_its_process_id(tmp_path: Path, app_here) -> None:
+    """outputs/<date>/<time>-<pid>, the pid of the process that ran the command (this one)."""
+    proc = app_here(*tiny("model.width=0"), cwd=tmp_path)
+    assert proc.returncode == 1 and "model.width=0: must be >= 1" in proc.stderr, proc.stderr
+    (run_dir,) = [r.parent for r in (tmp_path / "outputs").glob("*/*/results.json")]
+    day, stamp, pid = run_dir.parent.name, *run_dir.name.rsplit("-", 1)
+    assert pid == str(os.getpid())
+    assert datetime.datetime.strptime(f"{day} {stamp}", "%Y-%m-%d %H-%M-%S-%f")  # date, time to the µs
 
 
 def test_optuna_survives_a_diverging_trial(tmp_path: Path) -> None:

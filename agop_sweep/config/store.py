@@ -4,6 +4,7 @@ its values."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ RUN_CONTROL_KEYS: frozenset[str] = frozenset({
 
 # conf/config.yaml: hydra.job.config.override_dirname.exclude_keys: ${<this>:}
 EXCLUDE_KEYS_RESOLVER = "agop_sweep.run_control_keys"
+# conf/config.yaml: hydra.run.dir and hydra.sweep.dir end in ${now:...}-${<this>:}
+PID_RESOLVER = "agop_sweep.pid"
 
 
 def is_run_control_key(key: str) -> bool:
@@ -112,7 +115,7 @@ def _import_conf_from_source_tree() -> None:
 
 
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore and register the run-control resolver.
+    """Put the schema into Hydra's ConfigStore and register the run-control and pid resolvers.
 
     ``config_schema`` is the root; ``<group>_<option>_schema`` (or ``<group>_schema`` for a
     group whose options share one) is what an option's YAML names in its defaults list,
@@ -129,6 +132,13 @@ def register_configs() -> None:
         cs.store(name=f"{group}_schema", node=schema)
     if not OmegaConf.has_resolver(EXCLUDE_KEYS_RESOLVER):
         OmegaConf.register_new_resolver(EXCLUDE_KEYS_RESOLVER, run_control_exclude_keys)
+    if not OmegaConf.has_resolver(PID_RESOLVER):
+        # The command's process id ends the default output dir's name: two commands that live
+        # at once on one host have two ids, so their dirs differ even when their clocks read
+        # the same microsecond. Cached like Hydra's ``now``, whose cache Hydra copies into every
+        # job's config: a sweep's jobs, also those that joblib or submitit run in other
+        # processes, see the id of the command that named the sweep dir.
+        OmegaConf.register_new_resolver(PID_RESOLVER, os.getpid, use_cache=True)
 
 
 def structured(container: dict[str, Any]) -> DictConfig:
