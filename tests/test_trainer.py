@@ -62,6 +62,35 @@ def test_plot_modes(make_cfg, tmp_path: Path, monkeypatch, mode: str, calls: lis
     assert seen == calls
 
 
+def test_an_observer_failing_at_the_end_leaves_a_completed_run_completed(make_cfg, tmp_path: Path,
+                                                                           caplog) -> None:
+    """Every ending goes through Trainer.end_run: a broken observer is logged, the next one
+    still runs, and the run keeps its status."""
+    from agop_sweep.run.observers import Observer
+
+    ended = []
+
+    class Broken(Observer):
+        name = "broken"
+
+        def on_run_end(self, record: RunRecord, run_dir: Path) -> None:
+            raise RuntimeError("observer bug")
+
+    class Witness(Observer):
+        name = "witness"
+
+        def on_run_end(self, record: RunRecord, run_dir: Path) -> None:
+            ended.append(record.status)
+
+    cfg = make_cfg()
+    with claim(tmp_path, to_container(cfg), cfg.resume) as claimed:
+        Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads()),
+                observers=[Broken(), Witness()]).run(claimed.state)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+    assert ended == ["completed"]
+    assert "Observer broken failed at the end of the run" in caplog.text
+
+
 def test_compile_failure_falls_back_to_eager(make_cfg, tmp_path: Path, monkeypatch) -> None:
     def broken(model):
         def fail(x):

@@ -80,18 +80,17 @@ class Trainer:
             # epoch finds the run complete and changes nothing.
             with PreemptionGuard() as guard, logging_redirect_tqdm():
                 self.train(data, first_epoch, progress, guard)
-                for observer in self.observers:
-                    observer.on_run_end(self.record, self.run_dir)
+                self.end_run()
         except Preempted as p:
             log.warning("Stopped by a signal at epoch %d step %d; state saved. Continue with resume=true",
                         p.epoch, p.step)
-            self.end_observers()
+            self.end_run()
             guard.chain()
             return math.nan
         except BaseException as e:
             if not isinstance(e, KeyboardInterrupt):  # an interruption like a signal, not a failure
                 self.record_failure(e)
-                self.end_observers()
+                self.end_run()
             raise
         return self.record.objective()
 
@@ -306,9 +305,11 @@ class Trainer:
             observer.load_state_dict(state.observers.get(observer.name, {}))
         return None if state.progress is None else EpochProgress.from_dict(state.progress, self.device)
 
-    def end_observers(self) -> None:
-        """Tell the observers that the run stopped early (failed or preempted): trackers close
-        their run with its status. Each observer on its own: one that fails never hides the others."""
+    def end_run(self) -> None:
+        """Tell the observers that the run ended, however it ended: the record's status says
+        completed, diverged, failed or stopped (trackers close their run with it, figures draw a
+        finished one). Each observer on its own: one that fails is logged, never hides the
+        others and never changes the run's status."""
         for observer in self.observers:
             try:
                 observer.on_run_end(self.record, self.run_dir)
