@@ -34,6 +34,7 @@ import yaml
 from conftest import TINY, app_env, copy_of, numbers, run_app, run_cli, tiny, tree_digest
 
 from agop_sweep.config.schema import Precision
+from agop_sweep.store import lock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -306,11 +307,20 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_unless_it_continues(tmp_path
     assert "already holds a sweep" in line
     line = only_line(app_here(*base, "seed=2", "resume=true", cwd=tmp_path))
     assert line.startswith(f"resume=true but {sweep} holds another sweep (") and "differs in seed" in line
+    # Another command launching into the dir now holds its lock: refused, even the same sweep.
+    held = lock.acquire(sweep)
+    try:
+        line = only_line(app_here(*base, "seed=1", "resume=true", cwd=tmp_path))
+    finally:
+        os.close(held)
+    assert line == (f"{sweep} is in use by another command launching a sweep into it; wait until that "
+                    "one ends, or choose another hydra.sweep.dir")
     assert tree_digest(sweep) == before and (sweep / "multirun.yaml").read_bytes() == multirun
 
     # The same sweep continued, with a run-control key changed: it runs (nothing left to do).
     again = app_here(*base, "seed=1", "resume=true", "threads=1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    os.close(lock.acquire(sweep))  # the command let go of the sweep dir when its sweep ended
     assert "nothing to do" in again.stdout + again.stderr
     assert yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"][-3:] == [
         "seed=1", "resume=true", "threads=1"]

@@ -6,7 +6,9 @@ and ``on_multirun_start`` run before that: they check the location and stop with
 A multirun that sweeps a run-control key (left out of job directory names) is refused too,
 since its jobs would share one directory; so are a run or sweep dir inside another run's dir
 (the runs' files would mix), and a second sweep into a sweep dir, whose multirun.yaml Hydra
-would overwrite, unless it continues that sweep (``resume=true``, the same overrides).
+would overwrite, unless it continues that sweep (``resume=true``, the same overrides). The
+command holds its sweep dir's lock until the sweep ends, so a second command launching into
+the same dir at the same time is refused rather than mixed in.
 
 Hydra turns an ``Exception`` raised in a callback into a warning and carries on, so the stop
 is a :class:`GuardStop` (a ``BaseException``), which ``agop_sweep.run.app.main`` reports as one
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agop_sweep.config import is_run_control_key
 from agop_sweep.errors import UserError
+from agop_sweep.store import lock
 from agop_sweep.store.record import FILENAME as RESULTS_FILE
 from agop_sweep.store.record import RecordError, RunRecord
 
@@ -141,6 +144,9 @@ def check_same_sweep(sweep_dir: Path, overrides: list[str], resume: bool) -> Non
 
 
 class OutputGuard(Callback):
+    def __init__(self) -> None:
+        self._sweep_lock: int | None = None  # the descriptor holding the sweep dir's lock
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with _stopping():
             run_dir = Path(str(config.hydra.run.dir))
@@ -152,15 +158,43 @@ class OutputGuard(Callback):
             sweep_dir = Path(str(config.hydra.sweep.dir))
             check_writable(sweep_dir, "the sweep directory")
             check_not_in_a_run(sweep_dir, "the sweep directory", "hydra.sweep.dir", include_self=True)
-            if "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
-                check_same_sweep(sweep_dir, list(config.hydra.overrides.task),
-                                 bool(OmegaConf.select(config, "resume", default=False)))
-            swept = swept_run_control_keys(list(config.hydra.overrides.task))
+            basic = "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+            task = list(config.hydra.overrides.task)
+            resume = bool(OmegaConf.select(config, "resume", default=False))
+            if basic:
+                check_same_sweep(sweep_dir, task, resume)
+            swept = swept_run_control_keys(task)
             if swept:
                 raise OutputLocationError(
                     f"This sweep varies {', '.join(swept)}, which job directory names leave out "
                     "(run-control keys), so its jobs would share one directory; run one sweep per value"
                 )
+            self._lock_sweep(sweep_dir)
+            try:
+                if basic:  # a command that ended between the check and the lock left its multirun.yaml
+                    check_same_sweep(sweep_dir, task, resume)
+            except BaseException:
+                self._unlock_sweep()
+                raise
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._unlock_sweep()
+
+    def _unlock_sweep(self) -> None:
+        if self._sweep_lock is not None:
+            os.close(self._sweep_lock)
+            self._sweep_lock = None
+
+    def _lock_sweep(self, sweep_dir: Path) -> None:
+        """Hold the sweep dir's lock until the sweep ends (or this process does): a second
+        command launching into the same dir meanwhile would overwrite multirun.yaml and run
+        jobs beside this one's."""
+        try:
+            self._sweep_lock = lock.acquire(sweep_dir)
+        except BlockingIOError:
+            raise OutputLocationError(f"{sweep_dir} is in use by another command launching a sweep "
+                                      "into it; wait until that one ends, or choose another "
+                                      "hydra.sweep.dir") from None
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ two ``resume=true`` commands) never write one run at once; the lock dies with th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 from agop_sweep.config import upgrade_saved_config
 from agop_sweep.errors import UserError
 from agop_sweep.store import checkpoint as ckpt
+from agop_sweep.store import lock
 from agop_sweep.store.atomic import remove_stale_temporaries, write_atomic
 from agop_sweep.store.record import FILENAME as RESULTS_FILE
 from agop_sweep.store.record import RecordError, RunRecord, Status
@@ -30,7 +30,6 @@ from agop_sweep.store.state import STATE_FILE, ResumeState, check_same_experimen
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
 HYDRA_DIR = ".hydra"
 
 
@@ -156,13 +155,12 @@ def locked(run_dir: Path) -> Iterator[None]:
     holds a symbolic link the run would write through)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_no_symlinks(run_dir)  # first: .lock itself may be a link
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{run_dir} is in use by another process (another job of this sweep, or "
-                              "a run started twice); give each run its own directory") from None
+        fd = lock.acquire(run_dir)
+    except BlockingIOError:
+        raise RunDirError(f"{run_dir} is in use by another process (another job of this sweep, or "
+                          "a run started twice); give each run its own directory") from None
+    try:
         yield
     finally:
         os.close(fd)  # releases the lock; joblib's workers outlive the job
