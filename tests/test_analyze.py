@@ -142,13 +142,13 @@ def test_a_sweep_dir_is_reanalysed_run_by_run_and_resumable(finished_run: Path, 
                                                              no_figures: None) -> None:
     """A re-analysis of a sweep that stops half-way (here: one run is in use) goes on where it
     stopped when the command is given again; --force redoes the runs already done."""
-    import fcntl
     import logging
+
+    from agop_sweep.store import lock
 
     sweep = _sweep_of(finished_run, tmp_path)
     first, second = sorted(p for p in sweep.iterdir())
-    fd = os.open(second / ".lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fd = lock.acquire(second)  # as the job training that run would hold it
     try:
         with caplog.at_level(logging.INFO, logger="agop_sweep.analyze.command"):
             assert _main(str(sweep), "analysis.primary=raw_pearson_agop") == 1

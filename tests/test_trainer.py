@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 from agop_sweep.config import to_container, upgrade_saved_config
 from agop_sweep.errors import UserError
 from agop_sweep.run.device import Placement
+from agop_sweep.run.observers import Observer
 from agop_sweep.run.trainer import Trainer
 from agop_sweep.store.record import RunRecord
 from agop_sweep.store.rundir import claim
@@ -31,10 +32,11 @@ def make_cfg() -> Iterator:
         yield lambda *overrides: compose(*tiny(*overrides))
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, observers: Sequence[Observer] = ()) -> dict:
     """Train in ``run_dir`` as the app does: claim it (resume=true continues it), then run."""
     with claim(run_dir, to_container(cfg), cfg.resume) as claimed:
-        Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads())).run(claimed.state)
+        trainer = Trainer(cfg, run_dir, Placement("cpu", torch.get_num_threads()), observers=observers)
+        trainer.run(claimed.state)
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -66,8 +68,6 @@ def test_an_observer_failing_at_the_end_leaves_a_completed_run_completed(make_cf
                                                                            caplog) -> None:
     """Every ending goes through Trainer.end_run: a broken observer is logged, the next one
     still runs, and the run keeps its status."""
-    from agop_sweep.run.observers import Observer
-
     ended = []
 
     class Broken(Observer):
@@ -82,11 +82,7 @@ def test_an_observer_failing_at_the_end_leaves_a_completed_run_completed(make_cf
         def on_run_end(self, record: RunRecord, run_dir: Path) -> None:
             ended.append(record.status)
 
-    cfg = make_cfg()
-    with claim(tmp_path, to_container(cfg), cfg.resume) as claimed:
-        Trainer(cfg, tmp_path, Placement("cpu", torch.get_num_threads()),
-                observers=[Broken(), Witness()]).run(claimed.state)
-    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+    assert run(make_cfg(), tmp_path, observers=[Broken(), Witness()])["status"] == "completed"
     assert ended == ["completed"]
     assert "Observer broken failed at the end of the run" in caplog.text
 

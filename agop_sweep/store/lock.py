@@ -27,4 +27,3 @@ def acquire(directory: Path) -> int:
         os.close(fd)
         raise
     return fd
-
