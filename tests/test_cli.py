@@ -279,7 +279,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "muon"])
-def test_sweep_job_writes_what_the_spec_names(sweep: dict[str, Path], optimizer: str) -> None:
+def test_sweep_job_writes_the_documented_output_layout(sweep: dict[str, Path], optimizer: str) -> None:
+    """Each job writes what docs/results.md ("Output layout") names."""
     job = sweep[optimizer]
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     def parsed(items: list[str]) -> dict[str, Any]:  # the sweeper writes false as False
