@@ -27,9 +27,10 @@ from conftest import TINY, app_env, one_line_error, strip_timing
 
 from agop_sweep.aggregate.command import aggregate
 from agop_sweep.aggregate.discover import INTERRUPTED, find_runs
-from agop_sweep.run import slurm
+from agop_sweep.run import slurm, slurm_errors, slurm_queue
 from agop_sweep.run.device import available_cores, place_job
-from agop_sweep.run.slurm import REQUEUED, RequeueOnSignal
+from agop_sweep.run.slurm import RequeueOnSignal
+from agop_sweep.run.slurm_queue import REQUEUED
 
 pytest.importorskip("submitit")
 
@@ -119,7 +120,7 @@ def test_missing_slurm_commands_are_one_line(tmp_path: Path, present: str, app_h
 
 def test_sbatch_vanishing_after_the_check_is_one_line(tmp_path: Path) -> None:
     """sbatch found by the check but gone when submitit calls it: submitit's FileNotFoundError."""
-    line = slurm.submission_problem(FileNotFoundError(2, "No such file or directory", "sbatch"), {})
+    line = slurm_errors.submission_problem(FileNotFoundError(2, "No such file or directory", "sbatch"), {})
     assert line is not None and "sbatch is not on PATH" in line
 
 
@@ -147,7 +148,7 @@ def test_job_errors_after_submission_are_one_line() -> None:
         "Job 17_2 (task: 0) with path /s/sweep/.submitit/17_2/17_2_0_result.pkl\n"
         "has not produced any output (state: FAILED)\nError stream produced:\n" + "-" * 40
         + "\nlots\nof\nlog")
-    assert slurm.launch_problem(uncompleted) == (
+    assert slurm_errors.launch_problem(uncompleted) == (
         "Job 17_2 of the sweep ended without a result (state FAILED); its log: "
         "/s/sweep/.submitit/17_2/17_2_0_log.err; submit the same command again with "
         "hydra.sweep.dir=/s/sweep (the cluster presets resume every run)")
@@ -157,13 +158,13 @@ def test_job_errors_after_submission_are_one_line() -> None:
         "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
         "or at paths:\n"
         "  - /s/sweep/.submitit/17_2/17_2_0_log.err\n  - /s/sweep/.submitit/17_2/17_2_0_log.out")
-    line = slurm.launch_problem(failed)
+    line = slurm_errors.launch_problem(failed)
     assert line is not None and "\n" not in line
     assert line.startswith("A job of the sweep failed: submitit.core.utils.UncompletedJobError: "
                            "Job not requeued because: timed-out too many times.; raise "
                            "hydra.launcher.timeout_min")
     assert line.endswith("its log: /s/sweep/.submitit/17_2/17_2_0_log.err")
-    assert slurm.launch_problem(RuntimeError("a bug")) is None
+    assert slurm_errors.launch_problem(RuntimeError("a bug")) is None
 
 
 # -- every preemption signal requeues (submitit's LocalExecutor) ------------------------------------
@@ -307,10 +308,10 @@ def test_a_signal_after_the_requeue_is_ignored() -> None:
 
 def test_squeue_state_reads_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", path_with(fake_commands(tmp_path / "a", squeue=("COMPLETING", 0))))
-    assert slurm.squeue_state("77") == "COMPLETING"
+    assert slurm_queue.squeue_state("77") == "COMPLETING"
     down = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
     monkeypatch.setenv("PATH", path_with(fake_commands(tmp_path / "b", squeue=(down, 1))))
-    assert slurm.squeue_state("77") is None
+    assert slurm_queue.squeue_state("77") is None
 
 
 def test_no_submitit_handler_no_change() -> None:

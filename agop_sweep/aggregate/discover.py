@@ -294,7 +294,7 @@ def find_runs(dirs: Sequence[Path], stale_after_hours: float = DEFAULT_STALE_HOU
             items = _read_overrides(run_dir)
             runs.append(Run(name, run_dir, record, parse_overrides(items), override_texts(items), items,
                             derived_status(record, stale_after_hours, now)))
-    from agop_sweep.run.slurm import mark_queued_runs
+    from agop_sweep.run.slurm_queue import mark_queued_runs
 
     mark_queued_runs(runs)  # a stopped run whose SLURM job waits in the queue is requeued, not interrupted
     columns = override_columns(runs)

@@ -210,7 +210,8 @@ def error_report(error: BaseException) -> str | None:
     if isinstance(error, OSError):  # e.g. Hydra creating the output dir or opening the log
         where = f"{error.filename}: " if error.filename else ""
         return f"Cannot write the run's files: {where}{error.strerror or error}"
-    from agop_sweep.run.slurm import launch_problem  # a SLURM job that ended without a result, --cfg with -m
+    # a SLURM job that ended without a result, --cfg with -m
+    from agop_sweep.run.slurm_errors import launch_problem
 
     return launch_problem(error)
 
